@@ -1,0 +1,18 @@
+"""toplens.plugin: edit facts in TransformerLens models (TOP, ROME, MEMIT, RETS) with hooks."""
+
+import logging
+
+from .fold import EditHandle, LayerDelta, WeightEdit, apply_edit
+from .loading import load_model
+from .model import ModelAdapter, Site, as_adapter, hook_name
+from .positions import PromptPositions, locate, target_ids
+from .requests import EditRequest, RequestError
+from .editors import rome
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "EditHandle", "EditRequest", "LayerDelta", "ModelAdapter", "PromptPositions", "RequestError",
+    "Site", "WeightEdit", "apply_edit", "as_adapter", "hook_name", "load_model", "locate", "rome",
+    "target_ids",
+]

@@ -1,0 +1,62 @@
+"""The base of every editor's hyperparameter dataclass: validation and a strict JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T", bound="Hparams")
+
+
+class HparamsError(ValueError):
+    """A hyperparameter is out of range or unknown; the message names it."""
+
+
+def _tupled(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """Algorithm settings only (steps, rates, thresholds, prompts), never module paths."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise HparamsError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k: _tupled(v) for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: T, **changes: Any) -> T:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    # helpers for __post_init__ of subclasses
+    def _positive(self, *names: str, allow_zero: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            if bad or value < 0 or (value == 0 and not allow_zero):
+                kind = "non-negative" if allow_zero else "positive"
+                raise HparamsError(f"{type(self).__name__}.{name} must be a finite {kind} number; got {value!r}")
+
+    def _layers(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            items = value if isinstance(value, tuple) else (value,)
+            if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in items):
+                raise HparamsError(f"{type(self).__name__}.{name} must be non-negative layer index(es); got {value!r}")

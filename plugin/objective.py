@@ -1,0 +1,131 @@
+"""The rewriting objective ROME optimizes, which TOP's first stage reuses at another site.
+
+A ``RewriteBatch`` holds every rewriting prompt (each context template around the prompt, followed
+by all target tokens but the last) and the KL prompts, right-padded in one batch. The objective
+adds δ at one hook and position per row and returns
+    mean NLL(target) + kl_factor · KL(initial ‖ current) + weight_decay · ‖δ‖ / ‖v_init‖².
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .interventions import add_vector
+from .model import ModelAdapter
+from .optimize import LossTerms
+from .positions import locate, target_ids
+from .requests import EditRequest
+
+Role = Literal["subject", "relation"]
+
+
+@dataclass(frozen=True)
+class RewriteBatch:
+    """Rewriting prompts (rows ``[0, n_rewrite)``; row 0 is the bare prompt) then KL prompts."""
+
+    tokens: Int[Tensor, "batch pos"]
+    n_rewrite: int
+    last_subject: Int[Tensor, " batch"]
+    last_relation: Int[Tensor, " batch"]
+    target_rows: Int[Tensor, " m"]
+    target_cols: Int[Tensor, " m"]
+    target_ids: Int[Tensor, " m"]
+    target_weight: Float[Tensor, " m"]
+
+    def positions(self, role: Role) -> Int[Tensor, " batch"]:
+        return self.last_subject if role == "subject" else self.last_relation
+
+    @property
+    def rows(self) -> Int[Tensor, " batch"]:
+        return torch.arange(self.tokens.shape[0], device=self.tokens.device)
+
+
+def rewrite_batch(
+    adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str]
+) -> RewriteBatch:
+    """Tokenize the rewriting and KL prompts of ``request`` and locate every position."""
+    seqs, subj, rel, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], []
+    for row, template in enumerate(templates):
+        prompt = template.replace("{}", request.prompt)
+        pos = locate(adapter, prompt, request.subject)
+        target = target_ids(adapter, prompt.replace("{}", request.subject), request.target_new)
+        seqs.append(list(pos.tokens) + target[:-1])
+        subj.append(pos.last_subject)
+        rel.append(pos.last_relation)
+        for j, tid in enumerate(target):
+            t_rows.append(row), t_cols.append(pos.last_relation + j), t_ids.append(tid)
+            t_w.append(1.0 / (len(target) * len(templates)))
+    for kl in kl_prompts:
+        pos = locate(adapter, kl, request.subject)
+        seqs.append(list(pos.tokens))
+        subj.append(pos.last_subject)
+        rel.append(pos.last_relation)
+    device = adapter.device
+    long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return RewriteBatch(adapter.to_batch(seqs), len(templates), long(subj), long(rel), long(t_rows),
+                        long(t_cols), long(t_ids), torch.tensor(t_w, device=device))
+
+
+@dataclass
+class RewriteObjective:
+    """NLL of the new target + KL on the KL prompts + weight decay, for δ added at ``hook``.
+
+    Args:
+        adapter: the model.
+        batch: rewriting and KL prompts.
+        hook: where δ is added (e.g. ``blocks.5.hook_mlp_out``).
+        start_layer: the first block that must run (everything before it is computed once).
+        role: which position δ is added at in every row, and where KL is measured on KL prompts.
+        kl_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
+    """
+
+    adapter: ModelAdapter
+    batch: RewriteBatch
+    hook: str
+    start_layer: int
+    role: Role
+    kl_factor: float
+    weight_decay: float
+    ref_norm: float
+
+    def __post_init__(self) -> None:
+        b = self.batch
+        self._prefix = self.adapter.resid_before(b.tokens, self.start_layer)
+        self._kl_rows = torch.arange(b.n_rewrite, b.tokens.shape[0], device=b.tokens.device)
+        self._kl_cols = b.positions(self.role)[b.n_rewrite:]
+        with torch.no_grad():
+            self.kl_init = self._logits(None)[1].log_softmax(-1)
+
+    def _logits(self, delta: Tensor | None) -> tuple[Tensor, Tensor]:
+        b = self.batch
+        rows = torch.cat([b.target_rows, self._kl_rows])
+        cols = torch.cat([b.target_cols, self._kl_cols])
+        hooks = [] if delta is None else [add_vector(self.hook, delta, b.rows, b.positions(self.role))]
+        with self.adapter.hooks(hooks):
+            logits = self.adapter.logits_at(b.tokens, rows, cols, self.start_layer, self._prefix)
+        n = len(b.target_rows)
+        return logits[:n], logits[n:]
+
+    def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
+        target_logits, kl_logits = self._logits(delta)
+        logp = target_logits.float().log_softmax(-1)
+        token_logp = logp.gather(1, self.batch.target_ids[:, None]).squeeze(1)
+        nll = -(token_logp * self.batch.target_weight).sum()
+        kl = F.kl_div(kl_logits.float().log_softmax(-1), self.kl_init.float(), log_target=True,
+                      reduction="batchmean")
+        decay = self.weight_decay * delta.norm() / self.ref_norm**2
+        total = nll + self.kl_factor * kl + decay
+        return LossTerms(total, nll=float(nll.detach()), kl=float(kl.detach()), decay=float(decay.detach()))
+
+    @torch.no_grad()
+    def target_prob(self, delta: Tensor | None = None) -> float:
+        """Mean probability of the target tokens over the rewriting prompts (a progress readout)."""
+        logits, _ = self._logits(delta)
+        logp = logits.float().log_softmax(-1).gather(1, self.batch.target_ids[:, None]).squeeze(1)
+        return float((logp.exp() * self.batch.target_weight).sum())

@@ -1,0 +1,71 @@
+"""Token positions of a request: the subject span, the last subject token, the last relation token.
+
+Positions come from tokenizing the prefix, prefix + subject and the whole prompt — never from
+searching token strings — so BOS, GPT-2's leading-space BPE and sentencepiece's "▁" all agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import ModelAdapter
+from .requests import RequestError
+
+
+@dataclass(frozen=True)
+class PromptPositions:
+    """Token ids of a filled prompt and the positions that matter for editing.
+
+    Attributes:
+        tokens: token ids of the filled prompt (with BOS where the model uses one).
+        subject_start: first token of the subject.
+        last_subject: last token of the subject (where ROME/TOP read the key and add the value).
+        last_relation: the last prompt token, which predicts the first target token.
+    """
+
+    tokens: tuple[int, ...]
+    subject_start: int
+    last_subject: int
+    last_relation: int
+
+    @property
+    def subject_span(self) -> range:
+        return range(self.subject_start, self.last_subject + 1)
+
+    @property
+    def relation_span(self) -> range:
+        """Tokens after the subject (the relation words), up to the last prompt token."""
+        return range(self.last_subject + 1, self.last_relation + 1)
+
+
+def _is_prefix(short: list[int], long: list[int]) -> bool:
+    return len(short) <= len(long) and long[: len(short)] == short
+
+
+def locate(adapter: ModelAdapter, template: str, subject: str) -> PromptPositions:
+    """Positions of ``subject`` inside ``template.format(subject)`` (template has one ``{}``)."""
+    prefix = template[: template.index("{}")]
+    filled = template.replace("{}", subject)
+    full = adapter.tokenize(filled)
+    before = adapter.tokenize(prefix) if prefix else adapter.tokenize("")
+    through = adapter.tokenize(prefix + subject)
+    # A subject must add tokens of its own, and prefix+subject must tokenize as the start of
+    # the prompt; otherwise the subject's tokens are merged with their neighbours.
+    if len(through) <= len(before) or not _is_prefix(through, full):
+        raise RequestError(
+            f"EditRequest.subject {subject!r} is not found in the tokenized prompt {filled!r}: its "
+            "tokens merge with the text around it"
+        )
+    start = len(before) if _is_prefix(before, through) else len(through) - 1
+    return PromptPositions(tuple(full), start, len(through) - 1, len(full) - 1)
+
+
+def target_ids(adapter: ModelAdapter, prompt_text: str, target: str, field: str = "target_new") -> list[int]:
+    """The ids of ``target`` as they follow ``prompt_text``: tok(prompt + target) minus tok(prompt)."""
+    prompt = adapter.tokenize(prompt_text)
+    both = adapter.tokenize(prompt_text + target)
+    if not _is_prefix(prompt, both) or len(both) == len(prompt):
+        raise RequestError(
+            f"EditRequest.{field} {target!r} does not tokenize as a continuation of {prompt_text!r}"
+        )
+    return both[len(prompt):]
