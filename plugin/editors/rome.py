@@ -74,6 +74,13 @@ class RomeDetails:
     key: Float[Tensor, " d_mlp"]
     key_mode: str
 
+    def summary(self) -> dict:
+        """JSON-able numbers for reports: steps, final loss, ‖δ‖, target probability."""
+        trace = self.value.trace
+        return {"steps": trace.steps, "converged": trace.converged, "final_loss": trace.losses[-1],
+                "delta_norm": trace.delta_norm, "key_mode": self.key_mode,
+                "rewrite_target_prob": self.value.target_prob}
+
 
 def optimize_value(
     adapter: ModelAdapter,
