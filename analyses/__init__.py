@@ -1,0 +1,14 @@
+"""toplens.analyses: COUNTERFACT_RS data and metrics, and the analyses built on the plugin."""
+
+from .builder import BuildOptions, Fact, Relation, build_records, builtin_records, records_from_known_facts
+from .datasets import KnownFact, load_records, read_counterfact, read_counterfact_rs, read_known_facts, save_records
+from .metrics import MetricResult, PromptOutcome, TopToken, load_stop_words, top_non_stop_token
+from .records import DatasetError, Record
+from .results import CaseResult, Rates, Summary, summarize
+
+__all__ = [
+    "BuildOptions", "CaseResult", "DatasetError", "Fact", "KnownFact", "MetricResult", "PromptOutcome",
+    "Rates", "Record", "Relation", "Summary", "TopToken", "build_records", "builtin_records",
+    "load_records", "load_stop_words", "read_counterfact", "read_counterfact_rs", "read_known_facts",
+    "records_from_known_facts", "save_records", "summarize", "top_non_stop_token",
+]

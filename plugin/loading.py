@@ -129,6 +129,12 @@ def bridge_from_hf(hf, tokenizer, name: str):
     return bridge.eval()
 
 
+def _no_bos(model):
+    """SmolLM2's tokenizer adds no BOS and the checkpoint was trained without one."""
+    model.cfg.default_prepend_bos = False
+    return model
+
+
 def resolve_backend(backend: Backend) -> Literal["hooked", "bridge"]:
     """``auto`` means HookedTransformer where the installed TransformerLens still has it."""
     if backend not in ("auto", "hooked", "bridge"):
@@ -170,6 +176,7 @@ def load_model(
             model = hooked_from_llama(hf, tokenizer, BUNDLED_NAME) if chosen == "hooked" else bridge_from_hf(
                 hf, tokenizer, BUNDLED_NAME
             )
+        _no_bos(model)
     else:
         model = _load_named(str(name), chosen, dtype)
     if device is not None:

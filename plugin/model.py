@@ -77,9 +77,8 @@ class ModelAdapter:
 
     Args:
         model: a ``HookedTransformer`` or a ``TransformerBridge``.
-        prepend_bos: whether token sequences start with the BOS token. Default: whatever the
-            model's own Hugging Face tokenizer does (``add_special_tokens=True``), which is the
-            convention the checkpoint was trained with and the one the reference code uses.
+        prepend_bos: whether token sequences start with the BOS token. Default: the model's own
+            TransformerLens convention, ``cfg.default_prepend_bos``.
     """
 
     def __init__(self, model, prepend_bos: bool | None = None):
@@ -196,11 +195,11 @@ class ModelAdapter:
     # -------------------------------------------------------------------- tokenization
     @property
     def prepend_bos(self) -> bool:
+        """Whether sequences start with BOS: the model's TransformerLens convention
+        (``cfg.default_prepend_bos``, what ``model.to_tokens`` does) unless overridden."""
         if self._prepend_bos is not None:
             return self._prepend_bos
-        probe = self.tokenizer("a", add_special_tokens=True).input_ids
-        bos = self.tokenizer.bos_token_id
-        return bos is not None and len(probe) > 0 and probe[0] == bos
+        return bool(getattr(self.cfg, "default_prepend_bos", True))
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of a text, with BOS exactly when the model's convention has one."""

@@ -42,12 +42,20 @@ def _is_prefix(short: list[int], long: list[int]) -> bool:
     return len(short) <= len(long) and long[: len(short)] == short
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def locate(adapter: ModelAdapter, template: str, subject: str) -> PromptPositions:
     """Positions of ``subject`` inside ``template.format(subject)`` (template has one ``{}``)."""
     prefix = template[: template.index("{}")]
     filled = template.replace("{}", subject)
     full = adapter.tokenize(filled)
-    before = adapter.tokenize(prefix) if prefix else adapter.tokenize("")
+    # The space before the subject belongs to the subject's first token (Ġ / ▁ conventions).
+    before = adapter.tokenize(prefix.rstrip())
     through = adapter.tokenize(prefix + subject)
     # A subject must add tokens of its own, and prefix+subject must tokenize as the start of
     # the prompt; otherwise the subject's tokens are merged with their neighbours.
@@ -56,7 +64,7 @@ def locate(adapter: ModelAdapter, template: str, subject: str) -> PromptPosition
             f"EditRequest.subject {subject!r} is not found in the tokenized prompt {filled!r}: its "
             "tokens merge with the text around it"
         )
-    start = len(before) if _is_prefix(before, through) else len(through) - 1
+    start = min(_common_prefix(before, through), len(through) - 1)
     return PromptPositions(tuple(full), start, len(through) - 1, len(full) - 1)
 
 

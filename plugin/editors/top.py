@@ -1,0 +1,314 @@
+"""TOP (arXiv 2506.04042): a ROME-style edit whose value is found in two stages.
+
+The prediction P[o* | v] is split into P[o* | h_r] · P[h_r | v]:
+
+1. Stage 1 (the relation feature): optimize δ₁ added to the residual after block
+   la = l + rel_feat_layer at the last relation token (the last prompt token) of every
+   rewriting prompt, with ROME's loss (NLL + KL + decay). h*_r = h_r,init + δ₁.
+2. Stage 2 (the subject feature): optimize δ₂ added to the MLP output of block l at the last
+   subject token, so that the residual at la, last relation token, reaches h*_r. Only blocks
+   l..la run. v* = v_init + δ₂.
+3. Fold v* into W_out at layer l with ROME's fold (:func:`plugin.editors.rome.fold_value`).
+
+``stage2="faithful"`` is the published stage 2: vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the bare
+prompt only. ``stage2="reachable"`` (our default) matches the same target on every rewriting
+prompt and starts from the least-squares step of the linearized problem (docs/top_stage2.md
+says why and what it measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..fold import EditHandle, LayerDelta, WeightEdit
+from ..hparams import Hparams, HparamsError
+from ..interventions import add_vector
+from ..keys import key_value_at
+from ..model import ModelAdapter, as_adapter, hook_name
+from ..objective import RewriteBatch, RewriteObjective, rewrite_batch
+from ..optimize import LossTerms, LoopSettings, OptimizationTrace, StepEvent, optimize
+from ..requests import EditRequest
+from ..templates import context_templates
+from .rome import fold_value, RomeHparams
+
+Stage2 = Literal["faithful", "reachable"]
+
+
+@dataclass(frozen=True)
+class TopHparams(Hparams):
+    """TOP's hyperparameters; the defaults are the published GPT2-XL values (stage 2 aside)."""
+
+    layers: tuple[int, ...] = (17, 18)
+    rel_feat_layer: int = 1
+    v_num_grad_steps1: int = 25
+    v_num_grad_steps2: int = 25
+    v_lr: float = 0.5
+    v_lr2: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    vec_loss_factor: float = 0.1
+    early_stop1: float = 2e-2
+    early_stop2: float = 5e-2
+    kl_prompt: str = "{} is a"
+    mom2_adjustment: bool = True
+    key: Literal["consistent", "original"] = "consistent"
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
+    stage2: Stage2 = "reachable"
+
+    def __post_init__(self) -> None:
+        self._layers("layers")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise HparamsError(f"TopHparams.layers must be strictly increasing; got {self.layers!r}")
+        self._positive("rel_feat_layer", "v_num_grad_steps1", "v_num_grad_steps2")
+        self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
+        self._positive("v_weight_decay", "kl_factor", allow_zero=True)
+        if isinstance(self.rel_feat_layer, bool) or not isinstance(self.rel_feat_layer, int):
+            raise HparamsError(f"TopHparams.rel_feat_layer must be an int; got {self.rel_feat_layer!r}")
+        if self.key not in ("consistent", "original"):
+            raise HparamsError(f"TopHparams.key must be 'consistent' or 'original'; got {self.key!r}")
+        if self.stage2 not in ("faithful", "reachable"):
+            raise HparamsError(f"TopHparams.stage2 must be 'faithful' or 'reachable'; got {self.stage2!r}")
+        if self.kl_prompt.count("{}") != 1:
+            raise HparamsError(f"TopHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
+
+    def for_layer(self, layer: int) -> RomeHparams:
+        """The ROME settings of one edit layer, for the shared fold."""
+        return RomeHparams(layer=layer, mom2_adjustment=self.mom2_adjustment, key=self.key,
+                           context_lengths=self.context_lengths)
+
+
+@dataclass(frozen=True)
+class LayerDetails:
+    """Both stages at one edit layer: loss curves, ‖δ₁‖, ‖δ₂‖, h*_r and how close stage 2 got."""
+
+    layer: int
+    la: int
+    stage1: OptimizationTrace
+    stage2: OptimizationTrace
+    h_star: Float[Tensor, " d_model"]
+    v_init: Float[Tensor, " d_model"]
+    v_star: Float[Tensor, " d_model"]
+    stage1_target_prob: float
+    reached: float
+
+    @property
+    def delta1_norm(self) -> float:
+        return self.stage1.delta_norm
+
+    @property
+    def delta2_norm(self) -> float:
+        return self.stage2.delta_norm
+
+
+@dataclass(frozen=True)
+class TopDetails:
+    """Diagnostics of one TOP edit, one entry per edit layer."""
+
+    layers: tuple[LayerDetails, ...]
+    stage2_mode: str
+    key_mode: str
+
+    def summary(self) -> dict:
+        """JSON-able numbers for reports, per edit layer."""
+        return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode, "layers": [
+            {"layer": d.layer, "la": d.la, "stage1_steps": d.stage1.steps, "stage2_steps": d.stage2.steps,
+             "stage1_final_loss": d.stage1.losses[-1], "stage2_final_loss": d.stage2.losses[-1],
+             "stage2_first_loss": d.stage2.losses[0], "stage1_converged": d.stage1.converged,
+             "stage2_converged": d.stage2.converged, "delta1_norm": d.delta1_norm,
+             "delta2_norm": d.delta2_norm, "stage1_target_prob": d.stage1_target_prob,
+             "reached": d.reached} for d in self.layers]}
+
+
+# ---------------------------------------------------------------------------- stage 1
+def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "n d_model"]:
+    """The residual after block ``la`` at the last relation token of each rewriting prompt."""
+    (resid,) = adapter.capture(batch.tokens, [hook_name("resid_post", la)], la + 1)
+    rows = torch.arange(batch.n_rewrite, device=resid.device)
+    return resid[rows, batch.last_relation[: batch.n_rewrite]].detach()
+
+
+def optimize_relation(
+    adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, la: int,
+    callback: Callable[[StepEvent], None] | None = None, progress: bool = False,
+) -> tuple[Float[Tensor, " d_model"], OptimizationTrace, float]:
+    """Stage 1: δ₁ on ``hook_resid_post`` of ``la`` at the last relation token; returns δ₁."""
+    with torch.no_grad():
+        h_init = relation_resid(adapter, batch, la)
+    ref = float(h_init[0].norm())
+    objective = RewriteObjective(adapter, batch, hook_name("resid_post", la), la, "relation",
+                                 hp.kl_factor, hp.v_weight_decay, ref)
+    delta = torch.zeros_like(h_init[0])
+    settings = LoopSettings(hp.v_num_grad_steps1, hp.v_lr, hp.clamp_norm_factor * ref, hp.early_stop1,
+                            desc=f"TOP stage 1 L{la}", progress=progress)
+    trace = optimize(objective, delta, settings, callback)
+    return delta.detach(), trace, objective.target_prob(delta)
+
+
+# ---------------------------------------------------------------------------- stage 2
+@dataclass
+class RelationFeatureObjective:
+    """vec_loss_factor · mean ‖h_r(δ) − h*_r‖ + decay, for δ added to the MLP output of ``layer``.
+
+    h_r is the residual after block ``stop_layer - 1`` at the last relation token of each row;
+    only blocks ``layer .. stop_layer - 1`` run (the residual entering ``layer`` is computed once).
+
+    Args:
+        adapter: the model.
+        tokens: the prompts, one per row.
+        last_subject, last_relation: positions per row.
+        layer: the edit layer (δ goes on its ``hook_mlp_out``); stop_layer: la + 1.
+        targets: h*_r per row.
+        vec_loss_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
+    """
+
+    adapter: ModelAdapter
+    tokens: Int[Tensor, "batch pos"]
+    last_subject: Int[Tensor, " batch"]
+    last_relation: Int[Tensor, " batch"]
+    layer: int
+    stop_layer: int
+    targets: Float[Tensor, "batch d_model"]
+    vec_loss_factor: float
+    weight_decay: float
+    ref_norm: float
+
+    def __post_init__(self) -> None:
+        self._prefix = self.adapter.resid_before(self.tokens, self.layer)
+        self._rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+
+    def resid(self, delta: Tensor | None) -> Float[Tensor, "batch d_model"]:
+        """h_r of every row with δ added at the last subject token."""
+        hooks = [] if delta is None else [add_vector(hook_name("value", self.layer), delta, self._rows,
+                                                     self.last_subject)]
+        with self.adapter.hooks(hooks):
+            resid = self.adapter.final_resid(self.tokens, self.layer, self._prefix, self.stop_layer)
+        return resid[self._rows, self.last_relation]
+
+    def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
+        distance = (self.resid(delta) - self.targets).norm(dim=-1).mean()
+        decay = self.weight_decay * delta.norm() / self.ref_norm**2
+        total = self.vec_loss_factor * distance + decay
+        return LossTerms(total, decay=float(decay.detach()), distance=float(distance.detach()))
+
+    @torch.no_grad()
+    def reached(self, delta: Tensor) -> float:
+        """How much of the move h*_r − h_r,init stage 2 made: 1 − ‖h_r(δ) − h*‖ / ‖h_r,init − h*‖."""
+        start = (self.resid(None) - self.targets).norm(dim=-1)
+        end = (self.resid(delta) - self.targets).norm(dim=-1)
+        return float((1 - end / start.clamp_min(1e-12)).mean())
+
+
+def stage2_rows(batch: RewriteBatch, mode: Stage2) -> slice:
+    """The faithful stage 2 matches h*_r on the bare prompt (row 0); ours on every rewriting prompt."""
+    return slice(0, 1) if mode == "faithful" else slice(0, batch.n_rewrite)
+
+
+def stage2_objective(
+    adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, layer: int, la: int,
+    delta1: Tensor, v_norm: float,
+) -> RelationFeatureObjective:
+    """Stage 2's objective: h*_r = h_r,init + δ₁ in each row it uses (row 0 alone when faithful)."""
+    rows = stage2_rows(batch, hp.stage2)
+    last_rel = batch.last_relation[rows]
+    tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
+    with torch.no_grad():
+        targets = relation_resid(adapter, batch, la)[rows] + delta1
+    return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
+                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm)
+
+
+def optimize_subject(
+    objective: RelationFeatureObjective, hp: TopHparams, v_init: Tensor,
+    callback: Callable[[StepEvent], None] | None = None, progress: bool = False,
+) -> tuple[Float[Tensor, " d_model"], OptimizationTrace]:
+    """Stage 2: δ₂ on ``hook_mlp_out`` of the edit layer at the last subject token; returns δ₂."""
+    max_norm = hp.clamp_norm_factor * float(v_init.norm())
+    delta = torch.zeros_like(v_init)
+    settings = LoopSettings(hp.v_num_grad_steps2, hp.v_lr2, max_norm, hp.early_stop2,
+                            desc=f"TOP stage 2 L{objective.layer}", progress=progress)
+    trace = optimize(objective, delta, settings, callback)
+    return delta.detach(), trace
+
+
+# ---------------------------------------------------------------------------- one layer
+def compute_layer(
+    adapter: ModelAdapter, request: EditRequest, hp: TopHparams, layer: int, templates: Sequence[str],
+    covariance: Tensor | None = None, callback: Callable[[StepEvent], None] | None = None,
+    progress: bool = False,
+) -> tuple[Float[Tensor, "d_mlp d_model"], LayerDetails]:
+    """Both stages and the fold at one edit layer; the model is not changed."""
+    la = layer + hp.rel_feat_layer
+    adapter.check_layer(la, "TopHparams.layers + rel_feat_layer")
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
+    _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
+    v_init = values[0]
+    with adapter.frozen():
+        delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callback, progress)
+        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, float(v_init.norm()))
+        delta2, trace2 = optimize_subject(objective, hp, v_init, callback, progress)
+        reached = objective.reached(delta2)
+    v_star = v_init + delta2
+    delta_w = fold_value(adapter, request, hp.for_layer(layer), templates, v_star, covariance)
+    details = LayerDetails(layer, la, trace1, trace2, objective.targets[0], v_init, v_star, prob1, reached)
+    return delta_w, details
+
+
+def compute_top(
+    model,
+    request: EditRequest,
+    hparams: TopHparams = TopHparams(),
+    *,
+    templates: Sequence[str] | None = None,
+    covariance: Tensor | None = None,
+    callback: Callable[[StepEvent], None] | None = None,
+    progress: bool = False,
+) -> WeightEdit:
+    """Compute the TOP edit of ``request``; the model is left unchanged.
+
+    With several edit layers each is computed with the earlier layers' updates applied (and
+    removed again before returning). ``covariance`` (one C for every layer) overrides the
+    corpus statistic. Returns a ``WeightEdit`` with one ΔW_out per layer and ``TopDetails``.
+    """
+    adapter = as_adapter(model)
+    adapter.require_mlp()
+    for layer in hparams.layers:
+        adapter.check_layer(layer, "TopHparams.layers")
+    templates = tuple(templates or context_templates(adapter, hparams.context_lengths))
+    deltas, details = [], []
+    with EditHandle(adapter) as handle:
+        for layer in hparams.layers:
+            delta_w, info = compute_layer(adapter, request, hparams, layer, templates, covariance, callback,
+                                          progress)
+            deltas.append(LayerDelta(layer, delta_w))
+            details.append(info)
+            if layer != hparams.layers[-1]:
+                handle.add(WeightEdit("top", (request,), (deltas[-1],)))
+    summary = TopDetails(tuple(details), hparams.stage2, hparams.key)
+    return WeightEdit("top", (request,), tuple(deltas), hparams.to_dict(), summary)
+
+
+def apply_top(model, requests: EditRequest | Sequence[EditRequest], hparams: TopHparams = TopHparams(),
+              **kwargs) -> EditHandle:
+    """Compute and apply TOP for one request or several in sequence (each sees the earlier ones).
+
+    Returns the handle; ``handle.revert()`` restores the original weights bit for bit.
+    """
+    items = [requests] if isinstance(requests, EditRequest) else list(requests)
+    handle = EditHandle(model)
+    try:
+        for request in items:
+            handle.add(compute_top(handle.adapter, request, hparams, **kwargs))
+    except Exception:
+        handle.revert()
+        raise
+    return handle
+
+
+compute = compute_top
+apply = apply_top

@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from plugin import EditRequest, ModelAdapter, RequestError, apply_edit, hook_name, rome
+from plugin.editors.rome import RomeHparams
+from plugin.hparams import HparamsError
+from plugin.keys import key_value_at, mean_key
+from plugin.optimize import NonFiniteLossError
+from plugin.scoring import target_probability
+from plugin.templates import context_templates
+
+# In random tiny models attention is nearly uniform, so the subject is put last in the prompt,
+# where its value reaches the prediction directly.
+REQUEST = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France")
+FAST = RomeHparams(layer=1, v_num_grad_steps=15, mom2_adjustment=False, context_lengths=((3, 4),))
+
+
+def _weights(model):
+    adapter = ModelAdapter(model)
+    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
+
+
+def _unchanged(model, saved):
+    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
+
+
+def test_compute_leaves_model_unchanged_and_apply_edits(tiny_model):
+    saved = _weights(tiny_model)
+    before = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
+    edit = rome.compute(tiny_model, REQUEST, FAST)
+    assert _unchanged(tiny_model, saved)
+    assert edit.layers == (1,) and edit.details.value.trace.steps > 0
+    with rome.apply(tiny_model, REQUEST, FAST):
+        after = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
+    assert math.log(after) > math.log(before) + 1.0
+    assert _unchanged(tiny_model, saved)
+
+
+@pytest.mark.parametrize("key_mode", ["consistent", "original"])
+def test_fold_writes_v_star_for_its_key(tiny_hooked, key_mode):
+    adapter = ModelAdapter(tiny_hooked)
+    hp = FAST.replace(key=key_mode)
+    edit = rome.compute(tiny_hooked, REQUEST, hp)
+    templates = context_templates(tiny_hooked, hp.context_lengths)
+    if key_mode == "consistent":
+        key = mean_key(adapter, 1, templates, REQUEST.prompt, REQUEST.subject)
+    else:
+        key = key_value_at(adapter, 1, [(REQUEST.prompt, REQUEST.subject)])[0][0]
+    with apply_edit(tiny_hooked, edit):
+        out = adapter.mlp_output(1, key)
+    torch.testing.assert_close(out, edit.details.value.v_star, atol=1e-4, rtol=1e-4)
+
+
+def test_mom2_and_sequential_requests(tiny_hooked):
+    saved = _weights(tiny_hooked)
+    second = EditRequest("Paris is the capital of {}", "France", " Japan")
+    handle = rome.apply(tiny_hooked, [REQUEST, second], FAST.replace(mom2_adjustment=True))
+    assert len(handle.edits) == 2
+    handle.revert()
+    assert _unchanged(tiny_hooked, saved)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: EditRequest("The capital of X is", "Paris", " Italy"), RequestError, "EditRequest.prompt"),
+        (lambda: EditRequest("{} and {}", "Paris", " Italy"), RequestError, "found 2"),
+        (lambda: EditRequest("{} is", "Paris", " "), RequestError, "EditRequest.target_new"),
+    ],
+)
+def test_malformed_requests(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_subject_not_in_tokenized_prompt_changes_nothing(tiny_hooked):
+    saved = _weights(tiny_hooked)
+    with pytest.raises(RequestError, match="EditRequest.subject 'Par' is not found"):
+        rome.apply(tiny_hooked, EditRequest("{}is the capital of France", "Par", " Italy"), FAST)
+    assert _unchanged(tiny_hooked, saved)
+
+
+@pytest.mark.parametrize("layer", [-1, 4, 99])
+def test_layer_out_of_range_changes_nothing(tiny_hooked, layer):
+    saved = _weights(tiny_hooked)
+    with pytest.raises((ValueError, HparamsError), match="layer"):
+        rome.apply(tiny_hooked, REQUEST, FAST.replace(layer=layer) if layer >= 0 else RomeHparams(layer=layer))
+    assert _unchanged(tiny_hooked, saved)
+
+
+def test_model_without_mlp(tiny_attn_only):
+    with pytest.raises(ValueError, match="model has no MLP"):
+        rome.compute(tiny_attn_only, REQUEST, FAST)
+
+
+def test_bad_hparams_name_the_field():
+    with pytest.raises(HparamsError, match=r"RomeHparams.v_lr must be a finite positive number; got nan"):
+        RomeHparams(v_lr=math.nan)
+    with pytest.raises(HparamsError, match="RomeHparams has no field"):
+        RomeHparams.from_dict({"layer": 3, "lr": 1.0})
+    assert RomeHparams.from_json(FAST.to_json()) == FAST
+
+
+def test_nan_during_optimization_aborts_without_changing_weights(tiny_hooked):
+    saved = _weights(tiny_hooked)
+    poison = (hook_name("resid_post", 3), lambda act, hook: act * float("nan"))
+    with tiny_hooked.hooks(fwd_hooks=[poison]):
+        with pytest.raises(NonFiniteLossError, match="no weight was changed"):
+            rome.apply(tiny_hooked, REQUEST, FAST)
+    assert _unchanged(tiny_hooked, saved)
