@@ -9,12 +9,15 @@ from typing import Sequence
 
 from plugin.cli import add_edit_parser
 
+from .eval_cli import add_eval_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toplens", description="Knowledge editing with TOP and its analyses")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     add_edit_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

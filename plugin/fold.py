@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -152,6 +152,22 @@ def apply_edit(model, edit: WeightEdit | Sequence[WeightEdit]) -> EditHandle:
     try:
         for item in edits:
             handle.add(item)
+    except Exception:
+        handle.revert()
+        raise
+    return handle
+
+
+def apply_sequentially(
+    compute: Callable[..., WeightEdit], model, requests: EditRequest | Sequence[EditRequest], hparams, **kwargs
+) -> EditHandle:
+    """Compute and apply one edit per request in order, each computed on the model as edited by
+    the ones before (sequential editing). On any error everything applied so far is reverted."""
+    items = [requests] if isinstance(requests, EditRequest) else list(requests)
+    handle = EditHandle(model)
+    try:
+        for request in items:
+            handle.add(compute(handle.adapter, request, hparams, **kwargs))
     except Exception:
         handle.revert()
         raise

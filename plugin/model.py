@@ -276,7 +276,7 @@ class ModelAdapter:
         stop = self.n_layers if stop_layer is None else stop_layer
         if self.backend == "hooked":
             if start_layer > 0 and start_resid is not None:
-                return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop, tokens=tokens)
+                return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop)
             return self.model(tokens, stop_at_layer=stop)
         return self._bridge_resid(tokens, stop)
 

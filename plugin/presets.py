@@ -10,14 +10,17 @@ from .editors.rome import RomeHparams
 from .hparams import Hparams
 
 _ROME: dict[str, RomeHparams] = {
-    "gpt2-xl": RomeHparams(layer=17, v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5,
+    "gpt2-xl": RomeHparams(layer=17, v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.5,
                            clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True),
     "gpt-j-6b": RomeHparams(layer=5, v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5,
                             clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True),
     "qwen2.5-7b": RomeHparams(layer=5, v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5,
                               clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=False),
-    "smollm2-135m": RomeHparams(layer=5, v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.5,
-                                clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=False),
+    # ours (docs/presets.md): the layer and mom2 setting of the measured reference run, 20 steps as
+    # in the published GPT-J/GPT2-XL configs, and 5+5 context prefixes instead of 10+10.
+    "smollm2-135m": RomeHparams(layer=5, v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5,
+                                clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=False,
+                                context_lengths=((5, 5), (5, 10))),
 }
 _TABLES: dict[str, dict[str, Hparams]] = {"rome": _ROME}
 _DEFAULTS: dict[str, type[Hparams]] = {"rome": RomeHparams}

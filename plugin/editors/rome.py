@@ -18,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..covariance import key_second_moment
-from ..fold import EditHandle, LayerDelta, WeightEdit, rank_one_delta
+from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
 from ..hparams import Hparams, HparamsError
 from ..keys import key_value_at, mean_key
 from ..model import ModelAdapter, as_adapter, hook_name
@@ -170,15 +170,7 @@ def apply_rome(model, requests: EditRequest | Sequence[EditRequest], hparams: Ro
 
     Returns the handle; ``handle.revert()`` restores the original weights bit for bit.
     """
-    items = [requests] if isinstance(requests, EditRequest) else list(requests)
-    handle = EditHandle(model)
-    try:
-        for request in items:
-            handle.add(compute_rome(handle.adapter, request, hparams, **kwargs))
-    except Exception:
-        handle.revert()
-        raise
-    return handle
+    return apply_sequentially(compute_rome, model, requests, hparams, **kwargs)
 
 
 compute = compute_rome

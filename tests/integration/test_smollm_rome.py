@@ -1,0 +1,88 @@
+"""ROME on the real bundled SmolLM2-135M-Instruct, on both backends: the edits really work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analyses.cli import main
+from analyses.samples import known_fact_requests
+from plugin import EditRequest, ModelAdapter, apply_edit, rome
+from plugin.cli import weight_hashes
+from plugin.presets import get_preset
+from plugin.scoring import target_probability
+
+from tests.conftest import BACKENDS, SHARED_DATA
+
+pytestmark = pytest.mark.smollm
+DANIELLE = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")
+
+
+def _model(request, backend):
+    return request.getfixturevalue(f"smollm_{backend}")
+
+
+@pytest.fixture(scope="module")
+def danielle_edits(request):
+    """The Danielle Darrieux ROME edit computed on each backend (shared by the tests below)."""
+    hp = get_preset("rome", None)
+    return {b: rome.compute(_model(request, b), DANIELLE, hp) for b in BACKENDS}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_edit_json(backend, capsys):
+    argv = ["edit", "--method", "rome", "--prompt", DANIELLE.prompt, "--subject", DANIELLE.subject,
+            "--target", DANIELLE.target_new, "--target-true", DANIELLE.target_true, "--backend", backend, "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == backend and report["method"] == "rome" and report["layer"] == 5
+    assert report["pre"]["p_true"] > report["pre"]["p_new"]
+    assert report["post"]["p_new"] > report["post"]["p_true"]
+    assert report["post"]["top5"][0]["token"] == " English"
+    assert report["restored_bitexact"] is True and report["seconds"] > 0 and report["steps"] >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_known_facts_8_of_10(request, backend):
+    path = SHARED_DATA / "known_1000.json"
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    model = _model(request, backend)
+    adapter = ModelAdapter(model)
+    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    hp = get_preset("rome", None)
+    successes = []
+    for req in known_fact_requests(path, 10):
+        with rome.apply(model, req, hp):
+            successes.append(target_probability(model, req.text, req.target_new)
+                             > target_probability(model, req.text, req.target_true))
+    assert sum(successes) >= 8, successes
+    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="HookedTransformer is not in this TransformerLens")
+def test_backends_give_the_same_edit(request, danielle_edits):
+    hooked, bridge = danielle_edits["hooked"], danielle_edits["bridge"]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(hooked.details.value.v_star, bridge.details.value.v_star) < 1e-2
+    assert rel(hooked.deltas[0].delta, bridge.deltas[0].delta) < 1e-2
+    tops = []
+    for backend, edit in danielle_edits.items():
+        model = _model(request, backend)
+        with apply_edit(model, edit):
+            tops.append(int(ModelAdapter(model).next_token_probs(DANIELLE.text).argmax()))
+    assert tops[0] == tops[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edit_generalizes_and_reverts(request, backend, danielle_edits):
+    model = _model(request, backend)
+    paraphrase = "Danielle Darrieux's mother tongue is"
+    before = target_probability(model, paraphrase, " English")
+    snapshot = [p.detach().clone() for p in model.parameters()]
+    with apply_edit(model, danielle_edits[backend]):
+        after = target_probability(model, paraphrase, " English")
+    assert after > before
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshot))

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from plugin import EditRequest, ModelAdapter, apply_edit, hook_name
+from plugin.editors import top
+from plugin.editors.top import TopHparams
+from plugin.hparams import HparamsError
+from plugin.interventions import set_vectors
+from plugin.keys import key_value_at
+from plugin.objective import rewrite_batch
+from plugin.scoring import target_probability
+
+# The subject comes before the relation words, so stage 2 must reach the last token through
+# attention (with the subject last, stage 2 would be trivial).
+REQUEST = EditRequest("{} plays the", "Miles Davis", " Paris", " trumpet")
+# In random tiny models the subject barely reaches the last token through attention, so the
+# test that needs stage 2 to converge puts the subject last (stage 2 then acts on h_r directly).
+SUBJECT_LAST = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France")
+TEMPLATES = ("{}", "Paris is the capital of France. {}")
+FAST = TopHparams(layers=(1,), rel_feat_layer=1, v_num_grad_steps1=15, v_num_grad_steps2=25,
+                  v_lr2=1.0, mom2_adjustment=False, context_lengths=((2, 4),))
+
+
+def _weights(model):
+    adapter = ModelAdapter(model)
+    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
+
+
+def _unchanged(model, saved):
+    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
+
+
+def _last_token_prob(model, la, h_star=None):
+    """P(first target token) at the bare prompt, optionally with h*_r patched in after block la."""
+    adapter = ModelAdapter(model)
+    tokens = adapter.to_batch([adapter.tokenize(REQUEST.text)])
+    last = tokens.shape[1] - 1
+    hooks = [] if h_star is None else [set_vectors(hook_name("resid_post", la), h_star[None], [0], [last])]
+    target = adapter.tokenize(REQUEST.text + REQUEST.target_new)[tokens.shape[1]]
+    with torch.no_grad(), adapter.hooks(hooks):
+        return float(adapter.logits(tokens)[0, last].softmax(-1)[target])
+
+
+@pytest.mark.parametrize("stage2", ["faithful", "reachable"])
+def test_two_layer_edit_applies_and_reverts_bit_exactly(tiny_hooked, stage2):
+    saved = _weights(tiny_hooked)
+    hp = FAST.replace(layers=(1, 2), stage2=stage2, v_num_grad_steps1=8, v_num_grad_steps2=8)
+    edit = top.compute(tiny_hooked, REQUEST, hp, templates=TEMPLATES)
+    assert _unchanged(tiny_hooked, saved)
+    assert edit.method == "top" and edit.layers == (1, 2)
+    assert [d["la"] for d in edit.details.summary()["layers"]] == [2, 3]
+    before = target_probability(tiny_hooked, REQUEST.text, REQUEST.target_new)
+    with top.apply(tiny_hooked, REQUEST, hp, templates=TEMPLATES) as handle:
+        assert not torch.equal(ModelAdapter(tiny_hooked).w_out(1), saved[1])
+        assert not torch.equal(ModelAdapter(tiny_hooked).w_out(2), saved[2])
+        assert len(handle.edits) == 1
+        after = target_probability(tiny_hooked, REQUEST.text, REQUEST.target_new)
+    assert _unchanged(tiny_hooked, saved)
+    assert after > before
+
+
+def test_stage1_target_predicts_the_new_object(tiny_hooked):
+    adapter = ModelAdapter(tiny_hooked)
+    la = 2
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
+    with adapter.frozen():
+        delta1, trace, _ = top.optimize_relation(adapter, batch, FAST, la)
+    h_star = top.relation_resid(adapter, batch, la)[0] + delta1
+    assert trace.losses[-1] < trace.losses[0]
+    assert _last_token_prob(tiny_hooked, la, h_star) > 2 * _last_token_prob(tiny_hooked, la)
+
+
+def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_hooked):
+    adapter = ModelAdapter(tiny_hooked)
+    hp = FAST.replace(stage2="faithful", key="original", v_num_grad_steps2=40)
+    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=("{}",))
+    info = edit.details.layers[0]
+    la, start_distance = info.la, info.stage2.parts[0]["distance"]
+    end_distance = info.stage2.parts[-1]["distance"]
+    batch = rewrite_batch(adapter, SUBJECT_LAST, ("{}",), [hp.kl_prompt])
+    with apply_edit(tiny_hooked, edit):
+        # the fold writes v* for the subject's key exactly
+        v_now = key_value_at(adapter, 1, [(SUBJECT_LAST.prompt, SUBJECT_LAST.subject)])[1][0]
+        torch.testing.assert_close(v_now, info.v_star, atol=1e-4, rtol=1e-4)
+        h_edited = top.relation_resid(adapter, batch, la)[0]
+    folded_distance = float((h_edited - info.h_star).norm())
+    assert end_distance < 0.5 * start_distance
+    # other tokens' MLP outputs move a little too (the update is rank one, not one token only)
+    assert folded_distance == pytest.approx(end_distance, rel=0.25, abs=1e-3)
+    if info.stage2.converged:
+        assert folded_distance <= 1.25 * hp.early_stop2 / hp.vec_loss_factor
+
+
+def test_summary_and_round_trip(tiny_hooked):
+    edit = top.compute(tiny_hooked, REQUEST, FAST.replace(v_num_grad_steps1=3, v_num_grad_steps2=3),
+                       templates=TEMPLATES)
+    (layer,) = edit.details.summary()["layers"]
+    assert set(layer) >= {"la", "stage1_steps", "stage2_steps", "stage1_final_loss", "stage2_final_loss"}
+    assert edit.details.layers[0].h_star.shape == (tiny_hooked.cfg.d_model,)
+    assert TopHparams.from_json(FAST.to_json()) == FAST
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(layers=()), "TopHparams.layers"),
+        (dict(layers=(3, 2)), "TopHparams.layers"),
+        (dict(rel_feat_layer=0), "TopHparams.rel_feat_layer"),
+        (dict(v_lr2=0.0), "TopHparams.v_lr2"),
+        (dict(stage2="fast"), "TopHparams.stage2"),
+        (dict(key="mean"), "TopHparams.key"),
+        (dict(kl_prompt="no subject"), "TopHparams.kl_prompt"),
+        (dict(vec_loss_factor=float("nan")), "TopHparams.vec_loss_factor"),
+    ],
+)
+def test_bad_hparams_name_the_field(change, field):
+    with pytest.raises(HparamsError, match=field):
+        FAST.replace(**change)
+
+
+def test_la_beyond_the_model_is_rejected_before_any_work(tiny_hooked):
+    with pytest.raises(ValueError, match="rel_feat_layer"):
+        top.compute(tiny_hooked, REQUEST, FAST.replace(layers=(3,)), templates=TEMPLATES)
