@@ -92,7 +92,7 @@ def key_second_moment(
     adapter.check_layer(layer)
     texts = list(corpus) if corpus is not None else None
     source = {"sampled": asdict(sampled)} if texts is None else {"texts": corpus_fingerprint(texts)}
-    key = {"what": "key_second_moment", "model": adapter.fingerprint(), "layer": layer,
+    key = {"what": "key_second_moment", "model": adapter.fingerprint(below_layer=layer), "layer": layer,
            "corpus": source, "max_tokens": max_tokens}
     path = cache_dir() / f"mom2-{key_digest(key)}.safetensors"
     if use_cache and path.exists():

@@ -149,15 +149,19 @@ class ModelAdapter:
             raise ValueError(f"{field}={layer} is outside [0, {self.n_layers}) for this model")
         return layer
 
-    def fingerprint(self) -> str:
-        """A short hash of the configuration and a strided sample of every weight matrix.
+    def fingerprint(self, below_layer: int | None = None) -> str:
+        """A short hash of the configuration, the embedding and a strided sample of W_out of every
+        layer below ``below_layer`` (all layers when None).
 
-        Two backends wrapping the same checkpoint share it; any weight edit changes it. Caches
-        (covariance, context templates) are keyed on it.
+        Two backends wrapping the same checkpoint share it. Caches use the part that matters to
+        them: the keys at layer l depend only on the blocks below l, so an edit at layer l (or
+        above) leaves the cached statistics of layer l valid, and context templates are keyed on
+        ``below_layer=0`` (the model's identity), so they are generated once per model.
         """
+        stop = self.n_layers if below_layer is None else below_layer
         digest = hashlib.sha256()
         digest.update(f"{self.n_layers}/{self.d_model}/{self.d_mlp}/{self.cfg.d_vocab}".encode())
-        for matrix in [self.embedding_matrix()] + [self.w_out(i) for i in range(self.n_layers)]:
+        for matrix in [self.embedding_matrix()] + [self.w_out(i) for i in range(stop)]:
             sample = matrix.detach().reshape(-1)[::997].to(torch.float32).cpu()
             digest.update(sample.numpy().tobytes())
         return digest.hexdigest()[:16]

@@ -6,8 +6,13 @@ chosen by measurement (docs/presets.md says how).
 
 from __future__ import annotations
 
+from .editors.memit import MemitHparams
+from .editors.rets import RetsHparams
 from .editors.rome import RomeHparams
+from .editors.top import TopHparams
 from .hparams import Hparams
+
+_COMMON = dict(v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625)
 
 _ROME: dict[str, RomeHparams] = {
     "gpt2-xl": RomeHparams(layer=17, v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.5,
@@ -22,8 +27,47 @@ _ROME: dict[str, RomeHparams] = {
                                 clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=False,
                                 context_lengths=((5, 5), (5, 10))),
 }
-_TABLES: dict[str, dict[str, Hparams]] = {"rome": _ROME}
-_DEFAULTS: dict[str, type[Hparams]] = {"rome": RomeHparams}
+# TOP: the official code's configs (DESIGN.md); stage2="faithful" is the published stage 2.
+_TOP: dict[str, TopHparams] = {
+    "gpt2-xl": TopHparams(layers=(17, 18), rel_feat_layer=1, v_num_grad_steps1=25, v_num_grad_steps2=25,
+                          vec_loss_factor=0.1, mom2_adjustment=True, stage2="faithful", **_COMMON),
+    "gpt-j-6b": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
+                           vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful", **_COMMON),
+    "qwen2.5-7b": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
+                             vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful", **_COMMON),
+    # ours: the Qwen2.5 preset on the bundled model (edit layer 5, la = 10) with 100 stage-2
+    # steps, where stage 2 levels off (docs/top_stage2.md), and our ROME preset's prefixes.
+    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
+                               vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
+                               context_lengths=((5, 5), (5, 10)), **_COMMON),
+}
+# RETS: only the edit layers are published (GPT2-XL 35, GPT-J 17, Llama-2-7B 22); the rest are
+# ROME's values, on which the RETS code is built.
+_RETS: dict[str, RetsHparams] = {
+    "gpt2-xl": RetsHparams(layer=35, mom2_adjustment=True),
+    "gpt-j-6b": RetsHparams(layer=17, mom2_adjustment=True),
+    "qwen2.5-7b": RetsHparams(layer=19, mom2_adjustment=False),  # Llama-2's relative depth, not published
+    "smollm2-135m": RetsHparams(layer=20, v_num_grad_steps=20, mom2_adjustment=False,
+                                context_lengths=((5, 5), (5, 10))),
+}
+# MEMIT: the official configs (GPT2-XL, GPT-J) and EasyEdit's (Qwen2.5-7B).
+_MEMIT: dict[str, MemitHparams] = {
+    "gpt2-xl": MemitHparams(layers=(13, 14, 15, 16, 17), v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5,
+                            clamp_norm_factor=0.75, kl_factor=0.0625, mom2_adjustment=True,
+                            mom2_update_weight=20000.0),
+    "gpt-j-6b": MemitHparams(layers=(3, 4, 5, 6, 7, 8), v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.5,
+                             clamp_norm_factor=0.75, kl_factor=0.0625, mom2_adjustment=True,
+                             mom2_update_weight=15000.0),
+    "qwen2.5-7b": MemitHparams(layers=(4, 5, 6, 7, 8), v_num_grad_steps=25, v_lr=0.5, v_weight_decay=1e-3,
+                               clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=True,
+                               mom2_update_weight=15000.0),
+    "smollm2-135m": MemitHparams(layers=(3, 4, 5, 6, 7), v_num_grad_steps=20, mom2_adjustment=False,
+                                 mom2_update_weight=1.0, context_lengths=((5, 5), (5, 10))),
+}
+_TABLES: dict[str, dict[str, Hparams]] = {"rome": _ROME, "top": _TOP, "rets": _RETS, "memit": _MEMIT}
+_DEFAULTS: dict[str, type[Hparams]] = {"rome": RomeHparams, "top": TopHparams, "rets": RetsHparams,
+                                       "memit": MemitHparams}
+_REFERENCE_DEPTH = 30  # SmolLM2-135M's layers: the fallback scales its presets by relative depth
 _ALIASES = {
     "gpt2-xl": "gpt2-xl", "gpt-j-6b": "gpt-j-6b", "gpt-j": "gpt-j-6b", "gptj": "gpt-j-6b",
     "qwen2.5-7b": "qwen2.5-7b", "qwen2.5-7b-instruct": "qwen2.5-7b", "smollm2": "smollm2-135m",
@@ -50,8 +94,8 @@ def register(method: str, model: str, hparams: Hparams) -> None:
 
 
 def get_preset(method: str, model_name: str | None, n_layers: int | None = None) -> Hparams:
-    """The preset of ``method`` for a model; unknown models get the method's defaults with the
-    layer moved to the same relative depth as the SmolLM2 preset (and clipped to the model)."""
+    """The preset of ``method`` for a model. An unknown model gets the SmolLM2 preset with its
+    layer(s) moved to the same relative depth (and clipped to the model)."""
     if method not in _TABLES:
         raise ValueError(f"method must be one of {sorted(_TABLES)}; got {method!r}")
     key = model_key(model_name)
@@ -59,6 +103,17 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     if key in table:
         return table[key]
     fallback = table.get("smollm2-135m") or _DEFAULTS[method]()
-    if n_layers is None or not hasattr(fallback, "layer"):
-        return fallback
-    return fallback.replace(layer=max(0, min(n_layers - 1, round(n_layers * 5 / 30))))
+    return fallback if n_layers is None else _rescaled(fallback, n_layers)
+
+
+def _rescaled(hp: Hparams, n_layers: int) -> Hparams:
+    scale = lambda layer: max(0, min(n_layers - 1, round(layer * n_layers / _REFERENCE_DEPTH)))  # noqa: E731
+    changes = {}
+    if hasattr(hp, "layer"):
+        changes["layer"] = scale(hp.layer)
+    if hasattr(hp, "layers"):
+        changes["layers"] = tuple(sorted({scale(layer) for layer in hp.layers}))
+    if hasattr(hp, "rel_feat_layer"):
+        top = max(changes["layers"])
+        changes["rel_feat_layer"] = max(1, min(n_layers - 1 - top, round(hp.rel_feat_layer * n_layers / _REFERENCE_DEPTH)))
+    return hp.replace(**changes)

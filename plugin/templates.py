@@ -51,7 +51,7 @@ def context_templates(
         top_k: sampling breadth; seed: the RNG seed.
     """
     adapter = as_adapter(model)
-    key = {"what": "context_templates", "model": adapter.fingerprint(), "lengths": [list(x) for x in lengths],
+    key = {"what": "context_templates", "model": adapter.fingerprint(below_layer=0), "lengths": [list(x) for x in lengths],
            "top_k": top_k, "seed": seed}
     digest = key_digest(key)
     if use_cache and digest in _MEMORY:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import rome
+from . import memit, rets, rome, top
+from .memit import MemitHparams, apply_memit, compute_memit
+from .rets import RetsHparams, apply_rets, compute_rets
 from .rome import RomeHparams, apply_rome, compute_rome
+from .top import TopHparams, apply_top, compute_top
 
-_EDITORS: dict[str, ModuleType] = {"rome": rome}
+_EDITORS: dict[str, ModuleType] = {"rome": rome, "top": top, "rets": rets, "memit": memit}
 
 
 def get_editor(method: str) -> ModuleType:
@@ -22,4 +25,9 @@ def get_editor(method: str) -> ModuleType:
     return _EDITORS[method]
 
 
-__all__ = ["rome", "RomeHparams", "compute_rome", "apply_rome", "get_editor"]
+__all__ = [
+    "get_editor", "memit", "rets", "rome", "top",
+    "MemitHparams", "RetsHparams", "RomeHparams", "TopHparams",
+    "apply_memit", "apply_rets", "apply_rome", "apply_top",
+    "compute_memit", "compute_rets", "compute_rome", "compute_top",
+]

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..fold import EditHandle, LayerDelta, WeightEdit, rank_one_delta
+from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
 from ..hparams import Hparams, HparamsError
 from ..keys import key_value_at, mean_key
 from ..model import ModelAdapter, as_adapter, hook_name
@@ -209,15 +209,7 @@ def apply_rets(model, requests: EditRequest | Sequence[EditRequest], hparams: Re
 
     Returns the handle; ``handle.revert()`` restores the original weights bit for bit.
     """
-    items = [requests] if isinstance(requests, EditRequest) else list(requests)
-    handle = EditHandle(model)
-    try:
-        for request in items:
-            handle.add(compute_rets(handle.adapter, request, hparams, **kwargs))
-    except Exception:
-        handle.revert()
-        raise
-    return handle
+    return apply_sequentially(compute_rets, model, requests, hparams, **kwargs)
 
 
 compute = compute_rets

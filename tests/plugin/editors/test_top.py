@@ -41,7 +41,7 @@ def _last_token_prob(model, la, h_star=None):
         return float(adapter.logits(tokens)[0, last].softmax(-1)[target])
 
 
-@pytest.mark.parametrize("stage2", ["faithful", "reachable"])
+@pytest.mark.parametrize("stage2", ["faithful", "all_prompts"])
 def test_two_layer_edit_applies_and_reverts_bit_exactly(tiny_hooked, stage2):
     saved = _weights(tiny_hooked)
     hp = FAST.replace(layers=(1, 2), stage2=stage2, v_num_grad_steps1=8, v_num_grad_steps2=8)
