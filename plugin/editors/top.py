@@ -118,7 +118,12 @@ class TopDetails:
 
     def summary(self) -> dict:
         """JSON-able numbers for reports, per edit layer."""
-        return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode, "layers": [
+        las = [d.la for d in self.layers]
+        return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode,
+                "la": las[0] if len(las) == 1 else las,
+                "stage1_steps": sum(d.stage1.steps for d in self.layers),
+                "stage2_steps": sum(d.stage2.steps for d in self.layers),
+                "steps": sum(d.stage1.steps + d.stage2.steps for d in self.layers), "layers": [
             {"layer": d.layer, "la": d.la, "stage1_steps": d.stage1.steps, "stage2_steps": d.stage2.steps,
              "stage1_final_loss": d.stage1.losses[-1], "stage2_final_loss": d.stage2.losses[-1],
              "stage2_first_loss": d.stage2.losses[0], "stage1_converged": d.stage1.converged,
