@@ -7,8 +7,16 @@ from .metrics import MetricResult, PromptOutcome, TopToken, load_stop_words, top
 from .records import DatasetError, Record
 from .results import CaseResult, Rates, Summary, summarize
 from .runner import run_eval
+# The analyses. ``causal_trace`` (the function) is not re-exported: it would hide the submodule of
+# the same name; use ``from analyses.causal_trace import causal_trace``.
+from .causal_trace import TraceResult, causal_traces
+from .independence import IndependenceResult, independence_check
+from .rie import RieReport, relative_indirect_effects
+from .saliency import SaliencyResult, gradient_saliency
 
 __all__ = [
+    "IndependenceResult", "RieReport", "SaliencyResult", "TraceResult", "causal_traces", "gradient_saliency",
+    "independence_check", "relative_indirect_effects",
     "BuildOptions", "CaseEvaluation", "CaseResult", "DatasetError", "Fact", "KnownFact", "MetricResult",
     "PromptOutcome", "Rates", "Record", "Relation", "Summary", "TopToken", "build_records", "builtin_records",
     "evaluate_case", "evaluate_record", "load_records", "load_stop_words", "measure", "read_counterfact",

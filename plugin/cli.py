@@ -9,10 +9,12 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from .editors import get_editor
 from .fold import EditHandle
 from .loading import load_model
 from .model import ModelAdapter, as_adapter
@@ -63,6 +65,9 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--subject")
     p.add_argument("--target", help="the new object, with its leading space")
     p.add_argument("--target-true", default=None, help="the object the model knows now (optional)")
+    p.add_argument("--requests", default=None, metavar="FILE.json",
+                   help="a batch: a JSON list of requests in CounterFact's requested_rewrite shape "
+                        "(or whole CounterFact records); MEMIT edits them at once, the others in sequence")
     p.add_argument("--layer", type=int, default=None, help="edit layer (default: the method's preset)")
     p.add_argument("--hparams", default=None, help="JSON object of hyperparameters overriding the preset")
     p.add_argument("--save", default=None, help="write the computed edit to this .safetensors file")
@@ -70,7 +75,14 @@ def add_edit_parser(sub) -> None:
     p.set_defaults(func=run_edit)
 
 
-def build_request(args) -> EditRequest:
+def build_request(args) -> EditRequest | None:
+    """The request of --prompt/--subject/--target (None with --requests, which excludes them)."""
+    if args.requests is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("prompt", "subject", "target", "target_true")
+                 if getattr(args, n) is not None]
+        if given:
+            raise SystemExit(f"toplens edit: --requests cannot be combined with {', '.join(given)}")
+        return None
     missing = [f"--{n}" for n in ("prompt", "subject", "target") if getattr(args, n) is None]
     if missing:
         raise SystemExit(f"toplens edit: missing {', '.join(missing)}")
@@ -89,12 +101,74 @@ def resolve_hparams(method: str, args, adapter: ModelAdapter):
 
 
 def compute_edit(method: str, adapter: ModelAdapter, request: EditRequest, hp):
-    from .editors import get_editor
-
     return get_editor(method).compute(adapter, request, hp)
 
 
+def read_requests(path: str) -> list[EditRequest]:
+    """Requests from a JSON list of CounterFact ``requested_rewrite`` objects (or whole records)."""
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--requests {path!r}: cannot read a JSON list ({err})") from err
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"--requests {path!r}: expected a non-empty JSON list of requests")
+    requests = []
+    for i, item in enumerate(items):
+        rewrite = item.get("requested_rewrite", item) if isinstance(item, dict) else item
+        if not isinstance(rewrite, dict):
+            raise ValueError(f"--requests {path!r}: item {i} is not an object: {item!r}")
+        try:
+            requests.append(EditRequest.from_counterfact(rewrite))
+        except ValueError as err:
+            raise ValueError(f"--requests {path!r}: item {i}: {err}") from err
+    return requests
+
+
+def run_batch(args) -> int:
+    """Edit every request of --requests together, report each before/after, revert and verify."""
+    requests = read_requests(args.requests)
+    model = load_model(args.model, args.backend)
+    adapter = as_adapter(model)
+    hp = resolve_hparams(args.method, args, adapter)
+    before = [snapshot(adapter, r) for r in requests]
+    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    start = time.perf_counter()
+    with get_editor(args.method).apply(adapter, requests, hp) as handle:
+        seconds = time.perf_counter() - start
+        after = [snapshot(adapter, r) for r in requests]
+        n_edits = len(handle.edits)
+    restored = weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    report = batch_report(args.method, adapter, requests, seconds, before, after, restored, n_edits)
+    print(json.dumps(report, indent=2) if args.json else format_batch(report))
+    return 0 if restored else 1
+
+
+def batch_report(method, adapter, requests, seconds, before, after, restored, n_edits) -> dict[str, Any]:
+    rows = [{"request": r.to_dict(), "pre": b.to_dict(), "post": a.to_dict(),
+             "success": a.p_true is None or a.p_new > a.p_true}
+            for r, b, a in zip(requests, before, after)]
+    return {"method": method, "model": adapter.name, "backend": adapter.backend, "n_requests": len(requests),
+            "weight_edits": n_edits, "seconds": round(seconds, 3),
+            "n_success": sum(row["success"] for row in rows), "restored_bitexact": restored, "requests": rows}
+
+
+def format_batch(r: dict[str, Any]) -> str:
+    lines = [f"{r['method'].upper()} batch of {r['n_requests']} on {r['model']} ({r['backend']}), "
+             f"{r['seconds']:.1f} s, {r['n_success']}/{r['n_requests']} edits succeed", "",
+             f"{'subject':28}{'new':>14}{'P(new) pre':>12}{'post':>8}{'P(true) pre':>13}{'post':>8}"]
+    for row in r["requests"]:
+        req, pre, post = row["request"], row["pre"], row["post"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"{req['subject'][:27]:28}{req['target_new'][:13]:>14}{fmt(pre['p_new']):>12}"
+                     f"{fmt(post['p_new']):>8}{fmt(pre['p_true']):>13}{fmt(post['p_true']):>8}")
+    lines += ["", f"weights restored bit for bit after revert: {r['restored_bitexact']}"]
+    return "\n".join(lines)
+
+
 def run_edit(args) -> int:
+    if args.requests is not None:
+        build_request(args)
+        return run_batch(args)
     request = build_request(args)
     model = load_model(args.model, args.backend)
     adapter = as_adapter(model)

@@ -39,6 +39,7 @@ from ..templates import context_templates
 from .rome import RomeHparams, fold_value
 
 Stage2 = Literal["faithful", "all_prompts"]
+Stage2Loss = Literal["l2", "along"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TopHparams(Hparams):
     key: Literal["consistent", "original"] = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
     stage2: Stage2 = "faithful"
+    stage2_loss: Stage2Loss = "l2"
 
     def __post_init__(self) -> None:
         self._layers("layers")
@@ -76,6 +78,8 @@ class TopHparams(Hparams):
             raise HparamsError(f"TopHparams.key must be 'consistent' or 'original'; got {self.key!r}")
         if self.stage2 not in ("faithful", "all_prompts"):
             raise HparamsError(f"TopHparams.stage2 must be 'faithful' or 'all_prompts'; got {self.stage2!r}")
+        if self.stage2_loss not in ("l2", "along"):
+            raise HparamsError(f"TopHparams.stage2_loss must be 'l2' or 'along'; got {self.stage2_loss!r}")
         if self.kl_prompt.count("{}") != 1:
             raise HparamsError(f"TopHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
 
@@ -184,10 +188,23 @@ class RelationFeatureObjective:
     vec_loss_factor: float
     weight_decay: float
     ref_norm: float
+    loss: Stage2Loss = "l2"
 
     def __post_init__(self) -> None:
         self._prefix = self.adapter.resid_before(self.tokens, self.layer)
         self._rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+        with torch.no_grad():
+            self._start = self.resid(None)
+        move = self.targets - self._start
+        self._span = move.norm(dim=-1)
+        self._unit = move / self._span.clamp_min(1e-12).unsqueeze(-1)
+
+    def distance(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, " batch"]:
+        """‖h_r − h*_r‖ ("l2"), or the part of the move h*_r − h_r,init still to go along its own
+        direction, |‖δ₁‖ − (h_r − h_r,init)·δ̂₁| ("along"), which ignores sideways drift."""
+        if self.loss == "l2":
+            return (resid - self.targets).norm(dim=-1)
+        return (self._span - ((resid - self._start) * self._unit).sum(-1)).abs()
 
     def resid(self, delta: Tensor | None) -> Float[Tensor, "batch d_model"]:
         """h_r of every row with δ added at the last subject token."""
@@ -198,7 +215,7 @@ class RelationFeatureObjective:
         return resid[self._rows, self.last_relation]
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
-        distance = (self.resid(delta) - self.targets).norm(dim=-1).mean()
+        distance = self.distance(self.resid(delta)).mean()
         decay = self.weight_decay * delta.norm() / self.ref_norm**2
         total = self.vec_loss_factor * distance + decay
         return LossTerms(total, decay=float(decay.detach()), distance=float(distance.detach()))
@@ -227,7 +244,7 @@ def stage2_objective(
     with torch.no_grad():
         targets = relation_resid(adapter, batch, la)[rows] + delta1
     return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
-                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm)
+                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm, hp.stage2_loss)
 
 
 def optimize_subject(

@@ -1,0 +1,158 @@
+"""The la sweep (the paper's Fig. 5): TOP's quality as the relation-feature layer la moves.
+
+TOP optimizes the relation feature h_r after block la = l + rel_feat_layer (stage 1) and then
+the subject's value at the edit layer l so that it reproduces h_r (stage 2). The paper finds that
+la trades Generalization against R-Specificity. Here each la in a list (default l+1, l+5, l+10,
+L−5, L−1, clipped to [l+1, L−1]) gets TOP edits of a set of COUNTERFACT_RS records, one record at
+a time from the original weights, and the dataset means of Efficacy, Generalization,
+S-Specificity and R-Specificity in percent. Fluency generations are skipped.
+
+With several edit layers (the GPT2-XL preset edits 17 and 18), l is the last one: la is that
+layer's relation-feature layer and each earlier layer's is shifted by the same rel_feat_layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from plugin import as_adapter
+from plugin.editors.top import TopHparams
+from plugin.presets import get_preset
+
+from . import metrics as m
+from .evaluate import Measurement, evaluate_case, measure
+from .maps import SweepPoint
+from .records import Record
+from .results import CaseResult, summarize
+
+logger = logging.getLogger(__name__)
+
+METHOD = "top"
+DEFAULT_OFFSETS = (1, 5, 10)  # la = l + offset
+DEFAULT_FROM_END = (5, 1)  # la = L − k
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The sweep's points (ascending la), the edit layer l, the model depth L and the run's setup."""
+
+    points: tuple[SweepPoint, ...]
+    edit_layer: int
+    n_records: int
+    n_layers: int | None = None
+    model_name: str | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def las(self) -> list[int]:
+        return [p.la for p in self.points]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edit_layer": self.edit_layer, "n_records": self.n_records, "n_layers": self.n_layers,
+                "model_name": self.model_name, "hparams": json.loads(json.dumps(dict(self.hparams))),
+                "points": [asdict(p) for p in self.points]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
+        points = tuple(SweepPoint(**p) for p in data["points"])
+        return cls(points, int(data["edit_layer"]), int(data["n_records"]), data.get("n_layers"),
+                   data.get("model_name"), data.get("hparams") or {})
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepResult":
+        return cls.from_dict(json.loads(text))
+
+
+# ------------------------------------------------------------------------------- the la list
+def default_las(edit_layer: int, n_layers: int) -> list[int]:
+    """l+1, l+5, l+10, L−5, L−1, clipped to [l+1, L−1], deduplicated and ascending."""
+    low, high = edit_layer + 1, n_layers - 1
+    if low > high:
+        raise ValueError(f"edit_layer={edit_layer} leaves no layer for la in a {n_layers}-layer model")
+    wanted = [edit_layer + k for k in DEFAULT_OFFSETS] + [n_layers - k for k in DEFAULT_FROM_END]
+    return sorted({min(max(la, low), high) for la in wanted})
+
+
+def check_las(las: Sequence[int], edit_layer: int, n_layers: int) -> list[int]:
+    """The given las, ascending and deduplicated; each must lie in [l+1, L−1]."""
+    if not las:
+        raise ValueError("las: give at least one relation-feature layer")
+    for la in las:
+        if isinstance(la, bool) or not isinstance(la, int) or not edit_layer < la < n_layers:
+            raise ValueError(f"las: {la!r} is not a layer in [{edit_layer + 1}, {n_layers - 1}] "
+                             f"(after the edit layer {edit_layer}, inside the {n_layers}-layer model)")
+    return sorted(set(las))
+
+
+def resolve_hparams(model, hparams: TopHparams | None) -> TopHparams:
+    """The given TOP settings, or the model's TOP preset."""
+    if hparams is None:
+        adapter = as_adapter(model)
+        hparams = get_preset(METHOD, adapter.name, adapter.n_layers)  # type: ignore[assignment]
+    if not isinstance(hparams, TopHparams):
+        raise ValueError(f"hparams: the la sweep needs TopHparams; got {type(hparams).__name__}")
+    return hparams
+
+
+def at_la(hparams: TopHparams, la: int) -> TopHparams:
+    """TOP settings whose last edit layer l has its relation feature at ``la``."""
+    return hparams.replace(rel_feat_layer=la - hparams.layers[-1])
+
+
+# ------------------------------------------------------------------------------- the sweep
+def sweep_point(la: int, cases: Sequence[CaseResult]) -> SweepPoint:
+    """Dataset means of the four rates over ``cases``, in percent."""
+    rates = summarize(cases).rates
+    percent = [None if r is None else 100.0 * r for r in
+               (rates.efficacy, rates.generalization, rates.s_specificity, rates.r_specificity)]
+    return SweepPoint(la, *percent)
+
+
+def la_sweep(model, records: Sequence[Record], las: Sequence[int] | None = None,
+             hparams: TopHparams | None = None, progress: bool = True, *,
+             stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS, model_name: str | None = None) -> SweepResult:
+    """TOP at each relation-feature layer la over ``records``: one SweepPoint per la.
+
+    Args:
+        model: a TransformerLens model (or ModelAdapter); every edit is reverted after its record.
+        records: the COUNTERFACT_RS cases.
+        las: the relation-feature layers; default ``default_las(l, L)``.
+        hparams: TOP settings (only rel_feat_layer changes per la); default the model's preset.
+        progress: show a tqdm bar over (la, record) edits.
+        stop_words: skipped when picking the relation-specific prompts' pre-edit top tokens.
+        model_name: recorded in the result; default the model's cfg name.
+    """
+    if not records:
+        raise ValueError("records: the la sweep needs at least one record")
+    adapter = as_adapter(model)
+    hp = resolve_hparams(model, hparams)
+    layer = hp.layers[-1]
+    chosen = default_las(layer, adapter.n_layers) if las is None else check_las(las, layer, adapter.n_layers)
+    befores = [measure(model, r, stop_words=stop_words) for r in records]
+    bar = tqdm(total=len(chosen) * len(records), desc="la sweep", unit="edit", disable=not progress)
+    with bar:
+        points = tuple(_sweep_one(model, records, befores, at_la(hp, la), la, stop_words, bar) for la in chosen)
+    return SweepResult(points, layer, len(records), adapter.n_layers, model_name or adapter.name,
+                       json.loads(hp.to_json()))
+
+
+def _sweep_one(model, records: Sequence[Record], befores: Sequence[Measurement], hp: TopHparams, la: int,
+               stop_words: frozenset[str], bar) -> SweepPoint:
+    """Edit, measure and revert each record with TOP at one la; no generations."""
+    cases = []
+    for record, before in zip(records, befores, strict=True):
+        ev = evaluate_case(model, record, METHOD, hp, stop_words=stop_words, before=before, generation_tokens=0)
+        cases.append(ev.result)
+        bar.update(1)
+    point = sweep_point(la, cases)
+    logger.info("la=%d: efficacy %s, generalization %s, s-spec %s, r-spec %s", la, point.efficacy,
+                point.generalization, point.s_specificity, point.r_specificity)
+    return point

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+import plugin.cli as cli
+from analyses.cli import main
+
+FAST = {"memit": {"layers": [1, 2], "v_num_grad_steps": 5, "context_lengths": [[1, 3]]},
+        "rome": {"layer": 1, "v_num_grad_steps": 5, "context_lengths": [[1, 3]]}}
+# CounterFact records and bare requested_rewrite objects are both accepted.
+BATCH = [{"case_id": 0, "requested_rewrite": {"prompt": "{} plays the", "subject": "Miles Davis",
+                                              "target_new": {"str": "Paris"}, "target_true": {"str": "trumpet"}}},
+         {"prompt": "{} plays the", "subject": "Jimi Hendrix", "target_new": {"str": "Berlin"},
+          "target_true": {"str": "guitar"}}]
+
+
+@pytest.fixture
+def tiny_loaded(monkeypatch, tiny_hooked):
+    monkeypatch.setattr(cli, "load_model", lambda name, backend: tiny_hooked)
+    return tiny_hooked
+
+
+def _batch_file(tmp_path, items=BATCH):
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps(items))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["memit", "rome"])
+def test_batch_edit_reports_each_request_and_reverts(method, tiny_loaded, tmp_path, capsys):
+    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    argv = ["edit", "--method", method, "--requests", _batch_file(tmp_path), "--hparams",
+            json.dumps(FAST[method]), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_requests"] == 2 and report["restored_bitexact"] is True
+    assert report["weight_edits"] == (1 if method == "memit" else 2)
+    assert [r["request"]["target_new"] for r in report["requests"]] == [" Paris", " Berlin"]
+    assert all(r["post"]["p_new"] > r["pre"]["p_new"] for r in report["requests"])
+    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))
+
+
+def test_batch_table_output(tiny_loaded, tmp_path, capsys):
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams",
+                 json.dumps(FAST["rome"])]) == 0
+    out = capsys.readouterr().out
+    assert "ROME batch of 2" in out and "Miles Davis" in out and "restored bit for bit" in out
+
+
+def test_bad_request_file_names_the_item(tiny_loaded, tmp_path, capsys):
+    bad = [BATCH[0], {"prompt": "{} plays the", "subject": "Jimi Hendrix"}]
+    assert main(["edit", "--requests", _batch_file(tmp_path, bad)]) == 2
+    err = capsys.readouterr().err
+    assert "item 1" in err and "target_new" in err
+
+
+def test_requests_excludes_single_request_flags(tmp_path):
+    with pytest.raises(SystemExit, match="--subject"):
+        main(["edit", "--requests", _batch_file(tmp_path), "--subject", "Miles Davis"])
