@@ -383,7 +383,8 @@ def causal_trace(
     values = indirect_effects(adapter, corruption, kind, window=window, batched=batched, max_rows=max_rows,
                               progress=progress, base_prob=base)
     tokens, roles = token_labels(adapter, corruption.positions)
-    title = f"IE of restoring {kind} ({'window ' + str(window) if kind != 'resid' else 'one layer'})"
+    span = f"window {window}" if kind != "resid" else "one layer"
+    title = f"IE on P({answer!r}) of restoring {kind} ({span})"
     effects = LayerPositionMap(values, tokens, roles, "indirect_effect", title)
     logger.debug("traced %s of %r -> %r: corrupted P %.4g", kind, corruption.positions.tokens, answer, base)
     return TraceResult(effects, kind, window, answer, corruption.answer_id, clean_prob(adapter, corruption), base,

@@ -195,9 +195,12 @@ def _tradeoff(ax: Axes, points: Sequence[SweepPoint]) -> None:
     gen, rspec = [p.generalization for p in kept], [p.r_specificity for p in kept]
     ax.plot(gen, rspec, color="lightgray", zorder=1)
     ax.scatter(gen, rspec, c=[p.la for p in kept], cmap="viridis", zorder=2)
-    for p in kept:
-        ax.annotate(f"la={p.la}", (p.generalization, p.r_specificity), textcoords="offset points",
-                    xytext=(4, 4), fontsize="small")
+    at: dict[tuple[float, float], list[int]] = {}
+    for p in kept:  # points that coincide share one label
+        at.setdefault((p.generalization, p.r_specificity), []).append(p.la)
+    for xy, las in at.items():
+        ax.annotate("la=" + ", ".join(map(str, las)), xy, textcoords="offset points", xytext=(4, 4),
+                    fontsize="small")
     ax.set_xlabel("Generalization (%)")
     ax.set_ylabel("R-Specificity (%)")
     ax.set_title("Generalization vs R-Specificity")

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
 from ..hparams import Hparams, HparamsError
-from ..interventions import add_vector
+from ..interventions import add_vector, patch_from, set_vectors
 from ..keys import key_value_at
 from ..model import ModelAdapter, as_adapter, hook_name
 from ..objective import RewriteBatch, RewriteObjective, rewrite_batch
@@ -39,7 +40,7 @@ from ..templates import context_templates
 from .rome import RomeHparams, fold_value
 
 Stage2 = Literal["faithful", "all_prompts"]
-Stage2Loss = Literal["l2", "along"]
+Stage2Loss = Literal["l2", "readout"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ class TopHparams(Hparams):
             raise HparamsError(f"TopHparams.key must be 'consistent' or 'original'; got {self.key!r}")
         if self.stage2 not in ("faithful", "all_prompts"):
             raise HparamsError(f"TopHparams.stage2 must be 'faithful' or 'all_prompts'; got {self.stage2!r}")
-        if self.stage2_loss not in ("l2", "along"):
-            raise HparamsError(f"TopHparams.stage2_loss must be 'l2' or 'along'; got {self.stage2_loss!r}")
+        if self.stage2_loss not in ("l2", "readout"):
+            raise HparamsError(f"TopHparams.stage2_loss must be 'l2' or 'readout'; got {self.stage2_loss!r}")
         if self.kl_prompt.count("{}") != 1:
             raise HparamsError(f"TopHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
 
@@ -188,23 +189,10 @@ class RelationFeatureObjective:
     vec_loss_factor: float
     weight_decay: float
     ref_norm: float
-    loss: Stage2Loss = "l2"
 
     def __post_init__(self) -> None:
         self._prefix = self.adapter.resid_before(self.tokens, self.layer)
         self._rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
-        with torch.no_grad():
-            self._start = self.resid(None)
-        move = self.targets - self._start
-        self._span = move.norm(dim=-1)
-        self._unit = move / self._span.clamp_min(1e-12).unsqueeze(-1)
-
-    def distance(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, " batch"]:
-        """‖h_r − h*_r‖ ("l2"), or the part of the move h*_r − h_r,init still to go along its own
-        direction, |‖δ₁‖ − (h_r − h_r,init)·δ̂₁| ("along"), which ignores sideways drift."""
-        if self.loss == "l2":
-            return (resid - self.targets).norm(dim=-1)
-        return (self._span - ((resid - self._start) * self._unit).sum(-1)).abs()
 
     def resid(self, delta: Tensor | None) -> Float[Tensor, "batch d_model"]:
         """h_r of every row with δ added at the last subject token."""
@@ -215,7 +203,7 @@ class RelationFeatureObjective:
         return resid[self._rows, self.last_relation]
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
-        distance = self.distance(self.resid(delta)).mean()
+        distance = (self.resid(delta) - self.targets).norm(dim=-1).mean()
         decay = self.weight_decay * delta.norm() / self.ref_norm**2
         total = self.vec_loss_factor * distance + decay
         return LossTerms(total, decay=float(decay.detach()), distance=float(distance.detach()))
@@ -228,6 +216,41 @@ class RelationFeatureObjective:
         return float((1 - end / start.clamp_min(1e-12)).mean())
 
 
+@dataclass
+class RelationReadoutObjective(RelationFeatureObjective):
+    """KL(P[· | h*_r] ‖ P[· | h_r(δ)]) + decay: stage 2 matched through what the model reads from h_r.
+
+    δ is added to the MLP output of ``layer`` at the last subject token; at block ``la`` every
+    position but the last relation token is reset to its unedited residual, so δ reaches the
+    prediction only through h_r (the decomposition P[o* | h_r] · P[h_r | v]). The target is the
+    next-token distribution at the target positions with h*_r in place (stage 1's prediction).
+    """
+
+    target_rows: Int[Tensor, " m"] = None
+    target_cols: Int[Tensor, " m"] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        la_hook = hook_name("resid_post", self.stop_layer - 1)
+        with torch.no_grad():
+            (clean,) = self.adapter.capture(self.tokens, [la_hook], self.stop_layer)
+            others = torch.ones(clean.shape[:2], dtype=torch.bool, device=clean.device)
+            others[self._rows, self.last_relation] = False
+            self._keep_clean = patch_from(la_hook, clean, others)
+            put = set_vectors(la_hook, self.targets, self._rows, self.last_relation)
+            with self.adapter.hooks([put]):
+                self._want = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols).log_softmax(-1)
+
+    def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
+        add = add_vector(hook_name("value", self.layer), delta, self._rows, self.last_subject)
+        with self.adapter.hooks([add, self._keep_clean]):
+            logits = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols, self.layer,
+                                            self._prefix)
+        kl = F.kl_div(logits.float().log_softmax(-1), self._want.float(), log_target=True, reduction="batchmean")
+        decay = self.weight_decay * delta.norm() / self.ref_norm**2
+        return LossTerms(kl + decay, kl=float(kl.detach()), decay=float(decay.detach()))
+
+
 def stage2_rows(batch: RewriteBatch, mode: Stage2) -> slice:
     """The faithful stage 2 matches h*_r on the bare prompt (row 0); "all_prompts" on every one."""
     return slice(0, 1) if mode == "faithful" else slice(0, batch.n_rewrite)
@@ -237,14 +260,20 @@ def stage2_objective(
     adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, layer: int, la: int,
     delta1: Tensor, v_norm: float,
 ) -> RelationFeatureObjective:
-    """Stage 2's objective: h*_r = h_r,init + δ₁ in each row it uses (row 0 alone when faithful)."""
+    """Stage 2's objective: h*_r = h_r,init + δ₁ in each row it uses (row 0 alone when faithful),
+    reached in L2 (the published loss) or through the prediction read from h_r ("readout")."""
     rows = stage2_rows(batch, hp.stage2)
     last_rel = batch.last_relation[rows]
-    tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
     with torch.no_grad():
         targets = relation_resid(adapter, batch, la)[rows] + delta1
+    if hp.stage2_loss == "readout":
+        keep = batch.target_rows < rows.stop
+        return RelationReadoutObjective(adapter, batch.tokens[rows], batch.last_subject[rows], last_rel, layer,
+                                        la + 1, targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm,
+                                        batch.target_rows[keep], batch.target_cols[keep])
+    tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
     return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
-                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm, hp.stage2_loss)
+                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm)
 
 
 def optimize_subject(

@@ -5,7 +5,7 @@ from plugin import EditRequest, ModelAdapter, apply_edit, hook_name
 from plugin.editors import top
 from plugin.editors.top import TopHparams
 from plugin.hparams import HparamsError
-from plugin.interventions import set_vectors
+from plugin.interventions import patch_from, set_vectors
 from plugin.keys import key_value_at
 from plugin.objective import rewrite_batch
 from plugin.scoring import target_probability
@@ -121,3 +121,43 @@ def test_bad_hparams_name_the_field(change, field):
 def test_la_beyond_the_model_is_rejected_before_any_work(tiny_hooked):
     with pytest.raises(ValueError, match="rel_feat_layer"):
         top.compute(tiny_hooked, REQUEST, FAST.replace(layers=(3,)), templates=TEMPLATES)
+
+
+def test_readout_stage2_matches_stage1_prediction(tiny_hooked):
+    """The "readout" stage 2 lowers KL(P[·|h*_r] ‖ P[·|h_r(δ₂)]) and the edit takes."""
+    hp = FAST.replace(stage2_loss="readout", v_num_grad_steps2=30)
+    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=("{}",))
+    info = edit.details.layers[0]
+    kls = [p["kl"] for p in info.stage2.parts]
+    assert kls[0] > 0 and min(kls) < 0.5 * kls[0]
+    before = target_probability(tiny_hooked, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    with apply_edit(tiny_hooked, edit):
+        after = target_probability(tiny_hooked, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    assert after > before
+
+
+def test_readout_reaches_the_prediction_only_through_h_r(tiny_hooked):
+    """δ₁ = 0 gives KL 0 at δ₂ = 0; δ₂ has a gradient through h_r, and none once h_r is reset too."""
+    adapter = ModelAdapter(tiny_hooked)
+    hp = FAST.replace(stage2_loss="readout")
+    batch = rewrite_batch(adapter, REQUEST, ("{}",), [hp.kl_prompt])
+    la = 1 + hp.rel_feat_layer
+    objective = top.stage2_objective(adapter, batch, hp, 1, la, torch.zeros(adapter.d_model), 1.0)
+    assert isinstance(objective, top.RelationReadoutObjective)
+    assert objective(torch.zeros(adapter.d_model)).kl == pytest.approx(0.0, abs=1e-6)
+
+    def grad_norm() -> float:
+        delta = (0.1 * torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(0))).requires_grad_()
+        objective(delta).total.backward()
+        return float(delta.grad.norm())
+
+    assert grad_norm() > 0
+    (clean,) = adapter.capture(objective.tokens, [hook_name("resid_post", la)], la + 1)
+    objective._keep_clean = patch_from(hook_name("resid_post", la), clean, torch.ones(clean.shape[:2]))
+    # only the weight decay's gradient is left: its norm is weight_decay / ref_norm²
+    assert grad_norm() == pytest.approx(hp.v_weight_decay, rel=1e-4)
+
+
+def test_unknown_stage2_loss_is_rejected():
+    with pytest.raises(HparamsError, match="TopHparams.stage2_loss"):
+        FAST.replace(stage2_loss="cosine")

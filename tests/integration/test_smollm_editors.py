@@ -1,0 +1,80 @@
+"""TOP, RETS and MEMIT on the real bundled SmolLM2-135M-Instruct: the edits really work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analyses.cli import main
+from analyses.samples import known_fact_requests
+from plugin import EditRequest, ModelAdapter, hook_name
+from plugin.cli import weight_hashes
+from plugin.editors import rets, top
+from plugin.interventions import set_vectors
+from plugin.presets import get_preset
+from plugin.scoring import target_probability
+
+from tests.conftest import BACKENDS, SHARED_DATA
+
+pytestmark = pytest.mark.smollm
+DANIELLE = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")
+
+
+def _model(request, backend):
+    return request.getfixturevalue(f"smollm_{backend}")
+
+
+def _succeeds(model, req: EditRequest) -> bool:
+    return target_probability(model, req.text, req.target_new) > target_probability(model, req.text, req.target_true)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_edit_takes_and_reverts(request, backend):
+    model = _model(request, backend)
+    adapter = ModelAdapter(model)
+    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    hp = get_preset("top", None)
+    with top.apply(model, DANIELLE, hp) as handle:
+        assert _succeeds(model, DANIELLE)
+        summary = handle.edits[0].details.summary()
+    assert summary["la"] == hp.layers[0] + hp.rel_feat_layer and summary["stage1_steps"] >= 1
+    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+
+
+def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
+    """After stage 1 the unedited model with h*_r patched in at la predicts o*."""
+    adapter = ModelAdapter(smollm_hooked)
+    hp = get_preset("top", None)
+    edit = top.compute(smollm_hooked, DANIELLE, hp)
+    info = edit.details.layers[0]
+    tokens = adapter.to_batch([adapter.tokenize(DANIELLE.text)])
+    last = tokens.shape[1] - 1
+    patch = set_vectors(hook_name("resid_post", info.la), info.h_star[None], [0], [last])
+    with torch.no_grad(), adapter.hooks([patch]):
+        top1 = int(adapter.logits(tokens)[0, last].argmax())
+    assert adapter.model.to_string([top1]) == DANIELLE.target_new
+    assert info.stage1_target_prob > 0.9
+
+
+def test_rets_edit_takes_and_reverts(smollm_hooked):
+    adapter = ModelAdapter(smollm_hooked)
+    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    with rets.apply(smollm_hooked, DANIELLE, get_preset("rets", None)):
+        assert _succeeds(smollm_hooked, DANIELLE)
+    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+
+
+def test_memit_batch_from_a_requests_file(tmp_path, capsys):
+    path = SHARED_DATA / "known_1000.json"
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    rewrites = [{"prompt": r.prompt, "subject": r.subject, "target_new": {"str": r.target_new.strip()},
+                 "target_true": {"str": r.target_true.strip()}} for r in known_fact_requests(path, 3)]
+    file = tmp_path / "requests.json"
+    file.write_text(json.dumps(rewrites))
+    assert main(["edit", "--method", "memit", "--requests", str(file), "--backend", BACKENDS[-1], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_requests"] == 3 and report["weight_edits"] == 1 and report["restored_bitexact"] is True
+    assert report["n_success"] >= 2, [(r["request"]["subject"], r["post"]) for r in report["requests"]]
