@@ -12,9 +12,11 @@ averaged over the noise samples; P is the probability of the answer's first toke
 prompt position. The restorations are batched: every (layer, position) cell × noise sample is one
 row of a batch, and one mask-based patch hook per layer restores the cells whose window holds
 that layer, so the grid takes a few forwards rather than one per cell; each forward starts at
-its lowest restored layer from the cached corrupted residual (HookedTransformer; the bridge
-recomputes those blocks), and cells before the subject, which the noise cannot reach, are 0
-without a forward. :func:`trace_cell` is the plain one-cell-at-a-time reference (ROME's way) the
+its lowest restored layer from the cached corrupted residual, and on HookedTransformer it runs
+only the positions from the restored one on, against the corrupted keys and values of the
+earlier positions (a restoration cannot change what came before it). The bridge, which has
+neither path, recomputes the skipped blocks and positions. Cells before the subject, which the
+noise cannot reach, are 0 without a forward. :func:`trace_cell` is the plain one-cell-at-a-time reference (ROME's way) the
 tests and the benchmark compare against.
 
 The model is used as it is: trace an edited model by applying the edit first
@@ -33,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from plugin.interventions import Hook, add_noise, patch_from, set_vectors
-from plugin.model import ModelAdapter, as_adapter, hook_name
+from plugin.model import ModelAdapter, PrefixCache, as_adapter, hook_name
 from plugin.positions import PromptPositions, locate, target_ids
 
 from .maps import LayerPositionMap, position_roles
@@ -206,17 +208,32 @@ def clean_states(adapter: ModelAdapter, corruption: Corruption, kind: str) -> Fl
 # --------------------------------------------------------------------- batched grid
 @dataclass(frozen=True)
 class GridInputs:
-    """What every cell of one trace shares: the clean activations of the restored kind and the
-    corrupted residual entering each block."""
+    """What every cell of one trace shares: the clean activations of the restored kind, the
+    corrupted residual entering each block and, where the backend has a key/value cache, the
+    corrupted keys and values of every position (``prefix``, one row per noise sample)."""
 
     kind: str
     window: int
     clean: Float[Tensor, "layer pos d_model"]
     corrupted: Float[Tensor, "layer sample pos d_model"]
+    prefix: PrefixCache | None = None
 
 
-def grid_inputs(adapter: ModelAdapter, corruption: Corruption, kind: str, window: int) -> GridInputs:
-    return GridInputs(kind, window, clean_states(adapter, corruption, kind), corrupted_resids(adapter, corruption))
+@torch.no_grad()
+def corrupted_prefix(adapter: ModelAdapter, corruption: Corruption) -> PrefixCache | None:
+    """The corrupted keys and values of every block and position, per noise sample (None where
+    the backend cannot run a suffix against cached keys and values)."""
+    if not adapter.supports_prefix_cache:
+        return None
+    with adapter.hooks([_noise_hook(corruption, 1)]):
+        return adapter.prefix_cache(corruption.tokens.expand(corruption.n_samples, -1))
+
+
+def grid_inputs(adapter: ModelAdapter, corruption: Corruption, kind: str, window: int,
+                use_prefix: bool = True) -> GridInputs:
+    prefix = corrupted_prefix(adapter, corruption) if use_prefix else None
+    return GridInputs(kind, window, clean_states(adapter, corruption, kind), corrupted_resids(adapter, corruption),
+                      prefix)
 
 
 def cell_masks(
@@ -236,14 +253,36 @@ def restored_probs(
     adapter: ModelAdapter, corruption: Corruption, inputs: GridInputs, cells: Sequence[tuple[int, int]],
 ) -> Float[Tensor, " cell"]:
     """Mean P(answer | corrupted, cell restored) of every cell, in one forward pass that starts at
-    the lowest restored layer of the cells."""
+    the lowest restored layer of the cells. With ``inputs.prefix`` and cells at one position p,
+    only positions p.. run: the earlier ones are untouched by a restoration at p (attention is
+    causal), so their corrupted keys and values are read from the cache."""
     c = corruption
     masks = cell_masks(cells, c.n_samples, c.n_positions, adapter.n_layers, inputs.kind, inputs.window)
-    patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None], mask)
-               for layer, mask in sorted(masks.items())]
     start = min(masks)
-    probs = answer_probs(adapter, c, patches, len(cells), start, inputs.corrupted[start])
+    first = min(position for _, position in cells)
+    if inputs.prefix is None or any(position != first for _, position in cells):
+        patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None], mask)
+                   for layer, mask in sorted(masks.items())]
+        probs = answer_probs(adapter, c, patches, len(cells), start, inputs.corrupted[start])
+    else:
+        patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None, first:],
+                              mask[:, first:]) for layer, mask in sorted(masks.items())]
+        probs = suffix_answer_probs(adapter, c, inputs, patches, len(cells), start, first)
     return probs.view(len(cells), c.n_samples).mean(1)
+
+
+@torch.no_grad()
+def suffix_answer_probs(
+    adapter: ModelAdapter, corruption: Corruption, inputs: GridInputs, patches: Sequence[Hook], repeats: int,
+    start_layer: int, first: int,
+) -> Float[Tensor, " row"]:
+    """:func:`answer_probs` run on positions ``first..`` only, from the corrupted residual entering
+    ``start_layer`` (no noise hook: the noise is already in it and in the cached keys and values)."""
+    resid = inputs.corrupted[start_layer][:, first:].repeat(repeats, 1, 1)
+    prefix = inputs.prefix.narrow(first, repeats)
+    with adapter.hooks(patches):
+        final = adapter.final_resid_after(prefix, start_layer, resid)
+    return adapter.unembed(final[:, -1]).float().softmax(-1)[:, corruption.answer_id]
 
 
 def trace_cell(
@@ -269,7 +308,7 @@ def _check_indices(values: Sequence[int], bound: int, field: str) -> list[int]:
 def indirect_effects(
     model, corruption: Corruption, kind: TraceKind = "resid", *, layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None, window: int = DEFAULT_WINDOW, batched: bool = True,
-    max_rows: int = MAX_ROWS, progress: bool = False, base_prob: float | None = None,
+    max_rows: int = MAX_ROWS, progress: bool = False, base_prob: float | None = None, use_prefix: bool = True,
 ) -> Float[Tensor, "layer pos"]:
     """IE of restoring each (layer, position) cell: P(o | corrupted, restored) − P(o | corrupted).
 
@@ -277,7 +316,10 @@ def indirect_effects(
     one-cell-at-a-time reference. Batched forwards hold at most ``max_rows`` rows (cells ×
     samples; at least one cell) and skip the blocks below their lowest restored layer; cells
     before the subject are 0 without a forward (the noise cannot reach them: their corrupted
-    states are the clean ones). ``base_prob`` is P(o | corrupted) if already known.
+    states are the clean ones). Where the backend has a key/value cache (HookedTransformer) and
+    ``use_prefix`` is true, each forward runs only the positions from its cells' position on,
+    reading the earlier positions' corrupted keys and values from a cache. ``base_prob`` is
+    P(o | corrupted) if already known.
     """
     adapter = as_adapter(model)
     check_kind(kind)
@@ -289,7 +331,7 @@ def indirect_effects(
     base = corrupted_prob(adapter, corruption) if base_prob is None else base_prob
     cells = [(layer, position) for layer in layers for position in positions]
     if batched:
-        probs = _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress, base)
+        probs = _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress, base, use_prefix)
     else:
         probs = _reference_probs(adapter, corruption, kind, window, cells, progress)
     return (probs - base).view(len(layers), len(positions))
@@ -301,12 +343,52 @@ def _reference_probs(adapter, corruption, kind, window, cells, progress) -> Tens
     return torch.tensor([trace_cell(adapter, corruption, clean, kind, window, l, p) for l, p in bar])
 
 
-def _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress, base: float) -> Tensor:
-    inputs = grid_inputs(adapter, corruption, kind, window)
+FORWARD_OVERHEAD = 32  # a forward's fixed cost per block, in row-positions of work (a rough CPU figure)
+
+
+def position_chunks(
+    cells: Sequence[tuple[int, int]], todo: Sequence[int], per_chunk: int, starts: Sequence[int],
+    n_layers: int, n_samples: int, n_positions: int,
+) -> list[list[int]]:
+    """The cells ``todo`` grouped by position and split into forwards of at most ``per_chunk``
+    cells. A forward runs from its lowest start layer (``starts[j]`` for cell j) over the
+    positions from the cell's on; the split minimizes the estimated work, rows × positions ×
+    blocks plus a fixed cost per forward (a small dynamic program per position)."""
+    groups: dict[int, list[int]] = {}
+    for j in sorted(todo, key=lambda j: (cells[j][1], starts[j], cells[j][0])):
+        groups.setdefault(cells[j][1], []).append(j)
+    chunks = []
+    for position, group in groups.items():
+        width = n_positions - position
+
+        def cost(first: int, stop: int) -> float:
+            return ((stop - first) * n_samples * width + FORWARD_OVERHEAD) * (n_layers - starts[group[first]])
+
+        best, cut = [0.0] + [float("inf")] * len(group), [0] * (len(group) + 1)
+        for stop in range(1, len(group) + 1):
+            for first in range(max(0, stop - per_chunk), stop):
+                if best[first] + cost(first, stop) < best[stop]:
+                    best[stop], cut[stop] = best[first] + cost(first, stop), first
+        bounds, stop = [], len(group)
+        while stop:
+            bounds.append((cut[stop], stop))
+            stop = cut[stop]
+        chunks += [group[a:b] for a, b in reversed(bounds)]
+    return chunks
+
+
+def _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress, base: float,
+                   use_prefix: bool = True) -> Tensor:
+    inputs = grid_inputs(adapter, corruption, kind, window, use_prefix)
     probs = torch.full((len(cells),), base, dtype=torch.float32)
     todo = [j for j, (_, position) in enumerate(cells) if position >= corruption.positions.subject_start]
     per_chunk = max(1, max_rows // corruption.n_samples)
-    chunks = [todo[i:i + per_chunk] for i in range(0, len(todo), per_chunk)]
+    if inputs.prefix is None:
+        chunks = [todo[i:i + per_chunk] for i in range(0, len(todo), per_chunk)]
+    else:
+        starts = [window_layers(layer, adapter.n_layers, kind, window).start for layer, _ in cells]
+        chunks = position_chunks(cells, todo, per_chunk, starts, adapter.n_layers, corruption.n_samples,
+                                 corruption.n_positions)
     for chunk in tqdm(chunks, desc=f"trace {kind}", disable=not progress, leave=False):
         probs[chunk] = restored_probs(adapter, corruption, inputs, [cells[j] for j in chunk]).cpu()
     return probs

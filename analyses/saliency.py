@@ -201,7 +201,8 @@ def _run_top(adapter, request, hp: TopHparams, templates, probe: SaliencyProbe, 
     with adapter.frozen():
         delta1, _, _ = top.optimize_relation(adapter, batch, hp, la,
                                              _recorder(probe, stage1_hook) if 1 in stages else skip, progress)
-        objective = top.stage2_objective(adapter, batch, hp, layer, la, delta1, float(values[0].norm()))
+        fold = top.fold_map(adapter, request, hp.for_layer(layer), templates) if hp.stage2_site == "fold" else None
+        objective = top.stage2_objective(adapter, batch, hp, layer, la, delta1, values[0], fold)
         delta2, _ = top.optimize_subject(objective, hp, values[0],
                                          _recorder(probe, stage2_hook) if 2 in stages else skip, progress)
     if probe.steps == 0:

@@ -26,12 +26,13 @@ REQUEST = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " Engli
 TARGET_RATIO = 10.0
 
 
-def time_grid(adapter, corruption, kind: str, window: int, batched: bool, max_rows: int) -> tuple[float, torch.Tensor]:
+def time_grid(adapter, corruption, kind: str, window: int, batched: bool, max_rows: int,
+              use_prefix: bool = True) -> tuple[float, torch.Tensor]:
     """Seconds for the whole IE grid of one kind (the corrupted baseline is shared, not timed)."""
     base = corrupted_prob(adapter, corruption)
     start = time.perf_counter()
     values = indirect_effects(adapter, corruption, kind, window=window, batched=batched, max_rows=max_rows,
-                              base_prob=base)
+                              base_prob=base, use_prefix=use_prefix)
     return time.perf_counter() - start, values
 
 
@@ -41,10 +42,15 @@ def run(model, kinds: list[str], samples: int, window: int, max_rows: int, reque
     rows = []
     for kind in kinds:
         batched_s, batched = time_grid(adapter, corruption, kind, window, True, max_rows)
+        no_cache_s, no_cache = time_grid(adapter, corruption, kind, window, True, max_rows, use_prefix=False)
         cell_s, reference = time_grid(adapter, corruption, kind, window, False, max_rows)
         rows.append({"kind": kind, "cells": int(batched.numel()), "batched_seconds": batched_s,
+                     "batched_without_prefix_cache_seconds": no_cache_s,
                      "cell_by_cell_seconds": cell_s, "ratio": cell_s / batched_s,
-                     "max_abs_difference": float((batched - reference).abs().max())})
+                     "ratio_without_prefix_cache": cell_s / no_cache_s,
+                     "prefix_cache_used": adapter.supports_prefix_cache,
+                     "max_abs_difference": float(max((batched - reference).abs().max(),
+                                                     (no_cache - reference).abs().max()))})
     return {"model": adapter.name, "backend": adapter.backend, "n_layers": adapter.n_layers,
             "positions": corruption.n_positions, "samples": samples, "window": window, "max_rows": max_rows,
             "prompt": request.text, "answer": request.target_true, "results": rows}
@@ -57,11 +63,18 @@ def write_docs(report: dict, meta: dict, out_dir: Path) -> Path:
              f"{report['prompt']!r} -> {report['answer']!r}, {report['n_layers']} layers x "
              f"{report['positions']} positions, {report['samples']} noise samples, window {report['window']}, "
              f"at most {report['max_rows']} rows per batched forward. Target ratio: >= {TARGET_RATIO:.0f}x.", "",
-             "| kind | cells | batched (s) | cell by cell (s) | ratio | max abs IE difference |",
-             "|---|---|---|---|---|---|"]
+             "The batched grid skips the blocks below each forward's lowest restored layer and the cells "
+             "before the subject; where the backend has a key/value cache (HookedTransformer) it also runs "
+             "only the positions from the restored one on, against the corrupted keys and values of the "
+             "earlier positions. The middle column turns that cache off, to show what it adds. The "
+             "difference column is the largest |IE| gap of either batched grid from the reference.", "",
+             "| kind | cells | batched (s) | batched, no KV cache (s) | cell by cell (s) | ratio | ratio, no KV cache "
+             "| max abs IE difference |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        lines.append(f"| {r['kind']} | {r['cells']} | {r['batched_seconds']:.2f} | {r['cell_by_cell_seconds']:.2f} | "
-                     f"{r['ratio']:.1f}x | {r['max_abs_difference']:.1e} |")
+        lines.append(f"| {r['kind']} | {r['cells']} | {r['batched_seconds']:.2f} | "
+                     f"{r['batched_without_prefix_cache_seconds']:.2f} | {r['cell_by_cell_seconds']:.2f} | "
+                     f"{r['ratio']:.1f}x | {r['ratio_without_prefix_cache']:.1f}x | {r['max_abs_difference']:.1e} |")
     lines += ["", f"Peak RSS: {meta['peak_rss_mb']:.0f} MB. Whole run: {meta['seconds']:.0f} s.", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_causal_trace.md").write_text("\n".join(lines))

@@ -50,6 +50,28 @@ def set_vectors(
     return name, fn
 
 
+def rank_one_update(
+    key_name: str,
+    value_name: str,
+    direction: Float[Tensor, " d_mlp"],
+    residual: Callable[[], Float[Tensor, " d_model"]],
+) -> list[Hook]:
+    """What ΔW_out = direction ⊗ r does, as two hooks on one block: every position's MLP output
+    gains (k · direction) r, with k its MLP key (``key_name``, read first) and r = ``residual()``
+    evaluated at each forward, so gradients flow to whatever r is built from."""
+    keys: list[Tensor] = []
+
+    def keep(act: Tensor, hook) -> Tensor:
+        keys.append(act)
+        return act
+
+    def add(act: Tensor, hook) -> Tensor:
+        gain = keys.pop() @ direction.to(act.device, act.dtype)
+        return act + gain.unsqueeze(-1) * residual().to(act.dtype)
+
+    return [(key_name, keep), (value_name, add)]
+
+
 def patch_from(
     name: str,
     source: Float[Tensor, "batch pos d"],

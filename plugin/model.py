@@ -56,6 +56,38 @@ class Site:
         return hook_name(self.kind, self.layer)
 
 
+@dataclass(frozen=True)
+class PrefixCache:
+    """Keys and values of the first ``length`` positions of a batch, one (keys, values) pair per
+    block, each [batch, length, kv_heads, d_head] (see :meth:`ModelAdapter.prefix_cache`)."""
+
+    entries: tuple[tuple[Tensor, Tensor], ...]
+
+    @property
+    def batch(self) -> int:
+        return int(self.entries[0][0].shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.entries[0][0].shape[1])
+
+    def narrow(self, length: int, repeats: int = 1) -> "PrefixCache":
+        """The first ``length`` positions, with the rows repeated ``repeats`` times (row-major)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
+        return PrefixCache(tuple((k[:, :length].repeat(repeats, 1, 1, 1), v[:, :length].repeat(repeats, 1, 1, 1))
+                                 for k, v in self.entries))
+
+
+def _kv_cache_class():
+    try:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        return TransformerLensKeyValueCache
+    except ImportError:  # TransformerLens releases before the cache module was renamed
+        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+        return HookedTransformerKeyValueCache
+
+
 def _bridge_class():
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -284,13 +316,55 @@ class ModelAdapter:
             return self.model(tokens, stop_at_layer=stop)
         return self._bridge_resid(tokens, stop)
 
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether a forward can run the later positions alone against cached keys and values of
+        the earlier ones (HookedTransformer's ``past_kv_cache``; TransformerBridge has no such path)."""
+        return self.backend == "hooked"
+
+    @torch.no_grad()
+    def prefix_cache(self, tokens: Int[Tensor, "batch pos"]) -> PrefixCache:
+        """The keys and values every block computes for ``tokens``, under the active hooks."""
+        if not self.supports_prefix_cache:
+            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
+        cache = _kv_cache_class().init_cache(self.cfg, self.device, tokens.shape[0])
+        self.model(tokens, past_kv_cache=cache)
+        return PrefixCache(tuple((e.past_keys, e.past_values) for e in cache.entries))
+
+    def final_resid_after(
+        self,
+        prefix: PrefixCache,
+        start_layer: int,
+        start_resid: Float[Tensor, "batch suffix d_model"],
+        stop_layer: int | None = None,
+    ) -> Float[Tensor, "batch suffix d_model"]:
+        """Like :meth:`final_resid`, for the positions after ``prefix`` only: ``start_resid`` holds
+        their residual entering ``start_layer`` and attention reads the earlier positions' keys and
+        values from ``prefix`` (which must hold one row per batch row). Hooks see the suffix only."""
+        if not self.supports_prefix_cache:
+            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
+        if prefix.batch != start_resid.shape[0]:
+            raise ValueError(f"prefix holds {prefix.batch} rows; start_resid has {start_resid.shape[0]}")
+        cache = _kv_cache_class().init_cache(self.cfg, self.device, prefix.batch)
+        for entry, (keys, values) in zip(cache.entries, prefix.entries):
+            entry.past_keys, entry.past_values = keys, values
+        cache.previous_attention_mask = torch.ones(prefix.batch, prefix.length, dtype=torch.int, device=self.device)
+        cache.freeze()
+        stop = self.n_layers if stop_layer is None else stop_layer
+        return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop, past_kv_cache=cache)
+
     def _bridge_resid(self, tokens, stop: int) -> Tensor:
         name = hook_name("resid_post", stop - 1)
         return self.capture(tokens, [name], stop_layer=stop if stop < self.n_layers else None)[0]
 
     def unembed(self, resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
         """Final norm and unembedding of residual vectors taken after the last block."""
-        return self.model.unembed(self.model.ln_final(resid.unsqueeze(0))).squeeze(0)
+        normed = self.model.ln_final(resid.unsqueeze(0)).squeeze(0)
+        if self.backend == "hooked" and not getattr(self.cfg, "output_logits_soft_cap", -1.0) > 0:
+            # HookedTransformer's Unembed copies the transposed [d_model, d_vocab] matrix on every
+            # call, which costs more than the product for a few rows; the product needs no copy
+            return normed @ self.model.W_U + self.model.b_U
+        return self.model.unembed(normed.unsqueeze(0)).squeeze(0)
 
     def logits_at(
         self,

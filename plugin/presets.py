@@ -35,11 +35,18 @@ _TOP: dict[str, TopHparams] = {
                            vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful", **_COMMON),
     "qwen2.5-7b": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                              vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful", **_COMMON),
-    # ours: the Qwen2.5 preset on the bundled model (edit layer 5, la = 10) with 100 stage-2
-    # steps, where stage 2 levels off (docs/top_stage2.md), and our ROME preset's prefixes.
-    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
+    # ours (docs/top_stage2.md): edit layer 5 with la = 15; stage 2 matched through the prediction
+    # read from h_r ("readout") rather than in L2, and optimized as the rank-one update the fold
+    # makes ("fold"). The published stage 2 cannot reach h*_r through this model's narrow
+    # subject-to-relation channel. "smollm2-135m-faithful" keeps the published algorithm and the
+    # Qwen2.5 values, with 100 stage-2 steps.
+    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=10, v_num_grad_steps1=20, v_num_grad_steps2=40,
                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
-                               context_lengths=((5, 5), (5, 10)), **_COMMON),
+                               stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
+                               **_COMMON),
+    "smollm2-135m-faithful": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
+                                        vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
+                                        context_lengths=((5, 5), (5, 10)), **_COMMON),
 }
 # RETS: only the edit layers are published (GPT2-XL 35, GPT-J 17, Llama-2-7B 22); the rest are
 # ROME's values, on which the RETS code is built.
@@ -72,6 +79,7 @@ _ALIASES = {
     "gpt2-xl": "gpt2-xl", "gpt-j-6b": "gpt-j-6b", "gpt-j": "gpt-j-6b", "gptj": "gpt-j-6b",
     "qwen2.5-7b": "qwen2.5-7b", "qwen2.5-7b-instruct": "qwen2.5-7b", "smollm2": "smollm2-135m",
     "smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+    "smollm2-135m-faithful": "smollm2-135m-faithful",
 }
 
 

@@ -18,7 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..covariance import key_second_moment
-from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
+from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
+from ..interventions import rank_one_update
 from ..hparams import Hparams, HparamsError
 from ..keys import key_value_at, mean_key
 from ..model import ModelAdapter, as_adapter, hook_name
@@ -145,6 +146,47 @@ def compute_rome(
     return WeightEdit("rome", (request,), (LayerDelta(hparams.layer, delta),), hparams.to_dict(), details)
 
 
+@dataclass(frozen=True)
+class FoldMap:
+    """What the fold at one layer will do, before v* is known: ΔW_out = û ⊗ (v* − v_cur), with
+    û = u / (k · u). ``hooks`` applies that update to a forward pass (every position whose key has
+    a component along û changes), so an objective can see the folded edit exactly."""
+
+    layer: int
+    direction: Float[Tensor, " d_mlp"]
+    v_current: Float[Tensor, " d_model"]
+
+    def delta_w(self, v_star: Float[Tensor, " d_model"]) -> Float[Tensor, "d_mlp d_model"]:
+        return torch.outer(self.direction.double(), (v_star - self.v_current).double()).to(self.direction.dtype)
+
+    def hooks(self, v_star: Callable[[], Tensor]) -> list:
+        return rank_one_update(hook_name("key", self.layer), hook_name("value", self.layer), self.direction,
+                               lambda: v_star() - self.v_current)
+
+
+def fold_map(
+    adapter: ModelAdapter,
+    request: EditRequest,
+    hp: RomeHparams,
+    templates: Sequence[str],
+    covariance: Tensor | None = None,
+) -> FoldMap:
+    """u = C⁻¹k* and the key and value it is normalized against (k*, W k* when ``key`` is
+    "consistent"; the bare prompt's key and value when "original")."""
+    layer = hp.layer
+    k_star = mean_key(adapter, layer, templates, request.prompt, request.subject)
+    u = solve_u(k_star, second_moment_or_identity(adapter, layer, hp.mom2_adjustment, covariance))
+    if hp.key == "original":
+        keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
+        key, v_current = keys[0], values[0]
+    else:
+        key, v_current = k_star, adapter.mlp_output(layer, k_star)
+    denominator = torch.dot(key.double(), u.double())
+    if not torch.isfinite(denominator) or denominator.abs() < 1e-12:
+        raise FloatingPointError(f"rank-one update is degenerate: key · u = {float(denominator):.3g}")
+    return FoldMap(layer, (u.double() / denominator).to(u.dtype).detach(), v_current.detach())
+
+
 def fold_value(
     adapter: ModelAdapter,
     request: EditRequest,
@@ -154,14 +196,7 @@ def fold_value(
     covariance: Tensor | None = None,
 ) -> Float[Tensor, "d_mlp d_model"]:
     """ΔW_out at ``hp.layer`` that maps the subject's key to ``v_star`` (ROME's fold)."""
-    layer = hp.layer
-    k_star = mean_key(adapter, layer, templates, request.prompt, request.subject)
-    u = solve_u(k_star, second_moment_or_identity(adapter, layer, hp.mom2_adjustment, covariance))
-    if hp.key == "original":
-        keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
-        return rank_one_delta(u, keys[0], v_star, values[0])
-    v_current = adapter.mlp_output(layer, k_star)
-    return rank_one_delta(u, k_star, v_star, v_current)
+    return fold_map(adapter, request, hp, templates, covariance).delta_w(v_star)
 
 
 def apply_rome(model, requests: EditRequest | Sequence[EditRequest], hparams: RomeHparams = RomeHparams(),

@@ -8,14 +8,23 @@ The prediction P[o* | v] is split into P[o* | h_r] · P[h_r | v]:
 2. Stage 2 (the subject feature): optimize δ₂ added to the MLP output of block l at the last
    subject token, so that the residual at la, last relation token, reaches h*_r. Only blocks
    l..la run. v* = v_init + δ₂.
-3. Fold v* into W_out at layer l with ROME's fold (:func:`plugin.editors.rome.fold_value`).
+3. Fold v* into W_out at layer l with ROME's fold (:func:`plugin.editors.rome.fold_map`).
 
 ``stage2="faithful"`` (the default) is the published stage 2: vec_loss_factor · ‖h_r(δ₂) − h*_r‖
 on the bare prompt only. ``stage2="all_prompts"`` averages the same distance over every rewriting
 prompt (target h_r,init + δ₁ in each), aimed at generalization; it is not yet validated.
-On SmolLM2 stage 2 cannot reach most of h*_r within the clamp (docs/top_stage2.md has the
-measurements); what helps there is more stage-2 steps, which are cheap (only blocks l..la of
-one prompt run).
+
+Two options of ours, both off by default (the published algorithm) and both on in the SmolLM2
+preset (docs/top_stage2.md has the measurements):
+
+- ``stage2_loss="readout"`` matches h*_r through what the model reads from it,
+  KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with every other position reset to its clean residual at la,
+  instead of in L2. On a small model most of h*_r − h_r,init cannot be reached from the subject;
+  the part that carries o* can.
+- ``stage2_site="fold"`` optimizes δ₂ as the rank-one update the fold will make (every
+  position's MLP output at layer l moves by (k · û)(v_init + δ₂ − v_cur)), rather than as a
+  vector added at the last subject token. Stage 2 then sees exactly the model it will produce;
+  with the subject-only site a stage-2 optimum can shrink or vanish once folded.
 """
 
 from __future__ import annotations
@@ -30,17 +39,18 @@ from torch import Tensor
 
 from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
 from ..hparams import Hparams, HparamsError
-from ..interventions import add_vector, patch_from, set_vectors
+from ..interventions import Hook, add_vector, patch_from, set_vectors
 from ..keys import key_value_at
 from ..model import ModelAdapter, as_adapter, hook_name
 from ..objective import RewriteBatch, RewriteObjective, rewrite_batch
 from ..optimize import LossTerms, LoopSettings, OptimizationTrace, StepEvent, optimize
 from ..requests import EditRequest
 from ..templates import context_templates
-from .rome import RomeHparams, fold_value
+from .rome import FoldMap, RomeHparams, fold_map
 
 Stage2 = Literal["faithful", "all_prompts"]
 Stage2Loss = Literal["l2", "readout"]
+Stage2Site = Literal["subject", "fold"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class TopHparams(Hparams):
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
     stage2: Stage2 = "faithful"
     stage2_loss: Stage2Loss = "l2"
+    stage2_site: Stage2Site = "subject"
 
     def __post_init__(self) -> None:
         self._layers("layers")
@@ -81,6 +92,8 @@ class TopHparams(Hparams):
             raise HparamsError(f"TopHparams.stage2 must be 'faithful' or 'all_prompts'; got {self.stage2!r}")
         if self.stage2_loss not in ("l2", "readout"):
             raise HparamsError(f"TopHparams.stage2_loss must be 'l2' or 'readout'; got {self.stage2_loss!r}")
+        if self.stage2_site not in ("subject", "fold"):
+            raise HparamsError(f"TopHparams.stage2_site must be 'subject' or 'fold'; got {self.stage2_site!r}")
         if self.kl_prompt.count("{}") != 1:
             raise HparamsError(f"TopHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
 
@@ -189,15 +202,23 @@ class RelationFeatureObjective:
     vec_loss_factor: float
     weight_decay: float
     ref_norm: float
+    fold: FoldMap | None = None
+    v_init: Tensor | None = None
 
     def __post_init__(self) -> None:
         self._prefix = self.adapter.resid_before(self.tokens, self.layer)
         self._rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
 
+    def site_hooks(self, delta: Float[Tensor, " d_model"]) -> list[Hook]:
+        """δ at the edit site: added to the MLP output at the last subject token (the published
+        stage 2), or, with ``fold``, as the rank-one update that folding v_init + δ will make."""
+        if self.fold is None:
+            return [add_vector(hook_name("value", self.layer), delta, self._rows, self.last_subject)]
+        return self.fold.hooks(lambda: self.v_init + delta)
+
     def resid(self, delta: Tensor | None) -> Float[Tensor, "batch d_model"]:
-        """h_r of every row with δ added at the last subject token."""
-        hooks = [] if delta is None else [add_vector(hook_name("value", self.layer), delta, self._rows,
-                                                     self.last_subject)]
+        """h_r of every row with δ at the edit site."""
+        hooks = [] if delta is None else self.site_hooks(delta)
         with self.adapter.hooks(hooks):
             resid = self.adapter.final_resid(self.tokens, self.layer, self._prefix, self.stop_layer)
         return resid[self._rows, self.last_relation]
@@ -242,8 +263,7 @@ class RelationReadoutObjective(RelationFeatureObjective):
                 self._want = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols).log_softmax(-1)
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
-        add = add_vector(hook_name("value", self.layer), delta, self._rows, self.last_subject)
-        with self.adapter.hooks([add, self._keep_clean]):
+        with self.adapter.hooks([*self.site_hooks(delta), self._keep_clean]):
             logits = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols, self.layer,
                                             self._prefix)
         kl = F.kl_div(logits.float().log_softmax(-1), self._want.float(), log_target=True, reduction="batchmean")
@@ -258,22 +278,26 @@ def stage2_rows(batch: RewriteBatch, mode: Stage2) -> slice:
 
 def stage2_objective(
     adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, layer: int, la: int,
-    delta1: Tensor, v_norm: float,
+    delta1: Tensor, v_init: Tensor, fold: FoldMap | None = None,
 ) -> RelationFeatureObjective:
     """Stage 2's objective: h*_r = h_r,init + δ₁ in each row it uses (row 0 alone when faithful),
-    reached in L2 (the published loss) or through the prediction read from h_r ("readout")."""
+    reached in L2 (the published loss) or through the prediction read from h_r ("readout"); δ₂
+    acts at the last subject token, or through ``fold`` (``stage2_site="fold"``)."""
     rows = stage2_rows(batch, hp.stage2)
     last_rel = batch.last_relation[rows]
     with torch.no_grad():
         targets = relation_resid(adapter, batch, la)[rows] + delta1
+    site = {"fold": fold if hp.stage2_site == "fold" else None, "v_init": v_init}
+    v_norm = float(v_init.norm())
     if hp.stage2_loss == "readout":
         keep = batch.target_rows < rows.stop
         return RelationReadoutObjective(adapter, batch.tokens[rows], batch.last_subject[rows], last_rel, layer,
                                         la + 1, targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm,
-                                        batch.target_rows[keep], batch.target_cols[keep])
+                                        **site, target_rows=batch.target_rows[keep],
+                                        target_cols=batch.target_cols[keep])
     tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
     return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
-                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm)
+                                    targets, hp.vec_loss_factor, hp.v_weight_decay, v_norm, **site)
 
 
 def optimize_subject(
@@ -300,13 +324,14 @@ def compute_layer(
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
     _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
     v_init = values[0]
+    fold = fold_map(adapter, request, hp.for_layer(layer), templates, covariance)
     with adapter.frozen():
         delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callback, progress)
-        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, float(v_init.norm()))
+        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, v_init, fold)
         delta2, trace2 = optimize_subject(objective, hp, v_init, callback, progress)
         reached = objective.reached(delta2)
     v_star = v_init + delta2
-    delta_w = fold_value(adapter, request, hp.for_layer(layer), templates, v_star, covariance)
+    delta_w = fold.delta_w(v_star)
     details = LayerDetails(layer, la, trace1, trace2, objective.targets[0], v_init, v_star, prob1, reached)
     return delta_w, details
 

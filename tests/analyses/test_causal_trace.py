@@ -3,7 +3,7 @@ import torch
 
 from analyses.causal_trace import (
     KINDS, answer_probs, causal_trace, clean_prob, corrupted_prob, embedding_std, indirect_effects,
-    make_corruption, window_layers,
+    make_corruption, position_chunks, window_layers,
 )
 from plugin import EditRequest, ModelAdapter, hook_name, rome
 from plugin.editors.rome import RomeHparams
@@ -47,6 +47,30 @@ def test_batched_grid_equals_one_cell_at_a_time(tiny_model, kind):
     assert batched.shape == (ModelAdapter(tiny_model).n_layers, c.n_positions)
     assert reference.abs().max() > 1e-6
     torch.testing.assert_close(batched, reference, atol=1e-6, rtol=1e-4)
+
+
+def test_prefix_cache_path_equals_the_masked_full_sequence_path(tiny_hooked_llama):
+    c = _corruption(tiny_hooked_llama, PROMPT_WITH_PREFIX)
+    for kind in KINDS:
+        cached = indirect_effects(tiny_hooked_llama, c, kind, window=2, max_rows=7)
+        masked = indirect_effects(tiny_hooked_llama, c, kind, window=2, max_rows=7, use_prefix=False)
+        assert masked.abs().max() > 1e-6
+        torch.testing.assert_close(cached, masked, atol=1e-6, rtol=1e-4)
+
+
+def test_position_chunks_group_by_position_and_cover_every_cell_once(monkeypatch):
+    cells = [(layer, position) for layer in range(12) for position in range(4)]
+    todo = [j for j, (_, p) in enumerate(cells) if p >= 1]
+    starts = [layer for layer, _ in cells]
+    chunks = position_chunks(cells, todo, 5, starts, n_layers=12, n_samples=3, n_positions=4)
+    assert sorted(j for chunk in chunks for j in chunk) == sorted(todo)
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= 5
+        assert len({cells[j][1] for j in chunk}) == 1  # one position per forward
+        assert [cells[j][0] for j in chunk] == sorted(cells[j][0] for j in chunk)
+    # with no fixed cost per forward, one cell per forward is the least work
+    monkeypatch.setattr("analyses.causal_trace.FORWARD_OVERHEAD", 0)
+    assert all(len(c) == 1 for c in position_chunks(cells, todo, 5, starts, 12, 3, 4))
 
 
 def test_cells_before_the_subject_have_no_effect(tiny_hooked):

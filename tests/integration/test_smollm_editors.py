@@ -9,10 +9,10 @@ import torch
 
 from analyses.cli import main
 from analyses.samples import known_fact_requests
-from plugin import EditRequest, ModelAdapter, hook_name
+from plugin import EditRequest, ModelAdapter, apply_edit, hook_name
 from plugin.cli import weight_hashes
 from plugin.editors import rets, top
-from plugin.interventions import set_vectors
+from plugin.interventions import patch_from, set_vectors
 from plugin.presets import get_preset
 from plugin.scoring import target_probability
 
@@ -44,7 +44,8 @@ def test_top_edit_takes_and_reverts(request, backend):
 
 
 def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
-    """After stage 1 the unedited model with h*_r patched in at la predicts o*."""
+    """After stage 1 the unedited model with h*_r patched in at la predicts o*; after the fold the
+    edited model predicts o* through h_r alone."""
     adapter = ModelAdapter(smollm_hooked)
     hp = get_preset("top", None)
     edit = top.compute(smollm_hooked, DANIELLE, hp)
@@ -56,6 +57,16 @@ def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
         top1 = int(adapter.logits(tokens)[0, last].argmax())
     assert adapter.model.to_string([top1]) == DANIELLE.target_new
     assert info.stage1_target_prob > 0.9
+    # after the fold the edited model's h_r at la carries o* by itself: with every other position
+    # reset to its clean residual at la (stage 2's readout objective), o* is still the top token
+    (clean,) = adapter.capture(tokens, [hook_name("resid_post", info.la)])
+    others = torch.ones(clean.shape[:2], dtype=torch.bool)
+    others[0, last] = False
+    with apply_edit(smollm_hooked, edit), torch.no_grad():
+        with adapter.hooks([patch_from(hook_name("resid_post", info.la), clean, others)]):
+            top1 = int(adapter.logits(tokens)[0, last].argmax())
+        assert _succeeds(smollm_hooked, DANIELLE)
+    assert adapter.model.to_string([top1]) == DANIELLE.target_new
 
 
 def test_rets_edit_takes_and_reverts(smollm_hooked):

@@ -80,3 +80,37 @@ def test_fingerprint_tracks_weights(tiny_hooked):
     finally:
         with torch.no_grad():
             adapter.w_out(0).copy_(original)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hooked", "tiny_hooked_llama"])
+def test_suffix_forward_against_a_prefix_cache_matches_the_full_forward(request, fixture):
+    adapter = ModelAdapter(request.getfixturevalue(fixture))
+    assert adapter.supports_prefix_cache
+    tokens = adapter.to_batch([adapter.tokenize("The Eiffel Tower is in the city of")] * 2)
+    split, start = 3, 1
+    full = adapter.final_resid(tokens)
+    cache = adapter.prefix_cache(tokens)
+    assert cache.length == tokens.shape[1] and cache.batch == 2
+    resid = adapter.resid_before(tokens, start)[:, split:]
+    suffix = adapter.final_resid_after(cache.narrow(split), start, resid)
+    torch.testing.assert_close(suffix, full[:, split:], atol=1e-5, rtol=1e-4)
+    repeated = cache.narrow(split, repeats=3)
+    assert repeated.batch == 6 and repeated.length == split
+    with pytest.raises(ValueError, match="rows"):
+        adapter.final_resid_after(repeated, start, resid)
+    with pytest.raises(ValueError, match="length"):
+        cache.narrow(tokens.shape[1] + 1)
+
+
+def test_bridge_has_no_prefix_cache_path(tiny_bridge):
+    adapter = ModelAdapter(tiny_bridge)
+    assert not adapter.supports_prefix_cache
+    with pytest.raises(NotImplementedError, match="bridge"):
+        adapter.prefix_cache(adapter.to_batch([adapter.tokenize("a b c")]))
+
+
+def test_unembed_matches_the_models_own_unembedding(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    tokens = adapter.to_batch([adapter.tokenize("The Eiffel Tower is in")])
+    final = adapter.final_resid(tokens)[0]
+    torch.testing.assert_close(adapter.unembed(final), adapter.logits(tokens)[0], atol=1e-5, rtol=1e-4)

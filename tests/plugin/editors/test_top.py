@@ -91,6 +91,32 @@ def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_hooked):
         assert folded_distance <= 1.25 * hp.early_stop2 / hp.vec_loss_factor
 
 
+@pytest.mark.parametrize("key", ["consistent", "original"])
+def test_stage2_through_the_fold_sees_exactly_the_folded_model(tiny_hooked, key):
+    """With stage2_site="fold" stage 2 optimizes the rank-one update itself, so the distance it
+    ends at is the folded model's distance to h*_r (the subject-only site misses the fold's
+    effect on the other positions and, with a template-mean key, its scale)."""
+    adapter = ModelAdapter(tiny_hooked)
+    hp = FAST.replace(stage2_site="fold", key=key, v_num_grad_steps2=15)
+    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=TEMPLATES)
+    info = edit.details.layers[0]
+    batch = rewrite_batch(adapter, SUBJECT_LAST, TEMPLATES, [hp.kl_prompt])
+    with apply_edit(tiny_hooked, edit):
+        folded = float((top.relation_resid(adapter, batch, info.la)[0] - info.h_star).norm())
+    assert info.stage2.parts[-1]["distance"] < info.stage2.parts[0]["distance"]
+    # the loop reports the loss before its last step; recompute at the final δ₂
+    objective_now = top.stage2_objective(adapter, batch, hp, 1, info.la, info.h_star - top.relation_resid(
+        adapter, batch, info.la)[0], info.v_init, top.fold_map(adapter, SUBJECT_LAST, hp.for_layer(1), TEMPLATES))
+    with torch.no_grad():
+        at_end = objective_now(info.v_star - info.v_init).distance
+    assert at_end == pytest.approx(folded, rel=1e-4, abs=1e-4)
+
+
+def test_bad_stage2_site_is_rejected():
+    with pytest.raises(HparamsError, match="stage2_site"):
+        TopHparams(stage2_site="everywhere")
+
+
 def test_summary_and_round_trip(tiny_hooked):
     edit = top.compute(tiny_hooked, REQUEST, FAST.replace(v_num_grad_steps1=3, v_num_grad_steps2=3),
                        templates=TEMPLATES)
@@ -142,7 +168,8 @@ def test_readout_reaches_the_prediction_only_through_h_r(tiny_hooked):
     hp = FAST.replace(stage2_loss="readout")
     batch = rewrite_batch(adapter, REQUEST, ("{}",), [hp.kl_prompt])
     la = 1 + hp.rel_feat_layer
-    objective = top.stage2_objective(adapter, batch, hp, 1, la, torch.zeros(adapter.d_model), 1.0)
+    unit = torch.ones(adapter.d_model) / adapter.d_model**0.5  # v_init of norm 1: the decay's reference
+    objective = top.stage2_objective(adapter, batch, hp, 1, la, torch.zeros(adapter.d_model), unit)
     assert isinstance(objective, top.RelationReadoutObjective)
     assert objective(torch.zeros(adapter.d_model)).kl == pytest.approx(0.0, abs=1e-6)
 
