@@ -93,7 +93,8 @@ def markdown(by_method: dict[str, list[dict]], totals: dict[str, dict], meta: di
             f = by_method[m][i]
             cells.append(f"{f['p_new']:.3f} / {f['p_true']:.3f}{' ✓' if f['edit_took'] else ' ✗'} | "
                          f"{f['mean_p_before']:.3f} → {f['mean_p_after']:.3f} | {f['kept']}/{f['n_other']}")
-        lines.append(f"| {first['prompt']}{first['target_true']} → {first['target_new']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {first['prompt']}{first['target_true']} →{first['target_new']} | " + " | ".join(cells) + " |")
+    lines += ["", "The same cases' COUNTERFACT_RS rates, and a reading of both tables, are in docs/results.md."]
     return "\n".join(lines) + "\n"
 
 
