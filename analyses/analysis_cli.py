@@ -177,7 +177,7 @@ def run_trace_command(args, model=None) -> int:
     report = {"request": request.to_dict(), "method": args.method if edited else None,
               "before": {r.kind: r.to_json() for r in before}, "after": {r.kind: r.to_json() for r in after}}
     if args.out:
-        _write_traces(args.out, before, after, edit_layer=_edit_layer(hp))
+        write_traces(args.out, before, after, edit_layer=_edit_layer(hp))
     text = "\n\n".join([format_trace("original, o", r) for r in before]
                        + [format_trace(f"after {args.method}, o*", r) for r in after])
     emit(args, report, text)
@@ -190,7 +190,9 @@ def _edit_layer(hp) -> int | None:
     return hp.layer if hasattr(hp, "layer") else hp.layers[0]
 
 
-def _write_traces(out: str, before: list[TraceResult], after: list[TraceResult], edit_layer: int | None) -> None:
+def write_traces(out: str, before: list[TraceResult], after: list[TraceResult], edit_layer: int | None) -> None:
+    """Write each trace's JSON and one heatmap figure ("trace", PNG and PDF) with a panel per kind,
+    before and, when given, after the edit, the edit layer marked, into ``out``."""
     from .figures import save_figure, trace_heatmaps
 
     for r in before:

@@ -148,7 +148,7 @@ def _saliency_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
 
 
 def _trace_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .analysis_cli import _write_traces
+    from .analysis_cli import write_traces
     from .causal_trace import KINDS, causal_trace
     from plugin.editors import get_editor
 
@@ -159,7 +159,7 @@ def _trace_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
     before = trace(req.target_true)
     with get_editor("rome").apply(model, req, hp):
         after = trace(req.target_new)
-    _write_traces(args.out, before, after, edit_layer=hp.layer)
+    write_traces(args.out, before, after, edit_layer=hp.layer)
     return "trace", (f"Causal tracing of {req.text!r}: indirect effect of restoring the clean residual, MLP "
                      f"output and attention output (window {after[1].window}) at each layer and token, for "
                      f"o = {req.target_true!r} on the original model (top) and o* = {req.target_new!r} after "
