@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from plugin.cli import add_model_args
 from plugin.editors import get_editor
+from plugin.hparams import read_json_object
 from plugin.loading import load_model
 from plugin.model import as_adapter
 from plugin.presets import get_preset
@@ -53,9 +54,7 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
 def method_hparams(method: str, adapter, text: str | None):
     """The method's preset for the model with ``--hparams`` applied: a JSON object (or file) of
     overrides, either flat (``{"layer": 4}``) or keyed by method (``{"rome": {"layer": 4}}``)."""
-    raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text) if text else {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"--hparams must be a JSON object; got {text!r}")
+    raw = read_json_object(text)
     if raw and set(raw) <= set(known_methods()):
         raw = raw.get(method, {})
         if not isinstance(raw, dict):

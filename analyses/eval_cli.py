@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from plugin.cli import add_model_args
 from plugin.editors import get_editor
-from plugin.hparams import Hparams
+from plugin.hparams import Hparams, read_json_object
 from plugin.loading import load_model
 
 from .builder import builtin_records
@@ -66,10 +66,8 @@ def read_records(data: str, limit: int | None, seed: int) -> tuple[Record, ...]:
 
 
 def parse_overrides(text: str | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    if not text:
-        return {}
-    raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+    raw = read_json_object(text)
+    if not all(isinstance(v, dict) for v in raw.values()):
         raise ValueError('--hparams must be a JSON object keyed by method, e.g. {"rome": {"layer": 4}}; '
                          f"got {text!r}")
     unknown = sorted(set(raw) - set(methods))

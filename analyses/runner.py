@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from plugin import as_adapter
 from plugin.editors import get_editor
 from plugin.hparams import Hparams
-from plugin.presets import get_preset
+from plugin.presets import preset_or_given
 
 from . import metrics as m
 from .evaluate import GENERATION_TOKENS, GENERATION_TOP_K, CaseEvaluation, evaluate_case, measure
@@ -121,7 +121,7 @@ def resolve_hparams(methods: Iterable[str], model, model_name: str | None,
     """Each method's hyperparameters: ``given`` where present, else its preset for the model."""
     adapter = as_adapter(model)
     given = given or {}
-    return {method: given.get(method) or get_preset(method, model_name, adapter.n_layers) for method in methods}
+    return {method: preset_or_given(method, given.get(method), model_name, adapter.n_layers) for method in methods}
 
 
 def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: Mapping[str, Mapping[str, Any]],

@@ -37,7 +37,7 @@ from plugin.model import ModelAdapter, as_adapter, hook_name
 from plugin.objective import RewriteBatch, rewrite_batch
 from plugin.optimize import StepEvent
 from plugin.positions import PromptPositions, locate
-from plugin.presets import get_preset
+from plugin.presets import preset_or_given
 from plugin.requests import EditRequest
 from plugin.templates import context_templates
 
@@ -285,10 +285,7 @@ def resolve_hparams(adapter: ModelAdapter, method: str, hparams, steps: int | No
     replacing the optimization steps (both stages for TOP); TOP keeps its first edit layer."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}; got {method!r}")
-    hp = hparams if hparams is not None else get_preset(method, adapter.name, adapter.n_layers)
-    expected = RomeHparams if method == "rome" else TopHparams
-    if not isinstance(hp, expected):
-        raise ValueError(f"hparams must be a {expected.__name__} for method {method!r}; got {type(hp).__name__}")
+    hp = preset_or_given(method, hparams, adapter.name, adapter.n_layers)
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int; got {steps!r}")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from plugin import as_adapter
 from plugin.editors.top import TopHparams
-from plugin.presets import get_preset
+from plugin.presets import preset_or_given
 
 from . import metrics as m
 from .evaluate import Measurement, evaluate_case, measure
@@ -94,12 +94,8 @@ def check_las(las: Sequence[int], edit_layer: int, n_layers: int) -> list[int]:
 
 def resolve_hparams(model, hparams: TopHparams | None) -> TopHparams:
     """The given TOP settings, or the model's TOP preset."""
-    if hparams is None:
-        adapter = as_adapter(model)
-        hparams = get_preset(METHOD, adapter.name, adapter.n_layers)  # type: ignore[assignment]
-    if not isinstance(hparams, TopHparams):
-        raise ValueError(f"hparams: the la sweep needs TopHparams; got {type(hparams).__name__}")
-    return hparams
+    adapter = as_adapter(model)
+    return preset_or_given(METHOD, hparams, adapter.name, adapter.n_layers)  # type: ignore[return-value]
 
 
 def at_la(hparams: TopHparams, la: int) -> TopHparams:

@@ -114,6 +114,18 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     return fallback if n_layers is None else _rescaled(fallback, n_layers)
 
 
+def preset_or_given(method: str, given: Hparams | None, model_name: str | None, n_layers: int | None) -> Hparams:
+    """``given`` when it is set (for a method with presets it must be that method's hyperparameter
+    class; an editor registered without presets takes what it is given), else the preset of
+    ``method`` for the model (:func:`get_preset`)."""
+    if given is None:
+        return get_preset(method, model_name, n_layers)
+    expected = _DEFAULTS.get(method)
+    if expected is not None and not isinstance(given, expected):
+        raise ValueError(f"hparams must be a {expected.__name__} for method {method!r}; got {type(given).__name__}")
+    return given
+
+
 def _rescaled(hp: Hparams, n_layers: int) -> Hparams:
     scale = lambda layer: max(0, min(n_layers - 1, round(layer * n_layers / _REFERENCE_DEPTH)))  # noqa: E731
     changes = {}

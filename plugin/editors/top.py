@@ -161,10 +161,13 @@ def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float
 def optimize_relation(
     adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, la: int,
     callback: Callable[[StepEvent], None] | None = None, progress: bool = False,
+    h_init: Float[Tensor, "n d_model"] | None = None,
 ) -> tuple[Float[Tensor, " d_model"], OptimizationTrace, float]:
-    """Stage 1: δ₁ on ``hook_resid_post`` of ``la`` at the last relation token; returns δ₁."""
-    with torch.no_grad():
-        h_init = relation_resid(adapter, batch, la)
+    """Stage 1: δ₁ on ``hook_resid_post`` of ``la`` at the last relation token; returns δ₁.
+    ``h_init`` is :func:`relation_resid` of ``batch`` if the caller already has it."""
+    if h_init is None:
+        with torch.no_grad():
+            h_init = relation_resid(adapter, batch, la)
     ref = float(h_init[0].norm())
     objective = RewriteObjective(adapter, batch, hook_name("resid_post", la), la, "relation",
                                  hp.kl_factor, hp.v_weight_decay, ref)
@@ -278,15 +281,18 @@ def stage2_rows(batch: RewriteBatch, mode: Stage2) -> slice:
 
 def stage2_objective(
     adapter: ModelAdapter, batch: RewriteBatch, hp: TopHparams, layer: int, la: int,
-    delta1: Tensor, v_init: Tensor, fold: FoldMap | None = None,
+    delta1: Tensor, v_init: Tensor, fold: FoldMap | None = None, h_init: Tensor | None = None,
 ) -> RelationFeatureObjective:
     """Stage 2's objective: h*_r = h_r,init + δ₁ in each row it uses (row 0 alone when faithful),
     reached in L2 (the published loss) or through the prediction read from h_r ("readout"); δ₂
-    acts at the last subject token, or through ``fold`` (``stage2_site="fold"``)."""
+    acts at the last subject token, or through ``fold`` (``stage2_site="fold"``). ``h_init`` is
+    :func:`relation_resid` of ``batch`` if the caller already has it."""
     rows = stage2_rows(batch, hp.stage2)
     last_rel = batch.last_relation[rows]
-    with torch.no_grad():
-        targets = relation_resid(adapter, batch, la)[rows] + delta1
+    if h_init is None:
+        with torch.no_grad():
+            h_init = relation_resid(adapter, batch, la)
+    targets = h_init[rows] + delta1
     site = {"fold": fold if hp.stage2_site == "fold" else None, "v_init": v_init}
     v_norm = float(v_init.norm())
     if hp.stage2_loss == "readout":
@@ -326,8 +332,10 @@ def compute_layer(
     v_init = values[0]
     fold = fold_map(adapter, request, hp.for_layer(layer), templates, covariance)
     with adapter.frozen():
-        delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callback, progress)
-        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, v_init, fold)
+        with torch.no_grad():
+            h_init = relation_resid(adapter, batch, la)  # h_r,init, shared by both stages
+        delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callback, progress, h_init)
+        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, v_init, fold, h_init)
         delta2, trace2 = optimize_subject(objective, hp, v_init, callback, progress)
         reached = objective.reached(delta2)
     v_star = v_init + delta2

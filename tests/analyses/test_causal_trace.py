@@ -58,6 +58,26 @@ def test_prefix_cache_path_equals_the_masked_full_sequence_path(tiny_hooked_llam
         torch.testing.assert_close(cached, masked, atol=1e-6, rtol=1e-4)
 
 
+def test_hooked_forwards_run_only_the_positions_from_the_restored_one(tiny_hooked_llama):
+    """With the cache path a batched forward sees positions p.. only; without it, all of them."""
+    c = _corruption(tiny_hooked_llama, PROMPT_WITH_PREFIX)
+    lengths: list[int] = []
+
+    def watch(act, hook):
+        lengths.append(act.shape[1])
+
+    name = hook_name("resid_post", ModelAdapter(tiny_hooked_llama).n_layers - 1)
+    with tiny_hooked_llama.hooks(fwd_hooks=[(name, watch)]):
+        indirect_effects(tiny_hooked_llama, c, "resid", base_prob=0.0)
+    subject_start = c.positions.subject_start
+    # the full-length forwards are the clean and corrupted captures that every trace makes first
+    assert set(lengths) - {c.n_positions} == {c.n_positions - p for p in range(subject_start, c.n_positions)}
+    lengths.clear()
+    with tiny_hooked_llama.hooks(fwd_hooks=[(name, watch)]):
+        indirect_effects(tiny_hooked_llama, c, "resid", base_prob=0.0, use_prefix=False)
+    assert set(lengths) == {c.n_positions}
+
+
 def test_position_chunks_group_by_position_and_cover_every_cell_once(monkeypatch):
     cells = [(layer, position) for layer in range(12) for position in range(4)]
     todo = [j for j, (_, p) in enumerate(cells) if p >= 1]

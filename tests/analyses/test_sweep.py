@@ -101,7 +101,7 @@ def test_sweep_on_a_tiny_model_reverts_and_skips_generation(request, name, monke
 
 
 def test_preset_is_used_when_no_hparams_are_given(tiny_hooked, monkeypatch):
-    monkeypatch.setattr(sweep, "get_preset", lambda method, name, n_layers: FAST.replace(layers=(2,)))
+    monkeypatch.setattr("plugin.presets.get_preset", lambda method, name, n_layers: FAST.replace(layers=(2,)))
     monkeypatch.setattr(sweep, "_sweep_one", lambda model, records, befores, hp, la, stop_words, bar:
                         sweep.SweepPoint(la, None, None, None, None))
     result = la_sweep(tiny_hooked, RECORDS[:1], progress=False)

@@ -30,3 +30,28 @@ def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
     with pytest.raises(ValueError, match="method"):
         get_preset("nope", None)
     assert set(methods()) >= {"rome", "top", "rets", "memit"}
+
+
+def test_preset_or_given_checks_the_class_of_what_is_given():
+    from plugin.editors.rome import RomeHparams
+    from plugin.presets import preset_or_given
+
+    assert preset_or_given("top", None, "smollm2-135m", 30) == get_preset("top", "smollm2-135m", 30)
+    given = RomeHparams(layer=3)
+    assert preset_or_given("rome", given, None, 30) is given
+    with pytest.raises(ValueError, match="TopHparams for method 'top'"):
+        preset_or_given("top", given, None, 30)
+    assert preset_or_given("an-editor-without-presets", given, None, 30) is given
+    with pytest.raises(ValueError, match="method"):
+        preset_or_given("an-editor-without-presets", None, None, 30)
+
+
+def test_read_json_object_inline_or_from_a_file(tmp_path):
+    from plugin.hparams import read_json_object
+
+    assert read_json_object(None) == {} and read_json_object('{"layer": 4}') == {"layer": 4}
+    path = tmp_path / "hp.json"
+    path.write_text('{"rome": {"layer": 2}}')
+    assert read_json_object(str(path)) == {"rome": {"layer": 2}}
+    with pytest.raises(ValueError, match="--hparams must be a JSON object"):
+        read_json_object("[1, 2]")
