@@ -51,14 +51,17 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed")
 
 
-def method_hparams(method: str, adapter, text: str | None):
+def method_hparams(method: str, adapter, text: str | None, flat: bool = True):
     """The method's preset for the model with ``--hparams`` applied: a JSON object (or file) of
-    overrides, either flat (``{"layer": 4}``) or keyed by method (``{"rome": {"layer": 4}}``)."""
+    overrides, either flat (``{"layer": 4}``; ignored when ``flat`` is false, for a command's
+    second method) or keyed by method (``{"rome": {"layer": 4}}``)."""
     raw = read_json_object(text)
     if raw and set(raw) <= set(known_methods()):
         raw = raw.get(method, {})
         if not isinstance(raw, dict):
             raise ValueError(f"--hparams: the overrides of {method!r} must be a JSON object; got {raw!r}")
+    elif not flat:
+        raw = {}
     hp = get_preset(method, adapter.name, adapter.n_layers)
     return hp.replace(**raw) if raw else hp
 
@@ -240,3 +243,48 @@ def run_rie_command(args, model=None) -> int:
         save_figure(rie_bars(report.rows), args.out, "rie")
     emit(args, report.to_json(), report.table())
     return 0
+
+
+# ------------------------------------------------------------------------- independence
+def add_independence_parser(sub) -> None:
+    p = sub.add_parser("independence", help="P(o*) as the subject feature v varies with h_r fixed to TOP's h*_r "
+                                            "(the decomposition's conditional independence)")
+    add_request_args(p)
+    p.add_argument("--hparams", default=None, help='JSON overrides of the presets, flat for TOP or keyed by '
+                                                   'method: {"top": {...}, "rome": {...}}')
+    p.add_argument("--n-random", type=int, default=4, help="random values of v at TOP's distance from v_init")
+    p.add_argument("--no-rome", action="store_true", help="leave out ROME's v* as a value of v")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--out", default=None, help="folder for independence.json")
+    add_model_args(p)
+    p.set_defaults(func=run_independence_command)
+
+
+def format_independence(result) -> str:
+    lines = [f"P({result.request.target_new!r}) with v set at layer {result.layer}; 'fixed': h_r at la = "
+             f"{result.la} patched to h*_r, 'free': h_r as the model computes it", "",
+             f"{'v':14}{'|v|':>10}{'|v - v_init|':>14}{'P fixed':>10}{'P free':>10}"]
+    lines += [f"{r.name:14}{r.v_norm:>10.2f}{r.delta_norm:>14.2f}{r.p_fixed:>10.4f}{r.p_free:>10.4f}"
+              for r in result.rows]
+    lines.append("")
+    for column in ("p_fixed", "p_free"):
+        s = result.spread(column)
+        lines.append(f"{column}: max - min {s['max_minus_min']:.4f}, std {s['std']:.4f}, mean {s['mean']:.4f}")
+    lines.append(f"P(o*) with only h*_r patched in: {result.p_h_star:.4f}")
+    return "\n".join(lines)
+
+
+def run_independence_command(args, model=None) -> int:
+    from .independence import independence_check
+
+    model = model if model is not None else load_model(args.model, args.backend)
+    adapter = as_adapter(model)
+    top_hp = method_hparams("top", adapter, args.hparams)
+    rome_hp = None if args.no_rome else method_hparams("rome", adapter, args.hparams, flat=False)
+    result = independence_check(model, build_request(args), top_hp, rome_hparams=rome_hp,
+                                include_rome=not args.no_rome, n_random=args.n_random, seed=args.seed)
+    if args.out:
+        write_json(args.out, "independence.json", result.to_json())
+    emit(args, result.to_json(), format_independence(result))
+    return 0
+

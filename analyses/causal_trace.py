@@ -11,13 +11,15 @@ does — at one token position i, and measure
 averaged over the noise samples; P is the probability of the answer's first token at the last
 prompt position. The restorations are batched: every (layer, position) cell × noise sample is one
 row of a batch, and one mask-based patch hook per layer restores the cells whose window holds
-that layer, so the grid takes a few forwards rather than one per cell; each forward starts at
-its lowest restored layer from the cached corrupted residual, and on HookedTransformer it runs
-only the positions from the restored one on, against the corrupted keys and values of the
-earlier positions (a restoration cannot change what came before it). The bridge, which has
-neither path, recomputes the skipped blocks and positions. Cells before the subject, which the
-noise cannot reach, are 0 without a forward. :func:`trace_cell` is the plain one-cell-at-a-time reference (ROME's way) the
-tests and the benchmark compare against.
+that layer, so the grid takes a few forwards rather than one per cell. On HookedTransformer the
+cells of one position p run together on positions p.. only, against the corrupted keys and
+values of the earlier positions (a restoration cannot change what came before it), one block at
+a time: a cell's rows join the batch at the block where its residual first differs from the
+corrupted one (the restored residual or MLP output is written straight into it), so no row runs
+a block whose result is already cached. The bridge, which has no key/value cache path, runs
+masked forwards over every position from the lowest restored layer of each batch. Cells before
+the subject, which the noise cannot reach, are 0 without a forward. :func:`trace_cell` is the
+plain one-cell-at-a-time reference (ROME's way) the tests and the benchmark compare against.
 
 The model is used as it is: trace an edited model by applying the edit first
 (``with apply_edit(model, edit): causal_trace(...)``) and asking for o*.
@@ -189,12 +191,17 @@ def corrupted_prob(adapter: ModelAdapter, corruption: Corruption) -> float:
 
 
 @torch.no_grad()
-def corrupted_resids(adapter: ModelAdapter, corruption: Corruption) -> Float[Tensor, "layer sample pos d_model"]:
-    """The corrupted residual entering every block, per noise sample (one corrupted forward)."""
-    names = [hook_name("resid_pre", layer) for layer in range(adapter.n_layers)]
+def corrupted_states(
+    adapter: ModelAdapter, corruption: Corruption, kind: str,
+) -> tuple[Float[Tensor, "layer_plus_1 sample pos d_model"], Float[Tensor, "layer sample pos d_model"]]:
+    """One corrupted forward, per noise sample: the residual entering every block and leaving the
+    last one, and the activation of ``kind`` at every layer."""
+    n = adapter.n_layers
+    names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
+    names += [hook_name(_HOOK_KINDS[check_kind(kind)], layer) for layer in range(n)]
     with adapter.hooks([_noise_hook(corruption, 1)]):
-        states = adapter.capture(corruption.tokens.expand(corruption.n_samples, -1), names)
-    return torch.stack([s.detach() for s in states])
+        states = [s.detach() for s in adapter.capture(corruption.tokens.expand(corruption.n_samples, -1), names)]
+    return torch.stack(states[:n + 1]), torch.stack(states[n + 1:])
 
 
 @torch.no_grad()
@@ -208,14 +215,16 @@ def clean_states(adapter: ModelAdapter, corruption: Corruption, kind: str) -> Fl
 # --------------------------------------------------------------------- batched grid
 @dataclass(frozen=True)
 class GridInputs:
-    """What every cell of one trace shares: the clean activations of the restored kind, the
-    corrupted residual entering each block and, where the backend has a key/value cache, the
-    corrupted keys and values of every position (``prefix``, one row per noise sample)."""
+    """What every cell of one trace shares: the clean activations of the restored kind; the
+    corrupted residual entering each block (and leaving the last) and corrupted activations of
+    the kind; where the backend has a key/value cache, the corrupted keys and values of every
+    position (``prefix``, one row per noise sample)."""
 
     kind: str
     window: int
     clean: Float[Tensor, "layer pos d_model"]
-    corrupted: Float[Tensor, "layer sample pos d_model"]
+    corrupted: Float[Tensor, "layer_plus_1 sample pos d_model"]
+    corrupted_sites: Float[Tensor, "layer sample pos d_model"]
     prefix: PrefixCache | None = None
 
 
@@ -232,18 +241,20 @@ def corrupted_prefix(adapter: ModelAdapter, corruption: Corruption) -> PrefixCac
 def grid_inputs(adapter: ModelAdapter, corruption: Corruption, kind: str, window: int,
                 use_prefix: bool = True) -> GridInputs:
     prefix = corrupted_prefix(adapter, corruption) if use_prefix else None
-    return GridInputs(kind, window, clean_states(adapter, corruption, kind), corrupted_resids(adapter, corruption),
-                      prefix)
+    return GridInputs(kind, window, clean_states(adapter, corruption, kind),
+                      *corrupted_states(adapter, corruption, kind), prefix)
 
 
 def cell_masks(
     cells: Sequence[tuple[int, int]], n_samples: int, n_positions: int, n_layers: int, kind: str, window: int,
+    skip_first: bool = False,
 ) -> dict[int, Bool[Tensor, "row pos"]]:
     """Per restored layer, which (row, position) entries take the clean activation: the rows of
-    cell j are ``[j·n_samples, (j+1)·n_samples)``; a cell restores its position in its window."""
+    cell j are ``[j·n_samples, (j+1)·n_samples)``; a cell restores its position in its window
+    (without the window's first layer if ``skip_first``)."""
     masks: dict[int, Tensor] = {}
     for j, (layer, position) in enumerate(cells):
-        for restored in window_layers(layer, n_layers, kind, window):
+        for restored in window_layers(layer, n_layers, kind, window)[int(skip_first):]:
             mask = masks.setdefault(restored, torch.zeros(len(cells) * n_samples, n_positions, dtype=torch.bool))
             mask[j * n_samples:(j + 1) * n_samples, position] = True
     return masks
@@ -252,37 +263,69 @@ def cell_masks(
 def restored_probs(
     adapter: ModelAdapter, corruption: Corruption, inputs: GridInputs, cells: Sequence[tuple[int, int]],
 ) -> Float[Tensor, " cell"]:
-    """Mean P(answer | corrupted, cell restored) of every cell, in one forward pass that starts at
-    the lowest restored layer of the cells. With ``inputs.prefix`` and cells at one position p,
-    only positions p.. run: the earlier ones are untouched by a restoration at p (attention is
-    causal), so their corrupted keys and values are read from the cache."""
+    """Mean P(answer | corrupted, cell restored) of every cell, batched. With ``inputs.prefix``
+    and cells at one position, :func:`suffix_answer_probs` runs them; otherwise one masked
+    forward over every position starts at the lowest restored layer of the cells."""
     c = corruption
+    if inputs.prefix is not None and len({position for _, position in cells}) == 1:
+        return suffix_answer_probs(adapter, c, inputs, cells).view(len(cells), c.n_samples).mean(1)
     masks = cell_masks(cells, c.n_samples, c.n_positions, adapter.n_layers, inputs.kind, inputs.window)
     start = min(masks)
-    first = min(position for _, position in cells)
-    if inputs.prefix is None or any(position != first for _, position in cells):
-        patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None], mask)
-                   for layer, mask in sorted(masks.items())]
-        probs = answer_probs(adapter, c, patches, len(cells), start, inputs.corrupted[start])
-    else:
-        patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None, first:],
-                              mask[:, first:]) for layer, mask in sorted(masks.items())]
-        probs = suffix_answer_probs(adapter, c, inputs, patches, len(cells), start, first)
+    patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None], mask)
+               for layer, mask in sorted(masks.items())]
+    probs = answer_probs(adapter, c, patches, len(cells), start, inputs.corrupted[start])
     return probs.view(len(cells), c.n_samples).mean(1)
+
+
+def entry_layer(kind: str, layer: int, n_layers: int, window: int) -> int:
+    """The block a cell's rows join the suffix run at. A restored residual (``resid``) or MLP output
+    (``mlp``) at the window's first layer s is written into the residual leaving block s, so the
+    rows join at s + 1; a restored attention output changes block s's MLP, so they join at s."""
+    start = window_layers(layer, n_layers, kind, window).start
+    return start if kind == "attn" else start + 1
+
+
+def entry_resid(inputs: GridInputs, layer: int, position: int, n_layers: int) -> Float[Tensor, "sample suffix d_model"]:
+    """The residual a cell's rows carry into :func:`entry_layer`, over the positions from its own:
+    the corrupted one, with the cell's first restoration already applied where it joins late."""
+    kind = inputs.kind
+    start = window_layers(layer, n_layers, kind, inputs.window).start
+    if kind == "attn":
+        return inputs.corrupted[start][:, position:]
+    resid = inputs.corrupted[start + 1][:, position:].clone()
+    if kind == "resid":  # the clean residual leaving block `start` replaces the corrupted one
+        resid[:, 0] = inputs.clean[start][position]
+    else:  # the clean MLP output replaces the corrupted one inside the residual
+        resid[:, 0] += inputs.clean[start][position] - inputs.corrupted_sites[start][:, position]
+    return resid
 
 
 @torch.no_grad()
 def suffix_answer_probs(
-    adapter: ModelAdapter, corruption: Corruption, inputs: GridInputs, patches: Sequence[Hook], repeats: int,
-    start_layer: int, first: int,
+    adapter: ModelAdapter, corruption: Corruption, inputs: GridInputs, cells: Sequence[tuple[int, int]],
 ) -> Float[Tensor, " row"]:
-    """:func:`answer_probs` run on positions ``first..`` only, from the corrupted residual entering
-    ``start_layer`` (no noise hook: the noise is already in it and in the cached keys and values)."""
-    resid = inputs.corrupted[start_layer][:, first:].repeat(repeats, 1, 1)
-    prefix = inputs.prefix.narrow(first, repeats)
+    """P(answer) per row (cell-major, then noise sample) for cells at one position p, running only
+    positions p.. block by block against the corrupted keys and values of the earlier positions
+    (a restoration at p cannot change them). Each cell's rows join the batch at its
+    :func:`entry_layer`, so no row runs a block whose output is still the corrupted one."""
+    c, n = corruption, adapter.n_layers
+    first = cells[0][1]
+    joins = [entry_layer(inputs.kind, layer, n, inputs.window) for layer, _ in cells]
+    if joins != sorted(joins):
+        raise ValueError(f"cells must come in order of the layer they join at; got {list(cells)}")
+    masks = cell_masks(cells, c.n_samples, c.n_positions, n, inputs.kind, inputs.window,
+                       skip_first=inputs.kind != "attn")
+    patches = [patch_from(hook_name(_HOOK_KINDS[inputs.kind], layer), inputs.clean[layer][None, first:],
+                          mask[:, first:], leading_rows=True) for layer, mask in sorted(masks.items())]
+    resid = inputs.corrupted[0][:0, first:]
     with adapter.hooks(patches):
-        final = adapter.final_resid_after(prefix, start_layer, resid)
-    return adapter.unembed(final[:, -1]).float().softmax(-1)[:, corruption.answer_id]
+        for block in range(joins[0], n + 1):
+            joining = [entry_resid(inputs, layer, first, n) for (layer, _), at in zip(cells, joins) if at == block]
+            resid = torch.cat([resid, *joining]) if joining else resid
+            if block < n and len(resid):
+                keys, values = inputs.prefix.block(block, first, repeats=len(resid) // c.n_samples)
+                resid = adapter.block_after(block, keys, values, resid)
+    return adapter.unembed(resid[:, -1]).float().softmax(-1)[:, corruption.answer_id]
 
 
 def trace_cell(
@@ -317,9 +360,9 @@ def indirect_effects(
     samples; at least one cell) and skip the blocks below their lowest restored layer; cells
     before the subject are 0 without a forward (the noise cannot reach them: their corrupted
     states are the clean ones). Where the backend has a key/value cache (HookedTransformer) and
-    ``use_prefix`` is true, each forward runs only the positions from its cells' position on,
-    reading the earlier positions' corrupted keys and values from a cache. ``base_prob`` is
-    P(o | corrupted) if already known.
+    ``use_prefix`` is true, the cells of each position run only the positions from theirs on,
+    block by block, each cell's rows joining at its :func:`entry_layer`
+    (:func:`suffix_answer_probs`). ``base_prob`` is P(o | corrupted) if already known.
     """
     adapter = as_adapter(model)
     check_kind(kind)
@@ -343,38 +386,15 @@ def _reference_probs(adapter, corruption, kind, window, cells, progress) -> Tens
     return torch.tensor([trace_cell(adapter, corruption, clean, kind, window, l, p) for l, p in bar])
 
 
-FORWARD_OVERHEAD = 32  # a forward's fixed cost per block, in row-positions of work (a rough CPU figure)
-
-
 def position_chunks(
-    cells: Sequence[tuple[int, int]], todo: Sequence[int], per_chunk: int, starts: Sequence[int],
-    n_layers: int, n_samples: int, n_positions: int,
+    cells: Sequence[tuple[int, int]], todo: Sequence[int], per_chunk: int, joins: Sequence[int],
 ) -> list[list[int]]:
-    """The cells ``todo`` grouped by position and split into forwards of at most ``per_chunk``
-    cells. A forward runs from its lowest start layer (``starts[j]`` for cell j) over the
-    positions from the cell's on; the split minimizes the estimated work, rows × positions ×
-    blocks plus a fixed cost per forward (a small dynamic program per position)."""
+    """The cells ``todo`` grouped by position, ordered by the layer they join at (``joins[j]``
+    for cell j) and cut into runs of at most ``per_chunk`` cells."""
     groups: dict[int, list[int]] = {}
-    for j in sorted(todo, key=lambda j: (cells[j][1], starts[j], cells[j][0])):
+    for j in sorted(todo, key=lambda j: (cells[j][1], joins[j], cells[j][0])):
         groups.setdefault(cells[j][1], []).append(j)
-    chunks = []
-    for position, group in groups.items():
-        width = n_positions - position
-
-        def cost(first: int, stop: int) -> float:
-            return ((stop - first) * n_samples * width + FORWARD_OVERHEAD) * (n_layers - starts[group[first]])
-
-        best, cut = [0.0] + [float("inf")] * len(group), [0] * (len(group) + 1)
-        for stop in range(1, len(group) + 1):
-            for first in range(max(0, stop - per_chunk), stop):
-                if best[first] + cost(first, stop) < best[stop]:
-                    best[stop], cut[stop] = best[first] + cost(first, stop), first
-        bounds, stop = [], len(group)
-        while stop:
-            bounds.append((cut[stop], stop))
-            stop = cut[stop]
-        chunks += [group[a:b] for a, b in reversed(bounds)]
-    return chunks
+    return [group[i:i + per_chunk] for group in groups.values() for i in range(0, len(group), per_chunk)]
 
 
 def _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress, base: float,
@@ -386,9 +406,8 @@ def _batched_probs(adapter, corruption, kind, window, cells, max_rows, progress,
     if inputs.prefix is None:
         chunks = [todo[i:i + per_chunk] for i in range(0, len(todo), per_chunk)]
     else:
-        starts = [window_layers(layer, adapter.n_layers, kind, window).start for layer, _ in cells]
-        chunks = position_chunks(cells, todo, per_chunk, starts, adapter.n_layers, corruption.n_samples,
-                                 corruption.n_positions)
+        joins = [entry_layer(kind, layer, adapter.n_layers, window) for layer, _ in cells]
+        chunks = position_chunks(cells, todo, per_chunk, joins)
     for chunk in tqdm(chunks, desc=f"trace {kind}", disable=not progress, leave=False):
         probs[chunk] = restored_probs(adapter, corruption, inputs, [cells[j] for j in chunk]).cpu()
     return probs

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from plugin.cli import add_edit_parser
 
-from .analysis_cli import add_rie_parser, add_saliency_parser, add_trace_parser
+from .analysis_cli import add_independence_parser, add_rie_parser, add_saliency_parser, add_trace_parser
 from .eval_cli import add_eval_parser
 from .figures_cli import add_figures_parser, add_sweep_parser
 
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_edit_parser(sub)
     add_eval_parser(sub)
-    for add in (add_saliency_parser, add_trace_parser, add_rie_parser, add_sweep_parser, add_figures_parser):
+    for add in (add_saliency_parser, add_trace_parser, add_rie_parser, add_independence_parser, add_sweep_parser,
+                add_figures_parser):
         add(sub)
     return parser
 

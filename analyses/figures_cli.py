@@ -6,7 +6,6 @@ DIR/index.md listing them; each step's numbers are saved as JSON beside its figu
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time

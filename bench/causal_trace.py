@@ -63,11 +63,13 @@ def write_docs(report: dict, meta: dict, out_dir: Path) -> Path:
              f"{report['prompt']!r} -> {report['answer']!r}, {report['n_layers']} layers x "
              f"{report['positions']} positions, {report['samples']} noise samples, window {report['window']}, "
              f"at most {report['max_rows']} rows per batched forward. Target ratio: >= {TARGET_RATIO:.0f}x.", "",
-             "The batched grid skips the blocks below each forward's lowest restored layer and the cells "
-             "before the subject; where the backend has a key/value cache (HookedTransformer) it also runs "
-             "only the positions from the restored one on, against the corrupted keys and values of the "
-             "earlier positions. The middle column turns that cache off, to show what it adds. The "
-             "difference column is the largest |IE| gap of either batched grid from the reference.", "",
+             "The batched grid skips the cells before the subject. Where the backend has a key/value cache "
+             "(HookedTransformer), the cells of one position run together on the positions from theirs on, "
+             "against the corrupted keys and values of the earlier positions, one block at a time; each "
+             "cell's rows join the batch at the first block whose input its restoration changes. Without "
+             "the cache (the middle column, and always on the bridge), masked forwards over every position "
+             "start at the lowest restored layer of each batch. The difference column is the largest |IE| "
+             "gap of either batched grid from the reference.", "",
              "| kind | cells | batched (s) | batched, no KV cache (s) | cell by cell (s) | ratio | ratio, no KV cache "
              "| max abs IE difference |",
              "|---|---|---|---|---|---|---|---|"]

@@ -16,6 +16,7 @@ import torch
 
 from .editors import get_editor
 from .fold import EditHandle
+from .hparams import read_json_object
 from .loading import load_model
 from .model import ModelAdapter, as_adapter
 from .presets import get_preset
@@ -69,7 +70,7 @@ def add_edit_parser(sub) -> None:
                    help="a batch: a JSON list of requests in CounterFact's requested_rewrite shape "
                         "(or whole CounterFact records); MEMIT edits them at once, the others in sequence")
     p.add_argument("--layer", type=int, default=None, help="edit layer (default: the method's preset)")
-    p.add_argument("--hparams", default=None, help="JSON object of hyperparameters overriding the preset")
+    p.add_argument("--hparams", default=None, help="JSON object (inline or a file) of hyperparameters overriding the preset")
     p.add_argument("--save", default=None, help="write the computed edit to this .safetensors file")
     add_model_args(p)
     p.set_defaults(func=run_edit)
@@ -91,7 +92,7 @@ def build_request(args) -> EditRequest | None:
 
 def resolve_hparams(method: str, args, adapter: ModelAdapter):
     hp = get_preset(method, args.model, adapter.n_layers)
-    overrides = json.loads(args.hparams) if args.hparams else {}
+    overrides = read_json_object(args.hparams)
     if args.layer is not None:
         overrides["layer"] = args.layer
     hp = hp.replace(**overrides) if overrides else hp

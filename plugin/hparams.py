@@ -55,6 +55,22 @@ class Hparams:
                 kind = "non-negative" if allow_zero else "positive"
                 raise HparamsError(f"{type(self).__name__}.{name} must be a finite {kind} number; got {value!r}")
 
+    def _choice(self, name: str, options: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in options:
+            raise HparamsError(f"{type(self).__name__}.{name} must be one of {list(options)}; got {value!r}")
+
+    def _template(self, name: str) -> None:
+        value = getattr(self, name)
+        if not isinstance(value, str) or value.count("{}") != 1:
+            raise HparamsError(f"{type(self).__name__}.{name} needs exactly one '{{}}'; got {value!r}")
+
+    def _value_optimization(self, *extra_positive: str) -> None:
+        """The checks of the value-optimization settings ROME, RETS and MEMIT share."""
+        self._positive("v_lr", "clamp_norm_factor", "early_stop_loss", "v_num_grad_steps", *extra_positive)
+        self._positive("v_weight_decay", "kl_factor", allow_zero=True)
+        self._template("kl_prompt")
+
     def _layers(self, *names: str) -> None:
         for name in names:
             value = getattr(self, name)

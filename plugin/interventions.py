@@ -76,11 +76,19 @@ def patch_from(
     name: str,
     source: Float[Tensor, "batch pos d"],
     mask: Float[Tensor, "batch pos"] | Tensor,
+    *,
+    leading_rows: bool = False,
 ) -> Hook:
-    """Activation patching: where ``mask`` is true take the activation from ``source``."""
+    """Activation patching: where ``mask`` is true take the activation from ``source``.
+
+    With ``leading_rows`` the activation may hold fewer rows than ``mask``: they are its first
+    rows (a batch that gains rows between blocks), and ``mask`` / ``source`` are cut to match.
+    """
     def fn(act: Tensor, hook) -> Tensor:
-        keep = mask.to(act.device).bool().unsqueeze(-1)
-        return torch.where(keep, source.to(act.device, act.dtype), act)
+        rows = act.shape[0] if leading_rows else None
+        keep = mask[:rows].to(act.device).bool().unsqueeze(-1)
+        values = source[:rows] if source.shape[0] > 1 else source
+        return torch.where(keep, values.to(act.device, act.dtype), act)
 
     return name, fn
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from jaxtyping import Float
@@ -11,6 +11,10 @@ from torch import Tensor
 from .model import ModelAdapter, hook_name
 from .positions import locate
 
+KeyMode = Literal["consistent", "original"]
+KEY_MODES: tuple[str, ...] = ("consistent", "original")
+"""Which key k* a rank-one edit writes at: the mean over context-prefixed prompts ("consistent",
+ROME's choice) or the bare prompt's alone ("original")."""
 
 @torch.no_grad()
 def key_value_at(

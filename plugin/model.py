@@ -75,8 +75,17 @@ class PrefixCache:
         """The first ``length`` positions, with the rows repeated ``repeats`` times (row-major)."""
         if not 0 <= length <= self.length:
             raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
-        return PrefixCache(tuple((k[:, :length].repeat(repeats, 1, 1, 1), v[:, :length].repeat(repeats, 1, 1, 1))
-                                 for k, v in self.entries))
+        return PrefixCache(tuple(self._rows(keys, values, length, repeats) for keys, values in self.entries))
+
+    def block(self, layer: int, length: int, repeats: int = 1) -> tuple[Tensor, Tensor]:
+        """Block ``layer``'s keys and values of the first ``length`` positions, rows repeated."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
+        return self._rows(*self.entries[layer], length, repeats)
+
+    @staticmethod
+    def _rows(keys: Tensor, values: Tensor, length: int, repeats: int) -> tuple[Tensor, Tensor]:
+        return keys[:, :length].repeat(repeats, 1, 1, 1), values[:, :length].repeat(repeats, 1, 1, 1)
 
 
 def _kv_cache_class():
@@ -345,13 +354,35 @@ class ModelAdapter:
             raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
         if prefix.batch != start_resid.shape[0]:
             raise ValueError(f"prefix holds {prefix.batch} rows; start_resid has {start_resid.shape[0]}")
-        cache = _kv_cache_class().init_cache(self.cfg, self.device, prefix.batch)
-        for entry, (keys, values) in zip(cache.entries, prefix.entries):
-            entry.past_keys, entry.past_values = keys, values
-        cache.previous_attention_mask = torch.ones(prefix.batch, prefix.length, dtype=torch.int, device=self.device)
-        cache.freeze()
         stop = self.n_layers if stop_layer is None else stop_layer
+        cache = self._frozen_cache(prefix.batch, prefix.length, dict(enumerate(prefix.entries)))
         return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop, past_kv_cache=cache)
+
+    def block_after(
+        self,
+        layer: int,
+        keys: Float[Tensor, "batch prefix kv_heads d_head"],
+        values: Float[Tensor, "batch prefix kv_heads d_head"],
+        resid: Float[Tensor, "batch suffix d_model"],
+    ) -> Float[Tensor, "batch suffix d_model"]:
+        """Block ``layer`` alone on the positions after a prefix: ``resid`` enters it and attention
+        reads the prefix's ``keys`` and ``values`` of that block (see :meth:`PrefixCache.block`).
+        Running the blocks one at a time lets a caller add rows to the batch between them."""
+        if not self.supports_prefix_cache:
+            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
+        if keys.shape[0] != resid.shape[0]:
+            raise ValueError(f"keys hold {keys.shape[0]} rows; resid has {resid.shape[0]}")
+        cache = self._frozen_cache(resid.shape[0], keys.shape[1], {self.check_layer(layer): (keys, values)})
+        return self.model(resid, start_at_layer=layer, stop_at_layer=layer + 1, past_kv_cache=cache)
+
+    def _frozen_cache(self, batch: int, length: int, entries: dict[int, tuple[Tensor, Tensor]]):
+        """A read-only HookedTransformer key/value cache holding ``entries`` (block -> keys, values)."""
+        cache = _kv_cache_class().init_cache(self.cfg, self.device, batch)
+        for layer, (keys, values) in entries.items():
+            cache.entries[layer].past_keys, cache.entries[layer].past_values = keys, values
+        cache.previous_attention_mask = torch.ones(batch, length, dtype=torch.int, device=self.device)
+        cache.freeze()
+        return cache
 
     def _bridge_resid(self, tokens, stop: int) -> Tensor:
         name = hook_name("resid_post", stop - 1)

@@ -58,11 +58,7 @@ class MemitHparams(Hparams):
         self._layers("layers")
         if list(self.layers) != sorted(set(self.layers)):
             raise HparamsError(f"MemitHparams.layers must be strictly increasing; got {self.layers!r}")
-        self._positive("v_lr", "clamp_norm_factor", "early_stop_loss", "mom2_update_weight")
-        self._positive("v_weight_decay", "kl_factor", allow_zero=True)
-        self._positive("v_num_grad_steps")
-        if self.kl_prompt.count("{}") != 1:
-            raise HparamsError(f"MemitHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
+        self._value_optimization("mom2_update_weight")
 
 
 @dataclass(frozen=True)

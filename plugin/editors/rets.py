@@ -18,15 +18,15 @@ Published layers: GPT2-XL 35, GPT-J 17, Llama-2-7B 22.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
-from ..hparams import Hparams, HparamsError
-from ..keys import key_value_at, mean_key
+from ..hparams import Hparams
+from ..keys import KEY_MODES, KeyMode, key_value_at, mean_key
 from ..model import ModelAdapter, as_adapter, hook_name
 from ..objective import RewriteObjective, rewrite_batch
 from ..optimize import LoopSettings, StepEvent, optimize
@@ -65,18 +65,14 @@ class RetsHparams(Hparams):
     kl_prompt: str = "{} is a"
     mom2_adjustment: bool = True
     constraint_weight: float = 1.0
-    key: Literal["consistent", "original"] = "consistent"
+    key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
     def __post_init__(self) -> None:
         self._layers("layer")
-        self._positive("v_lr", "clamp_norm_factor", "early_stop_loss")
-        self._positive("v_weight_decay", "kl_factor", "constraint_weight", allow_zero=True)
-        self._positive("v_num_grad_steps")
-        if self.key not in ("consistent", "original"):
-            raise HparamsError(f"RetsHparams.key must be 'consistent' or 'original'; got {self.key!r}")
-        if self.kl_prompt.count("{}") != 1:
-            raise HparamsError(f"RetsHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
+        self._value_optimization()
+        self._positive("constraint_weight", allow_zero=True)
+        self._choice("key", KEY_MODES)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
 from ..hparams import Hparams, HparamsError
 from ..interventions import Hook, add_vector, patch_from, set_vectors
-from ..keys import key_value_at
+from ..keys import KEY_MODES, KeyMode, key_value_at
 from ..model import ModelAdapter, as_adapter, hook_name
 from ..objective import RewriteBatch, RewriteObjective, rewrite_batch
 from ..optimize import LossTerms, LoopSettings, OptimizationTrace, StepEvent, optimize
@@ -71,7 +71,7 @@ class TopHparams(Hparams):
     early_stop2: float = 5e-2
     kl_prompt: str = "{} is a"
     mom2_adjustment: bool = True
-    key: Literal["consistent", "original"] = "consistent"
+    key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
     stage2: Stage2 = "faithful"
     stage2_loss: Stage2Loss = "l2"
@@ -86,16 +86,11 @@ class TopHparams(Hparams):
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
         if isinstance(self.rel_feat_layer, bool) or not isinstance(self.rel_feat_layer, int):
             raise HparamsError(f"TopHparams.rel_feat_layer must be an int; got {self.rel_feat_layer!r}")
-        if self.key not in ("consistent", "original"):
-            raise HparamsError(f"TopHparams.key must be 'consistent' or 'original'; got {self.key!r}")
-        if self.stage2 not in ("faithful", "all_prompts"):
-            raise HparamsError(f"TopHparams.stage2 must be 'faithful' or 'all_prompts'; got {self.stage2!r}")
-        if self.stage2_loss not in ("l2", "readout"):
-            raise HparamsError(f"TopHparams.stage2_loss must be 'l2' or 'readout'; got {self.stage2_loss!r}")
-        if self.stage2_site not in ("subject", "fold"):
-            raise HparamsError(f"TopHparams.stage2_site must be 'subject' or 'fold'; got {self.stage2_site!r}")
-        if self.kl_prompt.count("{}") != 1:
-            raise HparamsError(f"TopHparams.kl_prompt needs exactly one '{{}}'; got {self.kl_prompt!r}")
+        self._choice("key", KEY_MODES)
+        self._choice("stage2", ("faithful", "all_prompts"))
+        self._choice("stage2_loss", ("l2", "readout"))
+        self._choice("stage2_site", ("subject", "fold"))
+        self._template("kl_prompt")
 
     def for_layer(self, layer: int) -> RomeHparams:
         """The ROME settings of one edit layer, for the shared fold."""

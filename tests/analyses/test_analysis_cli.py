@@ -66,3 +66,22 @@ def test_rie_prints_a_table(tiny_hooked, tmp_path, capsys):
 def test_trace_rejects_an_unknown_method(tiny_hooked, capsys):
     with pytest.raises(ValueError, match="method"):
         _run(["trace", *REQUEST, "--method", "nope"], tiny_hooked, capsys)
+
+
+def test_independence_prints_the_rows_and_writes_json(tiny_hooked, tmp_path, capsys):
+    from analyses.analysis_cli import add_independence_parser
+
+    parser = argparse.ArgumentParser()
+    add_independence_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["independence", *REQUEST, "--hparams", FAST, "--n-random", "2", "--out", str(tmp_path)])
+    saved = [p.detach().clone() for p in tiny_hooked.parameters()]
+    assert args.func(args, model=tiny_hooked) == 0
+    out = capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_hooked.parameters()))
+    data = json.loads((tmp_path / "independence.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["v_init", "top_v_star", "rome_v_star", "random_0", "random_1"]
+    assert (data["layer"], data["la"]) == (1, 2)  # FAST's TOP: layer 1, la = 1 + 1
+    assert "top_v_star" in out and "p_fixed: max - min" in out
+    args = parser.parse_args(["independence", *REQUEST, "--hparams", '{"rel_feat_layer": 0}', "--no-rome"])
+    with pytest.raises(Exception, match="rel_feat_layer"):
+        args.func(args, model=tiny_hooked)

@@ -3,7 +3,7 @@ import torch
 
 from analyses.causal_trace import (
     KINDS, answer_probs, causal_trace, clean_prob, corrupted_prob, embedding_std, indirect_effects,
-    make_corruption, position_chunks, window_layers,
+    entry_layer, make_corruption, position_chunks, window_layers,
 )
 from plugin import EditRequest, ModelAdapter, hook_name, rome
 from plugin.editors.rome import RomeHparams
@@ -78,19 +78,39 @@ def test_hooked_forwards_run_only_the_positions_from_the_restored_one(tiny_hooke
     assert set(lengths) == {c.n_positions}
 
 
-def test_position_chunks_group_by_position_and_cover_every_cell_once(monkeypatch):
+def test_position_chunks_group_by_position_in_joining_order_and_cover_every_cell_once():
     cells = [(layer, position) for layer in range(12) for position in range(4)]
     todo = [j for j, (_, p) in enumerate(cells) if p >= 1]
-    starts = [layer for layer, _ in cells]
-    chunks = position_chunks(cells, todo, 5, starts, n_layers=12, n_samples=3, n_positions=4)
+    joins = [max(0, layer - 2) for layer, _ in cells]
+    chunks = position_chunks(cells, todo, 5, joins)
     assert sorted(j for chunk in chunks for j in chunk) == sorted(todo)
+    assert [len(chunk) for chunk in chunks] == [5, 5, 2] * 3
     for chunk in chunks:
-        assert 1 <= len(chunk) <= 5
-        assert len({cells[j][1] for j in chunk}) == 1  # one position per forward
-        assert [cells[j][0] for j in chunk] == sorted(cells[j][0] for j in chunk)
-    # with no fixed cost per forward, one cell per forward is the least work
-    monkeypatch.setattr("analyses.causal_trace.FORWARD_OVERHEAD", 0)
-    assert all(len(c) == 1 for c in position_chunks(cells, todo, 5, starts, 12, 3, 4))
+        assert len({cells[j][1] for j in chunk}) == 1  # one position per run
+        assert [joins[j] for j in chunk] == sorted(joins[j] for j in chunk)
+
+
+def test_entry_layer_skips_the_block_a_restoration_writes_into():
+    assert entry_layer("resid", 7, 30, 10) == 8
+    assert entry_layer("resid", 29, 30, 10) == 30  # joins after the last block: only the unembedding runs
+    assert entry_layer("mlp", 7, 30, 10) == 3 and entry_layer("mlp", 2, 30, 10) == 1
+    assert entry_layer("attn", 7, 30, 10) == 2
+
+
+def test_suffix_rows_join_the_batch_at_their_entry_layer(tiny_hooked_llama):
+    """Cells at the last position: block b runs only the rows of cells restored below it."""
+    adapter = ModelAdapter(tiny_hooked_llama)
+    c = _corruption(tiny_hooked_llama, PROMPT_WITH_PREFIX)
+    rows: dict[int, list[int]] = {}
+
+    def watch(act, hook):
+        if act.shape[1] == 1:  # the suffix forwards (the captures see every position)
+            rows.setdefault(hook.layer(), []).append(act.shape[0])
+
+    names = [hook_name("resid_post", layer) for layer in range(adapter.n_layers)]
+    with tiny_hooked_llama.hooks(fwd_hooks=[(name, watch) for name in names]):
+        indirect_effects(tiny_hooked_llama, c, "resid", positions=[c.last], base_prob=0.0)
+    assert rows == {b: [b * c.n_samples] for b in range(1, adapter.n_layers)}
 
 
 def test_cells_before_the_subject_have_no_effect(tiny_hooked):

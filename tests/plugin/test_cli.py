@@ -58,3 +58,18 @@ def test_bad_request_file_names_the_item(tiny_loaded, tmp_path, capsys):
 def test_requests_excludes_single_request_flags(tmp_path):
     with pytest.raises(SystemExit, match="--subject"):
         main(["edit", "--requests", _batch_file(tmp_path), "--subject", "Miles Davis"])
+
+
+def test_hparams_from_a_file_and_bad_hparams_named_before_any_edit(tiny_loaded, tmp_path, capsys):
+    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps(FAST["rome"]))
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams", str(path),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["restored_bitexact"] is True
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams", "[1, 2]"]) == 2
+    assert "--hparams must be a JSON object" in capsys.readouterr().err
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams",
+                 '{"v_lr": -1}']) == 2
+    assert "RomeHparams.v_lr" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))

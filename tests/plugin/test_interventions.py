@@ -1,3 +1,4 @@
+import pytest
 """Our hook factories compose with a user's own hooks in the same forward pass."""
 
 import torch
@@ -28,6 +29,19 @@ def test_patch_clean_into_clean_is_identity(tiny_model):
         clean = tiny_model.run_with_hooks(tokens, fwd_hooks=[capture(name, store)])
         patched = tiny_model.run_with_hooks(tokens, fwd_hooks=[patch_from(name, store[name], torch.ones(tokens.shape))])
     torch.testing.assert_close(patched, clean)
+
+
+def test_patch_from_with_leading_rows_patches_a_batch_that_has_fewer_rows_than_the_mask():
+    act = torch.zeros(2, 3, 4)
+    mask = torch.zeros(5, 3, dtype=torch.bool)
+    mask[1, 2] = mask[4, 0] = True
+    source = torch.arange(3 * 4.0).view(1, 3, 4)
+    _, fn = patch_from("x", source, mask, leading_rows=True)
+    out = fn(act, None)
+    assert torch.equal(out[1, 2], source[0, 2]) and out.abs().sum() == source[0, 2].sum()
+    _, strict = patch_from("x", source, mask)
+    with pytest.raises(RuntimeError):
+        strict(act, None)
 
 
 def test_edit_and_user_capture_hook_in_one_forward(tiny_hooked):

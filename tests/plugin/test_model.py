@@ -102,6 +102,26 @@ def test_suffix_forward_against_a_prefix_cache_matches_the_full_forward(request,
         cache.narrow(tokens.shape[1] + 1)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_hooked", "tiny_hooked_llama"])
+def test_blocks_one_at_a_time_with_rows_joining_match_the_full_forward(request, fixture):
+    adapter = ModelAdapter(request.getfixturevalue(fixture))
+    tokens = adapter.to_batch([adapter.tokenize("The Eiffel Tower is in the city of")] * 2)
+    split = 3
+    after_two = adapter.final_resid(tokens, stop_layer=2)
+    cache = adapter.prefix_cache(tokens)
+    keys, values = cache.block(1, split, repeats=2)
+    assert keys.shape[:2] == (4, split) and torch.equal(keys[2:], cache.entries[1][0][:, :split])
+    # rows 0-1 run both blocks; rows 2-3 join at block 1 with their residual entering it
+    resid = adapter.block_after(0, *cache.block(0, split), adapter.resid_before(tokens, 0)[:, split:])
+    resid = torch.cat([resid, adapter.resid_before(tokens, 1)[:, split:]])
+    resid = adapter.block_after(1, keys, values, resid)
+    torch.testing.assert_close(resid, torch.cat([after_two[:, split:]] * 2), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="rows"):
+        adapter.block_after(1, keys, values, resid[:2])
+    with pytest.raises(ValueError, match="layer"):
+        adapter.block_after(adapter.n_layers, keys, values, resid)
+
+
 def test_bridge_has_no_prefix_cache_path(tiny_bridge):
     adapter = ModelAdapter(tiny_bridge)
     assert not adapter.supports_prefix_cache

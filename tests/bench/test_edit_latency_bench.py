@@ -1,0 +1,29 @@
+from types import SimpleNamespace
+
+import pytest
+
+from bench.edit_latency import StepClock, optimized_layer
+from plugin.editors.memit import MemitHparams
+from plugin.editors.rets import RetsHparams
+from plugin.editors.rome import RomeHparams
+from plugin.editors.top import TopHparams
+
+
+def test_step_clock_starts_a_stage_at_every_step_zero(monkeypatch):
+    stamps = iter([0.0, 1.0, 3.0, 10.0, 10.5])
+    monkeypatch.setattr("bench.edit_latency.time.perf_counter", lambda: next(stamps))
+    clock = StepClock()
+    for step in (0, 1, 2, 0, 1):
+        clock(SimpleNamespace(step=step))
+    assert [len(stage) for stage in clock.stages] == [3, 2]
+    assert clock.seconds_per_step(0) == [1.0, 2.0]
+    assert clock.seconds_per_step(1) == [0.5]
+    assert clock.seconds_per_step(2) == []  # no such stage (ROME has one)
+
+
+@pytest.mark.parametrize("hp, layer", [
+    (RomeHparams(layer=5), 5), (RetsHparams(layer=4), 4),
+    (MemitHparams(layers=(3, 4, 6)), 6), (TopHparams(layers=(5,), rel_feat_layer=10), 15),
+])
+def test_optimized_layer_is_where_each_method_starts_its_steps(hp, layer):
+    assert optimized_layer(hp) == layer
