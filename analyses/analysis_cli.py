@@ -235,7 +235,7 @@ def run_rie_command(args, model=None) -> int:
     overrides = parse_overrides(args.hparams, methods)
     hparams = {m: get_preset(m, adapter.name, adapter.n_layers).replace(**overrides.get(m, {})) for m in methods}
     report = relative_indirect_effects(model, requests, methods, hparams, n_samples=args.samples,
-                                       window=args.window, noise_std=args.noise_std, seed=args.seed)
+                                       window=args.window, noise_std=args.noise_std, seed=args.seed, progress=True)
     if args.out:
         write_json(args.out, "rie.json", report.to_json())
         from .figures import rie_bars, save_figure

@@ -82,11 +82,24 @@ class RieRow:
 
 
 @dataclass(frozen=True)
+class SweepCase:
+    """One record's four rates (percent) at one la: which cases an la wins or loses."""
+
+    case_id: int | str
+    efficacy: float | None
+    generalization: float | None
+    s_specificity: float | None
+    r_specificity: float | None
+
+
+@dataclass(frozen=True)
 class SweepPoint:
-    """TOP's quality at one relation-feature layer la (rates in percent)."""
+    """TOP's quality at one relation-feature layer la (rates in percent, means over the records),
+    with each record's own rates in ``cases``."""
 
     la: int
     efficacy: float | None
     generalization: float | None
     s_specificity: float | None
     r_specificity: float | None
+    cases: tuple[SweepCase, ...] = ()

@@ -26,7 +26,7 @@ from plugin.presets import preset_or_given
 
 from . import metrics as m
 from .evaluate import Measurement, evaluate_case, measure
-from .maps import SweepPoint
+from .maps import SweepCase, SweepPoint
 from .records import Record
 from .results import CaseResult, summarize
 
@@ -62,7 +62,8 @@ class SweepResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
-        points = tuple(SweepPoint(**p) for p in data["points"])
+        points = tuple(SweepPoint(**{**p, "cases": tuple(SweepCase(**c) for c in p.get("cases", ()))})
+                       for p in data["points"])
         return cls(points, int(data["edit_layer"]), int(data["n_records"]), data.get("n_layers"),
                    data.get("model_name"), data.get("hparams") or {})
 
@@ -105,11 +106,17 @@ def at_la(hparams: TopHparams, la: int) -> TopHparams:
 
 # ------------------------------------------------------------------------------- the sweep
 def sweep_point(la: int, cases: Sequence[CaseResult]) -> SweepPoint:
-    """Dataset means of the four rates over ``cases``, in percent."""
+    """Dataset means of the four rates over ``cases``, in percent, and each case's own."""
+    per_case = tuple(SweepCase(c.case_id, *_percent(getattr(c, name).rate for name in _RATES)) for c in cases)
     rates = summarize(cases).rates
-    percent = [None if r is None else 100.0 * r for r in
-               (rates.efficacy, rates.generalization, rates.s_specificity, rates.r_specificity)]
-    return SweepPoint(la, *percent)
+    return SweepPoint(la, *_percent(getattr(rates, name) for name in _RATES), per_case)
+
+
+_RATES = ("efficacy", "generalization", "s_specificity", "r_specificity")
+
+
+def _percent(rates) -> list[float | None]:
+    return [None if r is None else 100.0 * r for r in rates]
 
 
 def la_sweep(model, records: Sequence[Record], las: Sequence[int] | None = None,

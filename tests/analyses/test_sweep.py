@@ -97,6 +97,10 @@ def test_sweep_on_a_tiny_model_reverts_and_skips_generation(request, name, monke
         assert point.efficacy == 100.0  # subject last: TOP's edit takes on the rewrite prompt
         for rate in (point.generalization, point.s_specificity, point.r_specificity):
             assert rate is not None and 0.0 <= rate <= 100.0
+        # each record's own rates, whose mean is the point's
+        assert [c.case_id for c in point.cases] == [r.case_id for r in RECORDS]
+        assert all(c.efficacy == 100.0 for c in point.cases)
+        assert sum(c.r_specificity for c in point.cases) / len(point.cases) == pytest.approx(point.r_specificity)
     assert SweepResult.from_json(result.to_json()) == result
 
 
