@@ -36,7 +36,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from plugin.interventions import Hook, add_noise, patch_from, set_vectors
+from plugin.interventions import Hook, add_noise, capture, patch_from, set_vectors
 from plugin.model import ModelAdapter, PrefixCache, as_adapter, hook_name
 from plugin.positions import PromptPositions, locate, target_ids
 
@@ -191,20 +191,6 @@ def corrupted_prob(adapter: ModelAdapter, corruption: Corruption) -> float:
 
 
 @torch.no_grad()
-def corrupted_states(
-    adapter: ModelAdapter, corruption: Corruption, kind: str,
-) -> tuple[Float[Tensor, "layer_plus_1 sample pos d_model"], Float[Tensor, "layer sample pos d_model"]]:
-    """One corrupted forward, per noise sample: the residual entering every block and leaving the
-    last one, and the activation of ``kind`` at every layer."""
-    n = adapter.n_layers
-    names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
-    names += [hook_name(_HOOK_KINDS[check_kind(kind)], layer) for layer in range(n)]
-    with adapter.hooks([_noise_hook(corruption, 1)]):
-        states = [s.detach() for s in adapter.capture(corruption.tokens.expand(corruption.n_samples, -1), names)]
-    return torch.stack(states[:n + 1]), torch.stack(states[n + 1:])
-
-
-@torch.no_grad()
 def clean_states(adapter: ModelAdapter, corruption: Corruption, kind: str) -> Float[Tensor, "layer pos d_model"]:
     """The clean activation of ``kind`` at every layer and position (one clean forward)."""
     names = [hook_name(_HOOK_KINDS[check_kind(kind)], layer) for layer in range(adapter.n_layers)]
@@ -215,34 +201,41 @@ def clean_states(adapter: ModelAdapter, corruption: Corruption, kind: str) -> Fl
 # --------------------------------------------------------------------- batched grid
 @dataclass(frozen=True)
 class GridInputs:
-    """What every cell of one trace shares: the clean activations of the restored kind; the
-    corrupted residual entering each block (and leaving the last) and corrupted activations of
-    the kind; where the backend has a key/value cache, the corrupted keys and values of every
-    position (``prefix``, one row per noise sample)."""
+    """What every cell of one trace shares (see :func:`grid_inputs`): the clean activations of the
+    restored kind; the corrupted residual entering each block (and leaving the last), the
+    corrupted MLP outputs for "mlp" and, where the backend has a key/value cache, the corrupted
+    keys and values of every position (``prefix``, one row per noise sample)."""
 
     kind: str
     window: int
     clean: Float[Tensor, "layer pos d_model"]
     corrupted: Float[Tensor, "layer_plus_1 sample pos d_model"]
-    corrupted_sites: Float[Tensor, "layer sample pos d_model"]
+    corrupted_sites: Float[Tensor, "layer sample pos d_model"] | None
     prefix: PrefixCache | None = None
 
 
 @torch.no_grad()
-def corrupted_prefix(adapter: ModelAdapter, corruption: Corruption) -> PrefixCache | None:
-    """The corrupted keys and values of every block and position, per noise sample (None where
-    the backend cannot run a suffix against cached keys and values)."""
-    if not adapter.supports_prefix_cache:
-        return None
-    with adapter.hooks([_noise_hook(corruption, 1)]):
-        return adapter.prefix_cache(corruption.tokens.expand(corruption.n_samples, -1))
-
-
 def grid_inputs(adapter: ModelAdapter, corruption: Corruption, kind: str, window: int,
                 use_prefix: bool = True) -> GridInputs:
-    prefix = corrupted_prefix(adapter, corruption) if use_prefix else None
-    return GridInputs(kind, window, clean_states(adapter, corruption, kind),
-                      *corrupted_states(adapter, corruption, kind), prefix)
+    """One clean forward and one corrupted forward: the clean activations of ``kind``; per noise
+    sample the corrupted residual entering every block and leaving the last, the corrupted MLP
+    outputs (for "mlp", whose cells join after their first restored layer) and, where the backend
+    has a key/value cache and ``use_prefix`` is set, the corrupted keys and values."""
+    c, n = corruption, adapter.n_layers
+    names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
+    if kind == "mlp":
+        names += [hook_name(_HOOK_KINDS[kind], layer) for layer in range(n)]
+    store: dict[str, Tensor] = {}
+    tokens = c.tokens.expand(c.n_samples, -1)
+    prefix = None
+    with adapter.hooks([_noise_hook(c, 1), *(capture(name, store) for name in names)]):
+        if use_prefix and adapter.supports_prefix_cache:
+            prefix = adapter.prefix_cache(tokens)
+        else:
+            adapter.final_resid(tokens)
+    states = [store[name] for name in names]
+    sites = torch.stack(states[n + 1:]) if kind == "mlp" else None
+    return GridInputs(kind, window, clean_states(adapter, c, kind), torch.stack(states[:n + 1]), sites, prefix)
 
 
 def cell_masks(

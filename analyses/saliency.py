@@ -32,7 +32,6 @@ from plugin.editors import rome, top
 from plugin.editors.rome import RomeHparams
 from plugin.editors.top import TopHparams
 from plugin.interventions import Hook, add_vector, capture, capture_grad
-from plugin.keys import key_value_at
 from plugin.model import ModelAdapter, as_adapter, hook_name
 from plugin.objective import RewriteBatch, rewrite_batch
 from plugin.optimize import StepEvent
@@ -192,21 +191,15 @@ def _run_rome(adapter, request, hp: RomeHparams, templates, probe: SaliencyProbe
 
 def _run_top(adapter, request, hp: TopHparams, templates, probe: SaliencyProbe, stages, progress) -> None:
     layer = hp.layers[0]
-    la = layer + hp.rel_feat_layer
     batch = probe.batch
-    stage1_hook = _delta_hook(hook_name("resid_post", la), batch, "relation")
+    stage1_hook = _delta_hook(hook_name("resid_post", layer + hp.rel_feat_layer), batch, "relation")
     stage2_hook = _delta_hook(hook_name("value", layer), batch, "subject")
     skip = lambda event: None  # noqa: E731
-    _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
-    with adapter.frozen():
-        delta1, _, _ = top.optimize_relation(adapter, batch, hp, la,
-                                             _recorder(probe, stage1_hook) if 1 in stages else skip, progress)
-        fold = top.fold_map(adapter, request, hp.for_layer(layer), templates) if hp.stage2_site == "fold" else None
-        objective = top.stage2_objective(adapter, batch, hp, layer, la, delta1, values[0], fold)
-        delta2, _ = top.optimize_subject(objective, hp, values[0],
-                                         _recorder(probe, stage2_hook) if 2 in stages else skip, progress)
+    callbacks = (_recorder(probe, stage1_hook) if 1 in stages else skip,
+                 _recorder(probe, stage2_hook) if 2 in stages else skip)
+    st = top.run_stages(adapter, request, hp, layer, templates, batch, callbacks=callbacks, progress=progress)
     if probe.steps == 0:
-        probe.record([stage2_hook(delta2)] if 2 in stages else [stage1_hook(delta1)])
+        probe.record([stage2_hook(st.delta2)] if 2 in stages else [stage1_hook(st.delta1)])
 
 
 # ------------------------------------------------------------------------- result

@@ -73,18 +73,13 @@ class PrefixCache:
 
     def narrow(self, length: int, repeats: int = 1) -> "PrefixCache":
         """The first ``length`` positions, with the rows repeated ``repeats`` times (row-major)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
-        return PrefixCache(tuple(self._rows(keys, values, length, repeats) for keys, values in self.entries))
+        return PrefixCache(tuple(self.block(layer, length, repeats) for layer in range(len(self.entries))))
 
     def block(self, layer: int, length: int, repeats: int = 1) -> tuple[Tensor, Tensor]:
         """Block ``layer``'s keys and values of the first ``length`` positions, rows repeated."""
         if not 0 <= length <= self.length:
             raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
-        return self._rows(*self.entries[layer], length, repeats)
-
-    @staticmethod
-    def _rows(keys: Tensor, values: Tensor, length: int, repeats: int) -> tuple[Tensor, Tensor]:
+        keys, values = self.entries[layer]
         return keys[:, :length].repeat(repeats, 1, 1, 1), values[:, :length].repeat(repeats, 1, 1, 1)
 
 

@@ -315,28 +315,59 @@ def optimize_subject(
 
 
 # ---------------------------------------------------------------------------- one layer
+@dataclass(frozen=True)
+class Stages:
+    """Both optimizations at one edit layer, before the fold: δ₁ at la (stage 1), δ₂ at the edit
+    site (stage 2, through ``objective``), and the fold map when stage 2 optimized through it."""
+
+    la: int
+    v_init: Float[Tensor, " d_model"]
+    delta1: Float[Tensor, " d_model"]
+    trace1: OptimizationTrace
+    prob1: float
+    delta2: Float[Tensor, " d_model"]
+    trace2: OptimizationTrace
+    objective: RelationFeatureObjective
+    fold: FoldMap | None
+
+
+def run_stages(
+    adapter: ModelAdapter, request: EditRequest, hp: TopHparams, layer: int, templates: Sequence[str],
+    batch: RewriteBatch | None = None, covariance: Tensor | None = None,
+    callbacks: tuple[Callable[[StepEvent], None] | None, Callable[[StepEvent], None] | None] = (None, None),
+    progress: bool = False,
+) -> Stages:
+    """Stage 1 then stage 2 at ``layer`` (``callbacks`` per stage); the model is not changed.
+    h_r,init is computed once for both stages; the fold map only where stage 2 needs it."""
+    la = layer + hp.rel_feat_layer
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt]) if batch is None else batch
+    _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
+    v_init = values[0]
+    fold = fold_map(adapter, request, hp.for_layer(layer), templates, covariance) if hp.stage2_site == "fold" else None
+    with adapter.frozen():
+        with torch.no_grad():
+            h_init = relation_resid(adapter, batch, la)
+        delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callbacks[0], progress, h_init)
+        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, v_init, fold, h_init)
+        delta2, trace2 = optimize_subject(objective, hp, v_init, callbacks[1], progress)
+    return Stages(la, v_init, delta1, trace1, prob1, delta2, trace2, objective, fold)
+
+
 def compute_layer(
     adapter: ModelAdapter, request: EditRequest, hp: TopHparams, layer: int, templates: Sequence[str],
     covariance: Tensor | None = None, callback: Callable[[StepEvent], None] | None = None,
     progress: bool = False,
 ) -> tuple[Float[Tensor, "d_mlp d_model"], LayerDetails]:
     """Both stages and the fold at one edit layer; the model is not changed."""
-    la = layer + hp.rel_feat_layer
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
-    _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
-    v_init = values[0]
-    fold = fold_map(adapter, request, hp.for_layer(layer), templates, covariance)
+    st = run_stages(adapter, request, hp, layer, templates, covariance=covariance, callbacks=(callback, callback),
+                    progress=progress)
     with adapter.frozen():
-        with torch.no_grad():
-            h_init = relation_resid(adapter, batch, la)  # h_r,init, shared by both stages
-        delta1, trace1, prob1 = optimize_relation(adapter, batch, hp, la, callback, progress, h_init)
-        objective = stage2_objective(adapter, batch, hp, layer, la, delta1, v_init, fold, h_init)
-        delta2, trace2 = optimize_subject(objective, hp, v_init, callback, progress)
-        reached = objective.reached(delta2)
-    v_star = v_init + delta2
-    delta_w = fold.delta_w(v_star)
-    details = LayerDetails(layer, la, trace1, trace2, objective.targets[0], v_init, v_star, prob1, reached)
-    return delta_w, details
+        reached = st.objective.reached(st.delta2)
+    v_star = st.v_init + st.delta2
+    fold = st.fold or fold_map(adapter, request, hp.for_layer(layer), templates, covariance)
+    details = LayerDetails(layer, st.la, st.trace1, st.trace2, st.objective.targets[0], st.v_init, v_star, st.prob1,
+                           reached)
+    return fold.delta_w(v_star), details
 
 
 def compute_top(
