@@ -1,18 +1,18 @@
 """toplens.analyses: COUNTERFACT_RS data and metrics, and the analyses built on the plugin."""
 
-from .builder import BuildOptions, Fact, Relation, build_records, builtin_records, records_from_known_facts
-from .datasets import KnownFact, load_records, read_counterfact, read_counterfact_rs, read_known_facts, save_records
-from .evaluate import CaseEvaluation, evaluate_case, evaluate_record, measure
-from .metrics import MetricResult, PromptOutcome, TopToken, load_stop_words, top_non_stop_token
-from .records import DatasetError, Record
-from .results import CaseResult, Rates, Summary, summarize
-from .runner import run_eval
+from toplens.analyses.builder import BuildOptions, Fact, Relation, build_records, builtin_records, records_from_known_facts
+from toplens.analyses.datasets import KnownFact, load_records, read_counterfact, read_counterfact_rs, read_known_facts, save_records
+from toplens.analyses.evaluate import CaseEvaluation, evaluate_case, evaluate_record, measure
+from toplens.analyses.metrics import MetricResult, PromptOutcome, TopToken, load_stop_words, top_non_stop_token
+from toplens.analyses.records import DatasetError, Record
+from toplens.analyses.results import CaseResult, Rates, Summary, summarize
+from toplens.analyses.runner import run_eval
 # The analyses. ``causal_trace`` (the function) is not re-exported: it would hide the submodule of
 # the same name; use ``from analyses.causal_trace import causal_trace``.
-from .causal_trace import TraceResult, causal_traces
-from .independence import IndependenceResult, independence_check
-from .rie import RieReport, relative_indirect_effects
-from .saliency import SaliencyResult, gradient_saliency
+from toplens.analyses.causal_trace import TraceResult, causal_traces
+from toplens.analyses.independence import IndependenceResult, independence_check
+from toplens.analyses.rie import RieReport, relative_indirect_effects
+from toplens.analyses.saliency import SaliencyResult, gradient_saliency
 
 __all__ = [
     "IndependenceResult", "RieReport", "SaliencyResult", "TraceResult", "causal_traces", "gradient_saliency",

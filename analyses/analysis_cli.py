@@ -13,17 +13,17 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from plugin.cli import add_model_args
-from plugin.editors import get_editor
-from plugin.hparams import read_json_object
-from plugin.loading import load_model
-from plugin.model import as_adapter
-from plugin.presets import get_preset
-from plugin.presets import methods as known_methods
-from plugin.requests import EditRequest
+from toplens.cli import add_model_args
+from toplens.editors import get_editor
+from toplens.core.hparams import read_json_object
+from toplens.model.loading import load_model
+from toplens.model import as_adapter
+from toplens.editors.presets import get_preset
+from toplens.editors.presets import methods as known_methods
+from toplens.core.requests import EditRequest
 
-from .causal_trace import DEFAULT_SAMPLES, DEFAULT_WINDOW, KINDS, TraceResult, causal_trace
-from .eval_cli import parse_methods, parse_overrides, read_records
+from toplens.analyses.causal_trace import DEFAULT_SAMPLES, DEFAULT_WINDOW, KINDS, TraceResult, causal_trace
+from toplens.analyses.eval_cli import parse_methods, parse_overrides, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def format_saliency(result) -> str:
 
 
 def run_saliency_command(args, model=None) -> int:
-    from .saliency import gradient_saliency
+    from toplens.analyses.saliency import gradient_saliency
 
     stages = tuple(int(s) for s in args.stages.split(",") if s.strip())
     model = model if model is not None else load_model(args.model, args.backend)
@@ -123,7 +123,7 @@ def run_saliency_command(args, model=None) -> int:
 
 
 def _saliency_figures(result, out: str) -> None:
-    from .figures import saliency_heatmap, save_figure
+    from toplens.analyses.figures import saliency_heatmap, save_figure
 
     for name, m in result.maps().items():
         save_figure(saliency_heatmap(m, edit_layer=result.edit_layer), out, f"saliency_{result.method}_{name}")
@@ -195,7 +195,7 @@ def _edit_layer(hp) -> int | None:
 def write_traces(out: str, before: list[TraceResult], after: list[TraceResult], edit_layer: int | None) -> None:
     """Write each trace's JSON and one heatmap figure ("trace", PNG and PDF) with a panel per kind,
     before and, when given, after the edit, the edit layer marked, into ``out``."""
-    from .figures import save_figure, trace_heatmaps
+    from toplens.analyses.figures import save_figure, trace_heatmaps
 
     for r in before:
         write_json(out, f"trace_{r.kind}.json", r.to_json())
@@ -223,7 +223,7 @@ def add_rie_parser(sub) -> None:
 
 
 def run_rie_command(args, model=None) -> int:
-    from .rie import relative_indirect_effects
+    from toplens.analyses.rie import relative_indirect_effects
 
     methods = parse_methods(args.methods)
     records = read_records(args.data, args.n, args.seed)
@@ -238,7 +238,7 @@ def run_rie_command(args, model=None) -> int:
                                        window=args.window, noise_std=args.noise_std, seed=args.seed, progress=True)
     if args.out:
         write_json(args.out, "rie.json", report.to_json())
-        from .figures import rie_bars, save_figure
+        from toplens.analyses.figures import rie_bars, save_figure
 
         save_figure(rie_bars(report.rows), args.out, "rie")
     emit(args, report.to_json(), report.table())
@@ -275,7 +275,7 @@ def format_independence(result) -> str:
 
 
 def run_independence_command(args, model=None) -> int:
-    from .independence import independence_check
+    from toplens.analyses.independence import independence_check
 
     model = model if model is not None else load_model(args.model, args.backend)
     adapter = as_adapter(model)

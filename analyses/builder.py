@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
-from plugin import EditRequest
+from toplens import EditRequest
 
-from .datasets import KnownFact, read_known_facts
-from .records import DatasetError, Record
+from toplens.analyses.datasets import KnownFact, read_known_facts
+from toplens.analyses.records import DatasetError, Record
 
 log = logging.getLogger(__name__)
 

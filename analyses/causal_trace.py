@@ -36,11 +36,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from plugin.interventions import Hook, add_noise, capture, patch_from, set_vectors
-from plugin.model import ModelAdapter, PrefixCache, as_adapter, hook_name
-from plugin.positions import PromptPositions, locate, target_ids
+from toplens.core.interventions import Hook, add_noise, capture, patch_from, set_vectors
+from toplens.model import ModelAdapter, PrefixCache, as_adapter, hook_name
+from toplens.core.positions import PromptPositions, locate, target_ids
 
-from .maps import LayerPositionMap, position_roles
+from toplens.analyses.maps import LayerPositionMap, position_roles
 
 logger = logging.getLogger(__name__)
 

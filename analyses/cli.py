@@ -7,11 +7,11 @@ import logging
 import sys
 from typing import Sequence
 
-from plugin.cli import add_edit_parser
+from toplens.cli import add_edit_parser
 
-from .analysis_cli import add_independence_parser, add_rie_parser, add_saliency_parser, add_trace_parser
-from .eval_cli import add_eval_parser
-from .figures_cli import add_figures_parser, add_sweep_parser
+from toplens.analyses.analysis_cli import add_independence_parser, add_rie_parser, add_saliency_parser, add_trace_parser
+from toplens.analyses.eval_cli import add_eval_parser
+from toplens.analyses.figures_cli import add_figures_parser, add_sweep_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from plugin import EditRequest, RequestError
+from toplens import EditRequest, RequestError
 
-from .records import DatasetError, Record
+from toplens.analyses.records import DatasetError, Record
 
 COUNTERFACT, COUNTERFACT_RS, KNOWN_FACTS = "counterfact", "counterfact_rs", "known_facts"
 _PROMPT_LISTS = ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts")
@@ -168,7 +168,7 @@ def load_records(path: str | Path, *, seed: int = 0) -> tuple[Record, ...]:
         return ()
     fmt = detect_format(data)
     if fmt == KNOWN_FACTS:
-        from .builder import records_from_known_facts  # the builder imports this module
+        from toplens.analyses.builder import records_from_known_facts  # the builder imports this module
 
         return records_from_known_facts([parse_known_fact(raw, i) for i, raw in enumerate(data)], seed=seed)
     return tuple(parse_record(raw, i, relation_specific=fmt == COUNTERFACT_RS) for i, raw in enumerate(data))

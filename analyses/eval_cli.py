@@ -6,18 +6,18 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from plugin.cli import add_model_args
-from plugin.editors import get_editor
-from plugin.hparams import Hparams, read_json_object
-from plugin.loading import load_model
+from toplens.cli import add_model_args
+from toplens.editors import get_editor
+from toplens.core.hparams import Hparams, read_json_object
+from toplens.model.loading import load_model
 
-from .builder import builtin_records
-from .datasets import load_records
-from .evaluate import GENERATION_TOKENS, GENERATION_TOP_K
-from .metrics import load_stop_words
-from .records import Record
-from .results import METRICS
-from .runner import resolve_hparams, run_eval
+from toplens.analyses.builder import builtin_records
+from toplens.analyses.datasets import load_records
+from toplens.analyses.evaluate import GENERATION_TOKENS, GENERATION_TOP_K
+from toplens.analyses.metrics import load_stop_words
+from toplens.analyses.records import Record
+from toplens.analyses.results import METRICS
+from toplens.analyses.runner import resolve_hparams, run_eval
 
 COLUMNS = {"efficacy": "Eff", "generalization": "Gen", "s_specificity": "S-Spec", "r_specificity": "R-Spec",
            "score": "Score", "fluency": "Flu", "consistency": "Cons"}

@@ -20,15 +20,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from plugin import apply_edit, as_adapter
-from plugin.editors import get_editor
-from plugin.model import ModelAdapter
-from plugin.scoring import target_logprobs
+from toplens import apply_edit, as_adapter
+from toplens.editors import get_editor
+from toplens.model import ModelAdapter
+from toplens.core.scoring import target_logprobs
 
-from . import metrics as m
-from .metrics import MetricResult, TopToken
-from .records import Record
-from .results import METRICS, CaseResult
+from toplens.analyses import metrics as m
+from toplens.analyses.metrics import MetricResult, TopToken
+from toplens.analyses.records import Record
+from toplens.analyses.results import METRICS, CaseResult
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .maps import LayerPositionMap, RieRow, SweepPoint
-from .results import Summary
+from toplens.analyses.maps import LayerPositionMap, RieRow, SweepPoint
+from toplens.analyses.results import Summary
 
 logger = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from plugin.cli import add_model_args
-from plugin.loading import load_model
-from plugin.model import as_adapter
+from toplens.cli import add_model_args
+from toplens.model.loading import load_model
+from toplens.model import as_adapter
 
-from .analysis_cli import DEFAULT_REQUEST, method_hparams, write_json
-from .eval_cli import read_records
-from .records import Record
-from .results import Summary, summarize
-from .runner import CASES_FILE, case_from_dict, read_cases, run_eval
+from toplens.analyses.analysis_cli import DEFAULT_REQUEST, method_hparams, write_json
+from toplens.analyses.eval_cli import read_records
+from toplens.analyses.records import Record
+from toplens.analyses.results import Summary, summarize
+from toplens.analyses.runner import CASES_FILE, case_from_dict, read_cases, run_eval
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def format_sweep(result) -> str:
 
 
 def run_sweep_command(args, model=None) -> int:
-    from .figures import save_figure, sweep_curve
-    from .sweep import la_sweep
+    from toplens.analyses.figures import save_figure, sweep_curve
+    from toplens.analyses.sweep import la_sweep
 
     las = parse_las(args.las)
     records = read_records(args.data, args.n, args.seed)
@@ -132,8 +132,8 @@ def run_figures_command(args, model=None) -> int:
 
 
 def _saliency_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .figures import saliency_heatmap, save_figure
-    from .saliency import gradient_saliency
+    from toplens.analyses.figures import saliency_heatmap, save_figure
+    from toplens.analyses.saliency import gradient_saliency
 
     hp = method_hparams("rome", as_adapter(model), args.hparams)
     result = gradient_saliency(model, DEFAULT_REQUEST, "rome", hp)
@@ -147,9 +147,9 @@ def _saliency_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
 
 
 def _trace_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .analysis_cli import write_traces
-    from .causal_trace import KINDS, causal_trace
-    from plugin.editors import get_editor
+    from toplens.analyses.analysis_cli import write_traces
+    from toplens.analyses.causal_trace import KINDS, causal_trace
+    from toplens.editors import get_editor
 
     req = DEFAULT_REQUEST
     trace = lambda answer: [causal_trace(model, req.prompt, req.subject, answer, kind=k,  # noqa: E731
@@ -166,8 +166,8 @@ def _trace_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
 
 
 def _rie_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .figures import rie_bars, save_figure
-    from .rie import relative_indirect_effects
+    from toplens.analyses.figures import rie_bars, save_figure
+    from toplens.analyses.rie import relative_indirect_effects
 
     requests = [r.request for r in records if r.request.target_true is not None]
     adapter = as_adapter(model)
@@ -181,8 +181,8 @@ def _rie_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
 
 
 def _sweep_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .figures import save_figure, sweep_curve
-    from .sweep import la_sweep
+    from toplens.analyses.figures import save_figure, sweep_curve
+    from toplens.analyses.sweep import la_sweep
 
     hp = method_hparams("top", as_adapter(model), args.hparams)
     result = la_sweep(model, records, parse_las(args.las), hp)
@@ -202,7 +202,7 @@ def summaries_from_cases(path: str | Path) -> dict[str, Summary]:
 
 
 def _eval_figure(model, records: Sequence[Record], args) -> tuple[str, str]:
-    from .figures import eval_bars, save_figure
+    from toplens.analyses.figures import eval_bars, save_figure
 
     folder = Path(args.eval_dir) if args.eval_dir else Path(args.out) / "eval"
     if not args.eval_dir:

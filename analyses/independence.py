@@ -22,16 +22,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from plugin.editors import rome, top
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import LayerDetails, TopHparams
-from plugin.fold import WeightEdit
-from plugin.interventions import Hook, set_vectors
-from plugin.model import ModelAdapter, as_adapter, hook_name
-from plugin.positions import locate, target_ids
-from plugin.presets import get_preset
-from plugin.requests import EditRequest
-from plugin.templates import context_templates
+from toplens.editors import rome, top
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import LayerDetails, TopHparams
+from toplens.core.fold import WeightEdit
+from toplens.core.interventions import Hook, set_vectors
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.positions import locate, target_ids
+from toplens.editors.presets import get_preset
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
 
 logger = logging.getLogger(__name__)
 

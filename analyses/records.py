@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from plugin import EditRequest
+from toplens import EditRequest
 
 
 class DatasetError(ValueError):

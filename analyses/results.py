@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import MetricResult, harmonic_mean
+from toplens.analyses.metrics import MetricResult, harmonic_mean
 
 METRICS = ("efficacy", "generalization", "s_specificity", "r_specificity")
 

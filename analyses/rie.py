@@ -31,15 +31,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from plugin.editors import get_editor
-from plugin.hparams import Hparams
-from plugin.model import ModelAdapter, as_adapter
-from plugin.presets import get_preset
-from plugin.requests import EditRequest
+from toplens.editors import get_editor
+from toplens.core.hparams import Hparams
+from toplens.model import ModelAdapter, as_adapter
+from toplens.editors.presets import get_preset
+from toplens.core.requests import EditRequest
 
-from .causal_trace import (DEFAULT_SAMPLES, DEFAULT_WINDOW, NOISE_FACTOR, embedding_std, indirect_effects,
+from toplens.analyses.causal_trace import (DEFAULT_SAMPLES, DEFAULT_WINDOW, NOISE_FACTOR, embedding_std, indirect_effects,
                            make_corruption, subject_token_ids)
-from .maps import RieRow
+from toplens.analyses.maps import RieRow
 
 logger = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from plugin import as_adapter
-from plugin.editors import get_editor
-from plugin.hparams import Hparams
-from plugin.presets import preset_or_given
+from toplens import as_adapter
+from toplens.editors import get_editor
+from toplens.core.hparams import Hparams
+from toplens.editors.presets import preset_or_given
 
-from . import metrics as m
-from .evaluate import GENERATION_TOKENS, GENERATION_TOP_K, CaseEvaluation, evaluate_case, measure
-from .metrics import MetricResult, PromptOutcome
-from .records import Record
-from .results import METRICS, CaseResult, summarize
+from toplens.analyses import metrics as m
+from toplens.analyses.evaluate import GENERATION_TOKENS, GENERATION_TOP_K, CaseEvaluation, evaluate_case, measure
+from toplens.analyses.metrics import MetricResult, PromptOutcome
+from toplens.analyses.records import Record
+from toplens.analyses.results import METRICS, CaseResult, summarize
 
 logger = logging.getLogger(__name__)
 

@@ -28,20 +28,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from plugin.editors import rome, top
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
-from plugin.interventions import Hook, add_vector, capture, capture_grad
-from plugin.model import ModelAdapter, as_adapter, hook_name
-from plugin.objective import RewriteBatch, rewrite_batch
-from plugin.optimize import StepEvent
-from plugin.positions import PromptPositions, locate
-from plugin.presets import preset_or_given
-from plugin.requests import EditRequest
-from plugin.templates import context_templates
+from toplens.editors import rome, top
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
+from toplens.core.interventions import Hook, add_vector, capture, capture_grad
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.objective import RewriteBatch, rewrite_batch
+from toplens.core.optimize import StepEvent
+from toplens.core.positions import PromptPositions, locate
+from toplens.editors.presets import preset_or_given
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
 
-from .causal_trace import token_labels
-from .maps import LayerPositionMap
+from toplens.analyses.causal_trace import token_labels
+from toplens.analyses.maps import LayerPositionMap
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from plugin import EditRequest
+from toplens import EditRequest
 
-from .datasets import read_known_facts
+from toplens.analyses.datasets import read_known_facts
 
 
 def known_fact_requests(path: str | Path, n: int = 10, start: int = 0) -> list[EditRequest]:

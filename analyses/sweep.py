@@ -20,15 +20,15 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from plugin import as_adapter
-from plugin.editors.top import TopHparams
-from plugin.presets import preset_or_given
+from toplens import as_adapter
+from toplens.editors.top import TopHparams
+from toplens.editors.presets import preset_or_given
 
-from . import metrics as m
-from .evaluate import Measurement, evaluate_case, measure
-from .maps import SweepCase, SweepPoint
-from .records import Record
-from .results import CaseResult, summarize
+from toplens.analyses import metrics as m
+from toplens.analyses.evaluate import Measurement, evaluate_case, measure
+from toplens.analyses.maps import SweepCase, SweepPoint
+from toplens.analyses.records import Record
+from toplens.analyses.results import CaseResult, summarize
 
 logger = logging.getLogger(__name__)
 

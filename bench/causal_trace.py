@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from analyses.causal_trace import MAX_ROWS, corrupted_prob, indirect_effects, make_corruption
-from plugin import EditRequest, as_adapter, load_model
+from toplens.analyses.causal_trace import MAX_ROWS, corrupted_prob, indirect_effects, make_corruption
+from toplens import EditRequest, as_adapter, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from analyses.samples import known_fact_requests
-from plugin import apply_edit, as_adapter, hook_name, load_model
-from plugin.editors import get_editor
-from plugin.objective import rewrite_batch
-from plugin.presets import get_preset
-from plugin.scoring import target_probability
-from plugin.templates import context_templates
+from toplens.analyses.samples import known_fact_requests
+from toplens import apply_edit, as_adapter, hook_name, load_model
+from toplens.editors import get_editor
+from toplens.core.objective import rewrite_batch
+from toplens.editors.presets import get_preset
+from toplens.core.scoring import target_probability
+from toplens.core.templates import context_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ROOT.parent / "shared" / "data" / "known_1000.json"

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from analyses.datasets import load_records
-from analyses.metrics import load_stop_words
-from analyses.runner import read_cases, resolve_hparams, run_eval
-from plugin import load_model
+from toplens.analyses.datasets import load_records
+from toplens.analyses.metrics import load_stop_words
+from toplens.analyses.runner import read_cases, resolve_hparams, run_eval
+from toplens import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ROOT.parent / "shared" / "data" / "known_1000.json"

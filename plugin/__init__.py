@@ -2,12 +2,12 @@
 
 import logging
 
-from .fold import EditHandle, LayerDelta, WeightEdit, apply_edit
-from .loading import load_model
-from .model import ModelAdapter, Site, as_adapter, hook_name
-from .positions import PromptPositions, locate, target_ids
-from .requests import EditRequest, RequestError
-from .editors import rome
+from toplens.core.fold import EditHandle, LayerDelta, WeightEdit, apply_edit
+from toplens.model.loading import load_model
+from toplens.model import ModelAdapter, Site, as_adapter, hook_name
+from toplens.core.positions import PromptPositions, locate, target_ids
+from toplens.core.requests import EditRequest, RequestError
+from toplens.editors import rome
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

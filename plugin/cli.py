@@ -14,14 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .editors import get_editor
-from .fold import EditHandle
-from .hparams import read_json_object
-from .loading import load_model
-from .model import ModelAdapter, as_adapter
-from .presets import get_preset
-from .requests import EditRequest
-from .scoring import target_probability, top_tokens
+from toplens.editors import get_editor
+from toplens.core.fold import EditHandle
+from toplens.core.hparams import read_json_object
+from toplens.model.loading import load_model
+from toplens.model import ModelAdapter, as_adapter
+from toplens.editors.presets import get_preset
+from toplens.core.requests import EditRequest
+from toplens.core.scoring import target_probability, top_tokens
 
 logger = logging.getLogger(__name__)
 

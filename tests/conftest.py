@@ -100,7 +100,7 @@ def tiny_attn_only(bpe_tokenizer):
 
 def _bridge(tokenizer, style: str):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    from plugin.loading import bridge_from_hf
+    from toplens.model.loading import bridge_from_hf
 
     torch.manual_seed(0)
     if style == "gpt2":
@@ -149,7 +149,7 @@ def tiny_model(request):
 
 @pytest.fixture(scope="session")
 def smollm_hooked():
-    from plugin import load_model
+    from toplens import load_model
 
     if not HOOKED_AVAILABLE:
         pytest.skip("this TransformerLens has no HookedTransformer")
@@ -158,7 +158,7 @@ def smollm_hooked():
 
 @pytest.fixture(scope="session")
 def smollm_bridge():
-    from plugin import load_model
+    from toplens import load_model
 
     return load_model(backend="bridge")
 

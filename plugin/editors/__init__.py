@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import memit, rets, rome, top
-from .memit import MemitHparams, apply_memit, compute_memit
-from .rets import RetsHparams, apply_rets, compute_rets
-from .rome import RomeHparams, apply_rome, compute_rome
-from .top import TopHparams, apply_top, compute_top
+from toplens.editors import memit, rets, rome, top
+from toplens.editors.memit import MemitHparams, apply_memit, compute_memit
+from toplens.editors.rets import RetsHparams, apply_rets, compute_rets
+from toplens.editors.rome import RomeHparams, apply_rome, compute_rome
+from toplens.editors.top import TopHparams, apply_top, compute_top
 
 _EDITORS: dict[str, ModuleType] = {"rome": rome, "top": top, "rets": rets, "memit": memit}
 

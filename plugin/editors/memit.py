@@ -21,16 +21,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..fold import EditHandle, LayerDelta, WeightEdit
-from ..hparams import Hparams, HparamsError
-from ..keys import mean_key
-from ..model import ModelAdapter, as_adapter, hook_name
-from ..objective import RewriteObjective, rewrite_batch
-from ..optimize import LoopSettings, OptimizationTrace, StepEvent, optimize
-from ..positions import locate
-from ..requests import EditRequest
-from ..templates import context_templates
-from .rome import second_moment_or_identity
+from toplens.core.fold import EditHandle, LayerDelta, WeightEdit
+from toplens.core.hparams import Hparams, HparamsError
+from toplens.core.keys import mean_key
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.objective import RewriteObjective, rewrite_batch
+from toplens.core.optimize import LoopSettings, OptimizationTrace, StepEvent, optimize
+from toplens.core.positions import locate
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
+from toplens.editors.rome import second_moment_or_identity
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
-from ..hparams import Hparams
-from ..keys import KEY_MODES, KeyMode, key_value_at, mean_key
-from ..model import ModelAdapter, as_adapter, hook_name
-from ..objective import RewriteObjective, rewrite_batch
-from ..optimize import LoopSettings, StepEvent, optimize
-from ..requests import EditRequest
-from ..templates import context_templates
-from .rome import ValueResult, second_moment_or_identity, solve_u
+from toplens.core.fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
+from toplens.core.hparams import Hparams
+from toplens.core.keys import KEY_MODES, KeyMode, key_value_at, mean_key
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.objective import RewriteObjective, rewrite_batch
+from toplens.core.optimize import LoopSettings, StepEvent, optimize
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
+from toplens.editors.rome import ValueResult, second_moment_or_identity, solve_u
 
 #: Subjects that fill the request's prompt when no constraint prompts are given: varied kinds
 #: (people, places, companies, things) so the constraint covers the relation, not one subject type.

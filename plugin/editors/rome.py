@@ -17,16 +17,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..covariance import key_second_moment
-from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
-from ..interventions import rank_one_update
-from ..hparams import Hparams
-from ..keys import KEY_MODES, KeyMode, key_value_at, mean_key
-from ..model import ModelAdapter, as_adapter, hook_name
-from ..objective import RewriteObjective, rewrite_batch
-from ..optimize import LoopSettings, OptimizationTrace, StepEvent, optimize
-from ..requests import EditRequest
-from ..templates import context_templates
+from toplens.core.covariance import key_second_moment
+from toplens.core.fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
+from toplens.core.interventions import rank_one_update
+from toplens.core.hparams import Hparams
+from toplens.core.keys import KEY_MODES, KeyMode, key_value_at, mean_key
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.objective import RewriteObjective, rewrite_batch
+from toplens.core.optimize import LoopSettings, OptimizationTrace, StepEvent, optimize
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
 
 
 @dataclass(frozen=True)

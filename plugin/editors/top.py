@@ -37,16 +37,16 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
-from ..hparams import Hparams, HparamsError
-from ..interventions import Hook, add_vector, patch_from, set_vectors
-from ..keys import KEY_MODES, KeyMode, key_value_at
-from ..model import ModelAdapter, as_adapter, hook_name
-from ..objective import RewriteBatch, RewriteObjective, rewrite_batch
-from ..optimize import LossTerms, LoopSettings, OptimizationTrace, StepEvent, optimize
-from ..requests import EditRequest
-from ..templates import context_templates
-from .rome import FoldMap, RomeHparams, fold_map
+from toplens.core.fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially
+from toplens.core.hparams import Hparams, HparamsError
+from toplens.core.interventions import Hook, add_vector, patch_from, set_vectors
+from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
+from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.core.objective import RewriteBatch, RewriteObjective, rewrite_batch
+from toplens.core.optimize import LossTerms, LoopSettings, OptimizationTrace, StepEvent, optimize
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
+from toplens.editors.rome import FoldMap, RomeHparams, fold_map
 
 Stage2 = Literal["faithful", "all_prompts"]
 Stage2Loss = Literal["l2", "readout"]

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from analyses.analysis_cli import add_rie_parser, add_saliency_parser, add_trace_parser
+from toplens.analyses.analysis_cli import add_rie_parser, add_saliency_parser, add_trace_parser
 
 # Flags that keep the tiny runs short; the request is one the tiny tokenizers can split.
 REQUEST = ["--prompt", "{} plays the", "--subject", "Miles Davis", "--target", " Paris", "--target-true", " trumpet"]
@@ -69,7 +69,7 @@ def test_trace_rejects_an_unknown_method(tiny_hooked, capsys):
 
 
 def test_independence_prints_the_rows_and_writes_json(tiny_hooked, tmp_path, capsys):
-    from analyses.analysis_cli import add_independence_parser
+    from toplens.analyses.analysis_cli import add_independence_parser
 
     parser = argparse.ArgumentParser()
     add_independence_parser(parser.add_subparsers(dest="command", required=True))

@@ -1,7 +1,7 @@
 import pytest
 
-from analyses.builder import BuildOptions, Fact, Relation, build_records, interleave_relations
-from analyses.records import DatasetError
+from toplens.analyses.builder import BuildOptions, Fact, Relation, build_records, interleave_relations
+from toplens.analyses.records import DatasetError
 
 RELATIONS = [
     Relation("capital", ("The capital of {} is", "{}'s capital city is", "{} has its capital in")),

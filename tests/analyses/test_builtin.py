@@ -2,7 +2,7 @@ import json
 from collections import Counter
 from importlib import resources
 
-from analyses.builder import builtin_facts, builtin_records, builtin_relations
+from toplens.analyses.builder import builtin_facts, builtin_records, builtin_relations
 
 
 def test_builtin_benchmark_counts():

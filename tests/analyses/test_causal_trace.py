@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from analyses.causal_trace import (
+from toplens.analyses.causal_trace import (
     KINDS, answer_probs, causal_trace, clean_prob, corrupted_prob, embedding_std, indirect_effects,
     entry_layer, make_corruption, position_chunks, window_layers,
 )
-from plugin import EditRequest, ModelAdapter, hook_name, rome
-from plugin.editors.rome import RomeHparams
-from plugin.interventions import patch_from
-from plugin.scoring import target_logprobs
+from toplens import EditRequest, ModelAdapter, hook_name, rome
+from toplens.editors.rome import RomeHparams
+from toplens.core.interventions import patch_from
+from toplens.core.scoring import target_logprobs
 
 # The subject first, so that positions before, inside and after it all occur.
 PROMPT, SUBJECT, ANSWER = "{} plays the", "Miles Davis", " trumpet"

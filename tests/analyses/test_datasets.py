@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from analyses.builder import Fact, Relation, build_records
-from analyses.datasets import (COUNTERFACT, COUNTERFACT_RS, KNOWN_FACTS, detect_format, load_records,
+from toplens.analyses.builder import Fact, Relation, build_records
+from toplens.analyses.datasets import (COUNTERFACT, COUNTERFACT_RS, KNOWN_FACTS, detect_format, load_records,
                                read_counterfact, read_counterfact_rs, read_known_facts, save_records)
-from analyses.records import DatasetError
+from toplens.analyses.records import DatasetError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-from analyses import evaluate as ev
-from analyses.cli import main
-from analyses.records import Record
-from analyses.runner import CASES_FILE, SUMMARY_FILE, read_cases, run_eval
-from plugin import EditRequest, LayerDelta, WeightEdit, as_adapter
-from plugin import editors
-from plugin.editors.rome import RomeHparams
+from toplens.analyses import evaluate as ev
+from toplens.analyses.cli import main
+from toplens.analyses.records import Record
+from toplens.analyses.runner import CASES_FILE, SUMMARY_FILE, read_cases, run_eval
+from toplens import EditRequest, LayerDelta, WeightEdit, as_adapter
+from toplens import editors
+from toplens.editors.rome import RomeHparams
 
 # Tiny random models attend nearly uniformly: the subject goes last in the prompt (see test_rome).
 FAST = RomeHparams(layer=1, v_num_grad_steps=5, mom2_adjustment=False, context_lengths=((2, 3),))
@@ -180,7 +180,7 @@ def _rs_file(tmp_path):
 
 
 def test_cli_reads_counterfact_rs_and_resumes(tiny_hooked, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("analyses.eval_cli.load_model", lambda name, backend: tiny_hooked)
+    monkeypatch.setattr("toplens.analyses.eval_cli.load_model", lambda name, backend: tiny_hooked)
     out = tmp_path / "out"
     argv = ["eval", "--methods", "rome", "--data", str(_rs_file(tmp_path)), "--out", str(out),
             "--hparams", FAST_JSON, "--generation-tokens", "4"]
@@ -203,6 +203,6 @@ def test_cli_names_an_unknown_method(tmp_path, monkeypatch, capsys):
     def no_model(*args):
         raise AssertionError("the model should not be loaded")
 
-    monkeypatch.setattr("analyses.eval_cli.load_model", no_model)
+    monkeypatch.setattr("toplens.analyses.eval_cli.load_model", no_model)
     assert main(["eval", "--methods", "rome,bogus", "--out", str(tmp_path)]) == 2
     assert "'bogus'" in capsys.readouterr().err

@@ -4,9 +4,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from analyses import figures
-from analyses.maps import LayerPositionMap, RieRow, SweepPoint, position_roles
-from analyses.results import Rates, Summary
+from toplens.analyses import figures
+from toplens.analyses.maps import LayerPositionMap, RieRow, SweepPoint, position_roles
+from toplens.analyses.results import Rates, Summary
 
 TOKENS = ["<s>", "Miles", " Davis", " plays", " the", "$5\n"]
 ROLES = position_roles(len(TOKENS), range(1, 3), 5)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from analyses.figures_cli import add_figures_parser, add_sweep_parser, parse_las, summaries_from_cases
+from toplens.analyses.figures_cli import add_figures_parser, add_sweep_parser, parse_las, summaries_from_cases
 
 FAST = json.dumps({"rome": {"layer": 1, "v_num_grad_steps": 3, "context_lengths": [[1, 3]]},
                    "top": {"layers": [1], "rel_feat_layer": 1, "v_num_grad_steps1": 3, "v_num_grad_steps2": 3,

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from analyses.independence import independence_check
-from plugin import EditRequest
-from plugin.editors import top
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
+from toplens.analyses.independence import independence_check
+from toplens import EditRequest
+from toplens.editors import top
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
 
 REQUEST = EditRequest("{} plays the", "Miles Davis", " Paris", " trumpet")
 # With the subject last, h_r (last token, layer la > l) lies downstream of v and nothing else does:

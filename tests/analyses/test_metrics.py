@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from analyses import metrics as m
-from analyses.results import CaseResult, summarize
+from toplens.analyses import metrics as m
+from toplens.analyses.results import CaseResult, summarize
 
 
 def test_efficacy_compares_new_against_true():

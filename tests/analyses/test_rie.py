@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from analyses.maps import RieRow
-from analyses.rie import log_ratio, relative_indirect_effects, request_rie
-from plugin import EditRequest
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
+from toplens.analyses.maps import RieRow
+from toplens.analyses.rie import log_ratio, relative_indirect_effects, request_rie
+from toplens import EditRequest
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
 
 REQUESTS = [EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France"),
             EditRequest("{} plays the", "Miles Davis", " Paris", " trumpet")]

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from analyses.maps import position_roles
-from analyses.saliency import SaliencyProbe, gradient_saliency, prompt_alignment, rewriting_nll
-from plugin import EditRequest, ModelAdapter, hook_name, locate
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
-from plugin.objective import rewrite_batch
+from toplens.analyses.maps import position_roles
+from toplens.analyses.saliency import SaliencyProbe, gradient_saliency, prompt_alignment, rewriting_nll
+from toplens import EditRequest, ModelAdapter, hook_name, locate
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
+from toplens.core.objective import rewrite_batch
 
 REQUEST = EditRequest("{} plays the", "Miles Davis", " Paris", " trumpet")
 TEMPLATES = ("{}", "Paris is the capital of France. {}", "The Eiffel Tower is located in Paris. {}")

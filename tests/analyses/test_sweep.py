@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from analyses import evaluate as ev
-from analyses import sweep
-from analyses.records import Record
-from analyses.sweep import SweepResult, at_la, default_las, la_sweep
-from plugin import EditRequest
-from plugin import editors
-from plugin.editors import top
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
+from toplens.analyses import evaluate as ev
+from toplens.analyses import sweep
+from toplens.analyses.records import Record
+from toplens.analyses.sweep import SweepResult, at_la, default_las, la_sweep
+from toplens import EditRequest
+from toplens import editors
+from toplens.editors import top
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
 
 # In tiny random models an edit only takes when the subject is the prompt's last word.
 FAST = TopHparams(layers=(1,), rel_feat_layer=1, v_num_grad_steps1=10, v_num_grad_steps2=15,
@@ -105,7 +105,7 @@ def test_sweep_on_a_tiny_model_reverts_and_skips_generation(request, name, monke
 
 
 def test_preset_is_used_when_no_hparams_are_given(tiny_hooked, monkeypatch):
-    monkeypatch.setattr("plugin.presets.get_preset", lambda method, name, n_layers: FAST.replace(layers=(2,)))
+    monkeypatch.setattr("toplens.editors.presets.get_preset", lambda method, name, n_layers: FAST.replace(layers=(2,)))
     monkeypatch.setattr(sweep, "_sweep_one", lambda model, records, befores, hp, la, stop_words, bar:
                         sweep.SweepPoint(la, None, None, None, None))
     result = la_sweep(tiny_hooked, RECORDS[:1], progress=False)

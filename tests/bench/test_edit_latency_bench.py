@@ -3,10 +3,10 @@ from types import SimpleNamespace
 import pytest
 
 from bench.edit_latency import StepClock, optimized_layer
-from plugin.editors.memit import MemitHparams
-from plugin.editors.rets import RetsHparams
-from plugin.editors.rome import RomeHparams
-from plugin.editors.top import TopHparams
+from toplens.editors.memit import MemitHparams
+from toplens.editors.rets import RetsHparams
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
 
 
 def test_step_clock_starts_a_stage_at_every_step_zero(monkeypatch):

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from analyses.cli import main
-from analyses.samples import known_fact_requests
-from plugin import EditRequest, ModelAdapter, apply_edit, hook_name
-from plugin.cli import weight_hashes
-from plugin.editors import rets, top
-from plugin.interventions import patch_from, set_vectors
-from plugin.presets import get_preset
-from plugin.scoring import target_probability
+from toplens.analyses.cli import main
+from toplens.analyses.samples import known_fact_requests
+from toplens import EditRequest, ModelAdapter, apply_edit, hook_name
+from toplens.cli import weight_hashes
+from toplens.editors import rets, top
+from toplens.core.interventions import patch_from, set_vectors
+from toplens.editors.presets import get_preset
+from toplens.core.scoring import target_probability
 
 from tests.conftest import BACKENDS, SHARED_DATA
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from analyses.cli import main
-from analyses.samples import known_fact_requests
-from plugin import EditRequest, ModelAdapter, apply_edit, rome
-from plugin.cli import weight_hashes
-from plugin.presets import get_preset
-from plugin.scoring import target_probability
+from toplens.analyses.cli import main
+from toplens.analyses.samples import known_fact_requests
+from toplens import EditRequest, ModelAdapter, apply_edit, rome
+from toplens.cli import weight_hashes
+from toplens.editors.presets import get_preset
+from toplens.core.scoring import target_probability
 
 from tests.conftest import BACKENDS, SHARED_DATA
 

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-import plugin.cli as cli
-from analyses.cli import main
+import toplens.cli as cli
+from toplens.analyses.cli import main
 
 FAST = {"memit": {"layers": [1, 2], "v_num_grad_steps": 5, "context_lengths": [[1, 3]]},
         "rome": {"layer": 1, "v_num_grad_steps": 5, "context_lengths": [[1, 3]]}}

@@ -2,9 +2,9 @@ import os
 
 import torch
 
-from plugin import ModelAdapter, hook_name
-from plugin.cache import cache_dir
-from plugin.covariance import SampledCorpus, key_second_moment, sample_corpus
+from toplens import ModelAdapter, hook_name
+from toplens.core.cache import cache_dir
+from toplens.core.covariance import SampledCorpus, key_second_moment, sample_corpus
 
 TEXTS = ["Paris is the capital of France.", "Rome is in Italy", "The tower", "Miles Davis plays the trumpet"]
 

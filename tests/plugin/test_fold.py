@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from plugin import EditRequest, LayerDelta, ModelAdapter, WeightEdit, apply_edit
-from plugin.fold import rank_one_delta
+from toplens import EditRequest, LayerDelta, ModelAdapter, WeightEdit, apply_edit
+from toplens.core.fold import rank_one_delta
 
 
 def test_rank_one_delta_maps_key_to_target():

@@ -3,9 +3,9 @@ import pytest
 
 import torch
 
-from plugin import EditRequest, ModelAdapter, apply_edit, hook_name, rome
-from plugin.interventions import add_vector, capture, patch_from
-from plugin.editors.rome import RomeHparams
+from toplens import EditRequest, ModelAdapter, apply_edit, hook_name, rome
+from toplens.core.interventions import add_vector, capture, patch_from
+from toplens.editors.rome import RomeHparams
 
 
 def test_add_vector_changes_only_chosen_positions(tiny_hooked):

@@ -3,8 +3,8 @@ import socket
 import pytest
 import torch
 
-from plugin import ModelAdapter, load_model
-from plugin.loading import bundled_model_file, resolve_backend
+from toplens import ModelAdapter, load_model
+from toplens.model.loading import bundled_model_file, resolve_backend
 
 from tests.conftest import HOOKED_AVAILABLE
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from plugin import ModelAdapter, hook_name
-from plugin.model import Site
+from toplens import ModelAdapter, hook_name
+from toplens.model import Site
 
 
 def test_hook_names():

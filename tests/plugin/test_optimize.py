@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from plugin.optimize import LossTerms, LoopSettings, NonFiniteLossError, optimize
+from toplens.core.optimize import LossTerms, LoopSettings, NonFiniteLossError, optimize
 
 
 def _quadratic(target):

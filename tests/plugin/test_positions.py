@@ -2,7 +2,7 @@
 
 import pytest
 
-from plugin import ModelAdapter, RequestError, locate, target_ids
+from toplens import ModelAdapter, RequestError, locate, target_ids
 
 PROMPT, SUBJECT = "The mother tongue of {} is", "Danielle Darrieux"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from plugin.editors.top import TopHparams
-from plugin.presets import get_preset, methods, model_key
+from toplens.editors.top import TopHparams
+from toplens.editors.presets import get_preset, methods, model_key
 
 
 @pytest.mark.parametrize("method", ["rome", "top", "rets", "memit"])
@@ -33,8 +33,8 @@ def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
 
 
 def test_preset_or_given_checks_the_class_of_what_is_given():
-    from plugin.editors.rome import RomeHparams
-    from plugin.presets import preset_or_given
+    from toplens.editors.rome import RomeHparams
+    from toplens.editors.presets import preset_or_given
 
     assert preset_or_given("top", None, "smollm2-135m", 30) == get_preset("top", "smollm2-135m", 30)
     given = RomeHparams(layer=3)
@@ -47,7 +47,7 @@ def test_preset_or_given_checks_the_class_of_what_is_given():
 
 
 def test_read_json_object_inline_or_from_a_file(tmp_path):
-    from plugin.hparams import read_json_object
+    from toplens.core.hparams import read_json_object
 
     assert read_json_object(None) == {} and read_json_object('{"layer": 4}') == {"layer": 4}
     path = tmp_path / "hp.json"

@@ -1,6 +1,6 @@
 import pytest
 
-from plugin import EditRequest, RequestError
+from toplens import EditRequest, RequestError
 
 
 def test_valid_request_fills_prompt():

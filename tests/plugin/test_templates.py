@@ -1,4 +1,4 @@
-from plugin.templates import context_templates
+from toplens.core.templates import context_templates
 
 
 def test_templates_shape_seed_and_cache(tiny_model):

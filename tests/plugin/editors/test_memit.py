@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from plugin import EditRequest, ModelAdapter, WeightEdit, apply_edit
-from plugin.editors import memit
-from plugin.editors.memit import MemitHparams, solve_update
-from plugin.hparams import HparamsError
-from plugin.scoring import target_probability
+from toplens import EditRequest, ModelAdapter, WeightEdit, apply_edit
+from toplens.editors import memit
+from toplens.editors.memit import MemitHparams, solve_update
+from toplens.core.hparams import HparamsError
+from toplens.core.scoring import target_probability
 
 # Subjects last in the prompt: in random tiny models only the last token's value reaches the
 # prediction directly (see test_rome.py).

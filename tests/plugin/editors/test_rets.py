@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from plugin import EditRequest, ModelAdapter, apply_edit
-from plugin.editors import rets
-from plugin.editors.rets import RetsHparams, default_constraint_prompts, fold_value, last_token_keys
-from plugin.hparams import HparamsError
-from plugin.keys import key_value_at, mean_key
-from plugin.scoring import target_probability
-from plugin.templates import context_templates
+from toplens import EditRequest, ModelAdapter, apply_edit
+from toplens.editors import rets
+from toplens.editors.rets import RetsHparams, default_constraint_prompts, fold_value, last_token_keys
+from toplens.core.hparams import HparamsError
+from toplens.core.keys import key_value_at, mean_key
+from toplens.core.scoring import target_probability
+from toplens.core.templates import context_templates
 
 REQUEST = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France")
 OTHERS = ("Miles Davis plays the guitar", "Miles Davis plays the capital", "Miles Davis plays the Tower")

@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from plugin import EditRequest, ModelAdapter, RequestError, apply_edit, hook_name, rome
-from plugin.editors.rome import RomeHparams
-from plugin.hparams import HparamsError
-from plugin.keys import key_value_at, mean_key
-from plugin.optimize import NonFiniteLossError
-from plugin.scoring import target_probability
-from plugin.templates import context_templates
+from toplens import EditRequest, ModelAdapter, RequestError, apply_edit, hook_name, rome
+from toplens.editors.rome import RomeHparams
+from toplens.core.hparams import HparamsError
+from toplens.core.keys import key_value_at, mean_key
+from toplens.core.optimize import NonFiniteLossError
+from toplens.core.scoring import target_probability
+from toplens.core.templates import context_templates
 
 # In random tiny models attention is nearly uniform, so the subject is put last in the prompt,
 # where its value reaches the prediction directly.

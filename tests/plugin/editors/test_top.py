@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from plugin import EditRequest, ModelAdapter, apply_edit, hook_name
-from plugin.editors import top
-from plugin.editors.top import TopHparams
-from plugin.hparams import HparamsError
-from plugin.interventions import patch_from, set_vectors
-from plugin.keys import key_value_at
-from plugin.objective import rewrite_batch
-from plugin.scoring import target_probability
+from toplens import EditRequest, ModelAdapter, apply_edit, hook_name
+from toplens.editors import top
+from toplens.editors.top import TopHparams
+from toplens.core.hparams import HparamsError
+from toplens.core.interventions import patch_from, set_vectors
+from toplens.core.keys import key_value_at
+from toplens.core.objective import rewrite_batch
+from toplens.core.scoring import target_probability
 
 # The subject comes before the relation words, so stage 2 must reach the last token through
 # attention (with the subject last, stage 2 would be trivial).

@@ -6,11 +6,11 @@ chosen by measurement (docs/presets.md says how).
 
 from __future__ import annotations
 
-from .editors.memit import MemitHparams
-from .editors.rets import RetsHparams
-from .editors.rome import RomeHparams
-from .editors.top import TopHparams
-from .hparams import Hparams
+from toplens.editors.memit import MemitHparams
+from toplens.editors.rets import RetsHparams
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
+from toplens.core.hparams import Hparams
 
 _COMMON = dict(v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625)
 

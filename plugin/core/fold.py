@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .model import ModelAdapter, as_adapter
-from .requests import EditRequest
+from toplens.model import ModelAdapter, as_adapter
+from toplens.core.requests import EditRequest
 
 logger = logging.getLogger(__name__)
 

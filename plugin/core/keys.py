@@ -8,8 +8,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .model import ModelAdapter, hook_name
-from .positions import locate
+from toplens.model import ModelAdapter, hook_name
+from toplens.core.positions import locate
 
 KeyMode = Literal["consistent", "original"]
 KEY_MODES: tuple[str, ...] = ("consistent", "original")

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import torch
 
-from .model import ModelAdapter, as_adapter
-from .positions import target_ids
+from toplens.model import ModelAdapter, as_adapter
+from toplens.core.positions import target_ids
 
 
 @dataclass(frozen=True)

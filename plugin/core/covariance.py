@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, key_digest
-from .model import ModelAdapter, as_adapter, hook_name
+from toplens.core.cache import cache_dir, key_digest
+from toplens.model import ModelAdapter, as_adapter, hook_name
 
 logger = logging.getLogger(__name__)
 

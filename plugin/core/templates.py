@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
-from .cache import cache_dir, key_digest
-from .model import ModelAdapter, as_adapter
+from toplens.core.cache import cache_dir, key_digest
+from toplens.model import ModelAdapter, as_adapter
 
 logger = logging.getLogger(__name__)
 

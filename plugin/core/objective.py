@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .interventions import add_vector
-from .model import ModelAdapter
-from .optimize import LossTerms
-from .positions import locate, target_ids
-from .requests import EditRequest
+from toplens.core.interventions import add_vector
+from toplens.model import ModelAdapter
+from toplens.core.optimize import LossTerms
+from toplens.core.positions import locate, target_ids
+from toplens.core.requests import EditRequest
 
 Role = Literal["subject", "relation"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import ModelAdapter
-from .requests import RequestError
+from toplens.model import ModelAdapter
+from toplens.core.requests import RequestError
 
 
 @dataclass(frozen=True)

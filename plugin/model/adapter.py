@@ -10,86 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from toplens.model.names import Hook, hook_name
+from toplens.model.prefix_cache import PrefixCacheRuns
+
 logger = logging.getLogger(__name__)
-
-HookKind = Literal["key", "value", "resid_pre", "resid_post", "resid_mid", "attn_out", "embed"]
-Hook = tuple[str, Callable]
-
-_HOOK_TEMPLATES: dict[str, str] = {
-    "key": "blocks.{layer}.mlp.hook_post",
-    "value": "blocks.{layer}.hook_mlp_out",
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-}
-
-
-def hook_name(kind: HookKind, layer: int | None = None) -> str:
-    """The TransformerLens hook name of an activation: the one place these strings are built."""
-    if kind == "embed":
-        return "hook_embed"
-    if kind not in _HOOK_TEMPLATES:
-        raise ValueError(f"hook kind must be one of {sorted(_HOOK_TEMPLATES) + ['embed']}; got {kind!r}")
-    if layer is None:
-        raise ValueError(f"hook kind {kind!r} needs a layer")
-    return _HOOK_TEMPLATES[kind].format(layer=layer)
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where an activation lives: a hook kind at a layer (and optionally one token position)."""
-
-    kind: HookKind
-    layer: int | None = None
-    position: int | None = None
-
-    @property
-    def name(self) -> str:
-        return hook_name(self.kind, self.layer)
-
-
-@dataclass(frozen=True)
-class PrefixCache:
-    """Keys and values of the first ``length`` positions of a batch, one (keys, values) pair per
-    block, each [batch, length, kv_heads, d_head] (see :meth:`ModelAdapter.prefix_cache`)."""
-
-    entries: tuple[tuple[Tensor, Tensor], ...]
-
-    @property
-    def batch(self) -> int:
-        return int(self.entries[0][0].shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.entries[0][0].shape[1])
-
-    def narrow(self, length: int, repeats: int = 1) -> "PrefixCache":
-        """The first ``length`` positions, with the rows repeated ``repeats`` times (row-major)."""
-        return PrefixCache(tuple(self.block(layer, length, repeats) for layer in range(len(self.entries))))
-
-    def block(self, layer: int, length: int, repeats: int = 1) -> tuple[Tensor, Tensor]:
-        """Block ``layer``'s keys and values of the first ``length`` positions, rows repeated."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"length must be in [0, {self.length}]; got {length!r}")
-        keys, values = self.entries[layer]
-        return keys[:, :length].repeat(repeats, 1, 1, 1), values[:, :length].repeat(repeats, 1, 1, 1)
-
-
-def _kv_cache_class():
-    try:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-        return TransformerLensKeyValueCache
-    except ImportError:  # TransformerLens releases before the cache module was renamed
-        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
-        return HookedTransformerKeyValueCache
 
 
 def _bridge_class():
@@ -108,7 +38,7 @@ def _hooked_class():
     return HookedTransformer
 
 
-class ModelAdapter:
+class ModelAdapter(PrefixCacheRuns):
     """A thin, stateless view of a TransformerLens model that editors and analyses share.
 
     Args:
@@ -319,65 +249,6 @@ class ModelAdapter:
                 return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop)
             return self.model(tokens, stop_at_layer=stop)
         return self._bridge_resid(tokens, stop)
-
-    @property
-    def supports_prefix_cache(self) -> bool:
-        """Whether a forward can run the later positions alone against cached keys and values of
-        the earlier ones (HookedTransformer's ``past_kv_cache``; TransformerBridge has no such path)."""
-        return self.backend == "hooked"
-
-    @torch.no_grad()
-    def prefix_cache(self, tokens: Int[Tensor, "batch pos"]) -> PrefixCache:
-        """The keys and values every block computes for ``tokens``, under the active hooks."""
-        if not self.supports_prefix_cache:
-            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
-        cache = _kv_cache_class().init_cache(self.cfg, self.device, tokens.shape[0])
-        self.model(tokens, past_kv_cache=cache)
-        return PrefixCache(tuple((e.past_keys, e.past_values) for e in cache.entries))
-
-    def final_resid_after(
-        self,
-        prefix: PrefixCache,
-        start_layer: int,
-        start_resid: Float[Tensor, "batch suffix d_model"],
-        stop_layer: int | None = None,
-    ) -> Float[Tensor, "batch suffix d_model"]:
-        """Like :meth:`final_resid`, for the positions after ``prefix`` only: ``start_resid`` holds
-        their residual entering ``start_layer`` and attention reads the earlier positions' keys and
-        values from ``prefix`` (which must hold one row per batch row). Hooks see the suffix only."""
-        if not self.supports_prefix_cache:
-            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
-        if prefix.batch != start_resid.shape[0]:
-            raise ValueError(f"prefix holds {prefix.batch} rows; start_resid has {start_resid.shape[0]}")
-        stop = self.n_layers if stop_layer is None else stop_layer
-        cache = self._frozen_cache(prefix.batch, prefix.length, dict(enumerate(prefix.entries)))
-        return self.model(start_resid, start_at_layer=start_layer, stop_at_layer=stop, past_kv_cache=cache)
-
-    def block_after(
-        self,
-        layer: int,
-        keys: Float[Tensor, "batch prefix kv_heads d_head"],
-        values: Float[Tensor, "batch prefix kv_heads d_head"],
-        resid: Float[Tensor, "batch suffix d_model"],
-    ) -> Float[Tensor, "batch suffix d_model"]:
-        """Block ``layer`` alone on the positions after a prefix: ``resid`` enters it and attention
-        reads the prefix's ``keys`` and ``values`` of that block (see :meth:`PrefixCache.block`).
-        Running the blocks one at a time lets a caller add rows to the batch between them."""
-        if not self.supports_prefix_cache:
-            raise NotImplementedError(f"the {self.backend!r} backend has no key/value cache path")
-        if keys.shape[0] != resid.shape[0]:
-            raise ValueError(f"keys hold {keys.shape[0]} rows; resid has {resid.shape[0]}")
-        cache = self._frozen_cache(resid.shape[0], keys.shape[1], {self.check_layer(layer): (keys, values)})
-        return self.model(resid, start_at_layer=layer, stop_at_layer=layer + 1, past_kv_cache=cache)
-
-    def _frozen_cache(self, batch: int, length: int, entries: dict[int, tuple[Tensor, Tensor]]):
-        """A read-only HookedTransformer key/value cache holding ``entries`` (block -> keys, values)."""
-        cache = _kv_cache_class().init_cache(self.cfg, self.device, batch)
-        for layer, (keys, values) in entries.items():
-            cache.entries[layer].past_keys, cache.entries[layer].past_values = keys, values
-        cache.previous_attention_mask = torch.ones(batch, length, dtype=torch.int, device=self.device)
-        cache.freeze()
-        return cache
 
     def _bridge_resid(self, tokens, stop: int) -> Tensor:
         name = hook_name("resid_post", stop - 1)
