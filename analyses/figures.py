@@ -20,15 +20,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from toplens.analyses.maps import LayerPositionMap, RieRow, SweepPoint
-from toplens.analyses.results import Summary
+from toplens.analyses.evaluation.results import METRIC_LABELS, METRICS, Summary
+from toplens.analyses.sweep import SweepPoint
+from toplens.analyses.tracing.maps import LayerPositionMap
+from toplens.analyses.tracing.rie import RieRow
 
 logger = logging.getLogger(__name__)
 
 BOLD_ROLES = ("last_subject", "last_relation")
 TRACE_CMAPS = ("Purples", "Greens", "Reds")  # resid, MLP, attention (ROME's colours)
-SWEEP_METRICS = (("efficacy", "Efficacy"), ("generalization", "Generalization"),
-                 ("s_specificity", "S-Specificity"), ("r_specificity", "R-Specificity"))
+SWEEP_METRICS = tuple((name, METRIC_LABELS[name]) for name in METRICS)
 EVAL_METRICS = SWEEP_METRICS + (("score", "Score"),)
 DPI = 150
 

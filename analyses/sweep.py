@@ -21,20 +21,43 @@ from typing import Any, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from toplens import as_adapter
-from toplens.editors.top import TopHparams
 from toplens.editors.presets import preset_or_given
+from toplens.editors.top import TopHparams
 
-from toplens.analyses import metrics as m
-from toplens.analyses.evaluate import Measurement, evaluate_case, measure
-from toplens.analyses.maps import SweepCase, SweepPoint
-from toplens.analyses.records import Record
-from toplens.analyses.results import CaseResult, summarize
+from toplens.analyses.evaluation import metrics as m
+from toplens.analyses.evaluation.evaluate import Measurement, evaluate_case, measure
+from toplens.analyses.evaluation.records import Record
+from toplens.analyses.evaluation.results import METRICS, CaseResult, summarize
 
 logger = logging.getLogger(__name__)
 
 METHOD = "top"
 DEFAULT_OFFSETS = (1, 5, 10)  # la = l + offset
 DEFAULT_FROM_END = (5, 1)  # la = L − k
+
+
+@dataclass(frozen=True)
+class SweepCase:
+    """One record's four rates (percent) at one la: which cases an la wins or loses."""
+
+    case_id: int | str
+    efficacy: float | None
+    generalization: float | None
+    s_specificity: float | None
+    r_specificity: float | None
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """TOP's quality at one relation-feature layer la (rates in percent, means over the records),
+    with each record's own rates in ``cases``."""
+
+    la: int
+    efficacy: float | None
+    generalization: float | None
+    s_specificity: float | None
+    r_specificity: float | None
+    cases: tuple[SweepCase, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,12 +116,6 @@ def check_las(las: Sequence[int], edit_layer: int, n_layers: int) -> list[int]:
     return sorted(set(las))
 
 
-def resolve_hparams(model, hparams: TopHparams | None) -> TopHparams:
-    """The given TOP settings, or the model's TOP preset."""
-    adapter = as_adapter(model)
-    return preset_or_given(METHOD, hparams, adapter.name, adapter.n_layers)  # type: ignore[return-value]
-
-
 def at_la(hparams: TopHparams, la: int) -> TopHparams:
     """TOP settings whose last edit layer l has its relation feature at ``la``."""
     return hparams.replace(rel_feat_layer=la - hparams.layers[-1])
@@ -107,12 +124,9 @@ def at_la(hparams: TopHparams, la: int) -> TopHparams:
 # ------------------------------------------------------------------------------- the sweep
 def sweep_point(la: int, cases: Sequence[CaseResult]) -> SweepPoint:
     """Dataset means of the four rates over ``cases``, in percent, and each case's own."""
-    per_case = tuple(SweepCase(c.case_id, *_percent(getattr(c, name).rate for name in _RATES)) for c in cases)
+    per_case = tuple(SweepCase(c.case_id, *_percent(getattr(c, name).rate for name in METRICS)) for c in cases)
     rates = summarize(cases).rates
-    return SweepPoint(la, *_percent(getattr(rates, name) for name in _RATES), per_case)
-
-
-_RATES = ("efficacy", "generalization", "s_specificity", "r_specificity")
+    return SweepPoint(la, *_percent(getattr(rates, name) for name in METRICS), per_case)
 
 
 def _percent(rates) -> list[float | None]:
@@ -136,7 +150,7 @@ def la_sweep(model, records: Sequence[Record], las: Sequence[int] | None = None,
     if not records:
         raise ValueError("records: the la sweep needs at least one record")
     adapter = as_adapter(model)
-    hp = resolve_hparams(model, hparams)
+    hp: TopHparams = preset_or_given(METHOD, hparams, adapter.name, adapter.n_layers)  # type: ignore[assignment]
     layer = hp.layers[-1]
     chosen = default_las(layer, adapter.n_layers) if las is None else check_las(las, layer, adapter.n_layers)
     befores = [measure(model, r, stop_words=stop_words) for r in records]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from toplens.analyses.causal_trace import MAX_ROWS, corrupted_prob, indirect_effects, make_corruption
+from toplens.analyses.tracing.causal_trace import indirect_effects
+from toplens.analyses.tracing.corruption import MAX_ROWS, corrupted_prob, make_corruption
 from toplens import EditRequest, as_adapter, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

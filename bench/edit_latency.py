@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from toplens.analyses.samples import known_fact_requests
+from toplens.analyses.evaluation.samples import known_fact_requests
 from toplens import apply_edit, as_adapter, hook_name, load_model
 from toplens.editors import get_editor
 from toplens.core.objective import rewrite_batch
@@ -30,19 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ROOT.parent / "shared" / "data" / "known_1000.json"
 
 
-def optimized_layer(hp) -> int:
-    """The first block an optimization step runs: the edit layer (ROME, RETS), the last edit layer
-    (MEMIT optimizes its values there) or la (TOP's stage 1)."""
-    if hasattr(hp, "rel_feat_layer"):
-        return hp.layers[0] + hp.rel_feat_layer
-    return hp.layer if hasattr(hp, "layer") else hp.layers[-1]
+def optimized_layer(editor, hp) -> int:
+    """The first block an optimization step runs: the site of the editor's first stage (the edit
+    layer for ROME and RETS, the last edit layer for MEMIT, la for TOP's stage 1)."""
+    return editor.stages(hp)[0].site.layer
 
 
-def bare_pass_seconds(adapter, request, hp, repeats: int = 3) -> float:
+def bare_pass_seconds(adapter, editor, request, hp, repeats: int = 3) -> float:
     """One forward+backward of the rewriting batch from :func:`optimized_layer` to the logits, no hooks of
     ours (on the bridge, which cannot start at a layer, the batch runs from the tokens with the
     residual entering the edit layer swapped in, as in an edit's own steps)."""
-    layer = optimized_layer(hp)
+    layer = optimized_layer(editor, hp)
     batch = rewrite_batch(adapter, request, context_templates(adapter, hp.context_lengths), [hp.kl_prompt])
     prefix = adapter.resid_before(batch.tokens, layer)
     times = []
@@ -59,13 +57,15 @@ def bare_pass_seconds(adapter, request, hp, repeats: int = 3) -> float:
 
 
 class StepClock:
-    """A step callback that timestamps every optimization step; a step 0 starts a new stage
-    (TOP's stage 1 then stage 2; one per request for MEMIT)."""
+    """An observer that timestamps every optimization step; a step 0 starts a new stage
+    (TOP's stage 1 then stage 2; one per request for MEMIT). A stage's final evaluation is not a step."""
 
     def __init__(self) -> None:
         self.stages: list[list[float]] = []
 
-    def __call__(self, event) -> None:
+    def __call__(self, stage, event) -> None:
+        if event.final:
+            return
         if event.step == 0:
             self.stages.append([])
         self.stages[-1].append(time.perf_counter())
@@ -79,7 +79,7 @@ def edit_once(adapter, editor, req, hp) -> dict:
     """One timed edit: seconds, steps, per-step seconds of its first and second stage, success."""
     clock = StepClock()
     t0 = time.perf_counter()
-    edit = editor.compute(adapter, req, hp, callback=clock)
+    edit = editor.compute(adapter, req, hp, observe=clock)
     seconds = time.perf_counter() - t0
     with apply_edit(adapter.model, edit):
         ok = target_probability(adapter, req.text, req.target_new) > target_probability(adapter, req.text, req.target_true)
@@ -92,7 +92,7 @@ def run_method(adapter, method: str, requests) -> dict:
     editor = get_editor(method)
     hp = get_preset(method, None, adapter.n_layers)
     rows = [edit_once(adapter, editor, req, hp) for req in requests]
-    bare = bare_pass_seconds(adapter, requests[0], hp)
+    bare = bare_pass_seconds(adapter, editor, requests[0], hp)
     stage1 = [x for r in rows for x in r["step_seconds_1"]]
     stage2 = [x for r in rows for x in r["step_seconds_2"]] if method == "top" else []
     per_step = statistics.median(stage1)

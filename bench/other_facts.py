@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from toplens.analyses.datasets import load_records
-from toplens.analyses.metrics import load_stop_words
-from toplens.analyses.runner import read_cases, resolve_hparams, run_eval
+from toplens.analyses.evaluation.cases import read_cases
+from toplens.analyses.evaluation.datasets import load_records
+from toplens.analyses.evaluation.metrics import load_stop_words
+from toplens.analyses.evaluation.runner import run_eval
 from toplens import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records(args.data)[: args.n]
     model = load_model(backend=args.backend)
     start = time.perf_counter()
-    run_eval(model, records, methods, args.out, hparams=resolve_hparams(methods, model, None),
+    run_eval(model, records, methods, args.out,
              stop_words=load_stop_words(STOP_WORDS if STOP_WORDS.exists() else None), generation_tokens=0)
     cases = read_cases(Path(args.out) / "cases.jsonl")
     wanted = {str(r.case_id) for r in records}

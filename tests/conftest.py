@@ -3,6 +3,7 @@ and the bundled SmolLM2 for integration tests — each built once per session.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -168,3 +169,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "bridge" in item.nodeid:
             item.add_marker(pytest.mark.bridge)
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Run-time shape and type checks off (they run for the whole package under pytest), for the
+    tests of our own error messages on input of the wrong type, which the checks would catch first."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -109,6 +109,16 @@ def key_second_moment(
     return moment.to(adapter.device, adapter.dtype)
 
 
+def fold_covariance(
+    model, layer: int, mom2_adjustment: bool, given: Tensor | None = None
+) -> Float[Tensor, "d_mlp d_mlp"] | None:
+    """C for a fold or solve at ``layer``: ``given`` when set, else the (cached) corpus statistic
+    when ``mom2_adjustment``, else None, which stands for the identity."""
+    if given is not None:
+        return given
+    return key_second_moment(model, layer) if mom2_adjustment else None
+
+
 def _read(path, key) -> Tensor | None:
     from safetensors import safe_open
 

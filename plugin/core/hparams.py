@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 T = TypeVar("T", bound="Hparams")
 
@@ -19,6 +19,11 @@ def _tupled(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tupled(v) for v in value)
     return value
+
+
+def _number(value: Any) -> Any:
+    """JSON writes 1.0 as 1: an int given for a float field is that float (bools stay as they are)."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,8 @@ class Hparams:
         unknown = sorted(set(data) - names)
         if unknown:
             raise HparamsError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: _tupled(v) for k, v in data.items()})
+        floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", float)}
+        return cls(**{k: _number(v) if k in floats else _tupled(v) for k, v in data.items()})
 
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
@@ -45,6 +51,30 @@ class Hparams:
 
     def replace(self: T, **changes: Any) -> T:
         return type(self).from_dict({**self.to_dict(), **changes})
+
+    #: the field that holds the edit layer(s), for error messages
+    layers_field: ClassVar[str] = "layers"
+
+    # what every editor's hyperparameters answer, so that no caller probes with hasattr
+    @property
+    def edit_layers(self) -> tuple[int, ...]:
+        """The layers whose W_out the edit changes."""
+        raise NotImplementedError(f"{type(self).__name__} does not define edit_layers")
+
+    def with_steps(self: T, steps: int) -> T:
+        """The same settings with every optimization stage limited to ``steps`` steps."""
+        raise NotImplementedError(f"{type(self).__name__} does not define with_steps")
+
+    def relayered(self: T, scale: Callable[[int], int], n_layers: int) -> T:
+        """The same settings with every layer index mapped through ``scale`` (presets use it to
+        move a model's preset to another depth of ``n_layers`` layers)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define relayered")
+
+    @staticmethod
+    def _check_steps(steps: int) -> int:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise HparamsError(f"steps must be a positive int; got {steps!r}")
+        return steps
 
     # helpers for __post_init__ of subclasses
     def _positive(self, *names: str, allow_zero: bool = False) -> None:

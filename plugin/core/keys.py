@@ -8,17 +8,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.model import ModelAdapter, hook_name
 from toplens.core.positions import locate
+from toplens.model import ModelAdapter, hook_name
 
 KeyMode = Literal["consistent", "original"]
 KEY_MODES: tuple[str, ...] = ("consistent", "original")
 """Which key k* a rank-one edit writes at: the mean over context-prefixed prompts ("consistent",
 ROME's choice) or the bare prompt's alone ("original")."""
 
+Role = Literal["subject", "relation"]
+"""Which token of a prompt an edit works at: the last subject token or the last prompt token
+(the last relation token)."""
+
+
 @torch.no_grad()
 def key_value_at(
-    adapter: ModelAdapter, layer: int, texts_and_subjects: Sequence[tuple[str, str]], role: str = "subject"
+    adapter: ModelAdapter, layer: int, texts_and_subjects: Sequence[tuple[str, str]], role: Role = "subject"
 ) -> tuple[Float[Tensor, "n d_mlp"], Float[Tensor, "n d_model"]]:
     """Keys and values at ``layer`` at the last subject token (or last token, role="relation")
     of each filled template ``(template, subject)``."""
@@ -32,9 +37,9 @@ def key_value_at(
 
 
 def mean_key(
-    adapter: ModelAdapter, layer: int, templates: Sequence[str], prompt: str, subject: str, role: str = "subject"
+    adapter: ModelAdapter, layer: int, templates: Sequence[str], prompt: str, subject: str, role: Role = "subject"
 ) -> Float[Tensor, " d_mlp"]:
-    """k*: the key at the last subject token, averaged over the context templates of ``prompt``."""
+    """k*: the key at ``role``'s token, averaged over the context templates of ``prompt``."""
     filled = [(t.replace("{}", prompt), subject) for t in templates]
     keys, _ = key_value_at(adapter, layer, filled, role)
     return keys.mean(0)

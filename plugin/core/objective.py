@@ -9,7 +9,7 @@ adds δ at one hook and position per row and returns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from toplens.core.interventions import add_vector
+from toplens.core.keys import Role
 from toplens.model import ModelAdapter
 from toplens.core.optimize import LossTerms
 from toplens.core.positions import locate, target_ids
 from toplens.core.requests import EditRequest
-
-Role = Literal["subject", "relation"]
-
 
 @dataclass(frozen=True)
 class RewriteBatch:

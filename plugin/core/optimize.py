@@ -52,12 +52,14 @@ class LoopSettings:
 
 @dataclass(frozen=True)
 class StepEvent:
-    """What a callback sees after each backward pass, before the optimizer step."""
+    """What a callback sees after each backward pass, before the optimizer step; with ``final``
+    set, the last evaluation of the loop (no gradient, no step follows)."""
 
     step: int
     loss: float
     terms: LossTerms
     delta: Tensor
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def optimize(
 
     ``steps`` bounds the forward evaluations; as in the reference code the last evaluation is not
     followed by an update, and the loop stops as soon as the loss is below ``stop_below``.
+    ``callback`` sees every step after its backward pass, and the last evaluation as ``final``.
     """
     delta.requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=settings.lr)
@@ -102,10 +105,10 @@ def optimize(
         losses.append(loss)
         parts.append(terms.parts())
         bar.set_postfix(loss=f"{loss:.4f}")
-        if loss < settings.stop_below:
-            converged = True
-            break
-        if step == settings.steps - 1:
+        converged = loss < settings.stop_below
+        if converged or step == settings.steps - 1:
+            if callback is not None:
+                callback(StepEvent(step, loss, terms, delta, final=True))
             break
         terms.total.backward()
         _guard(delta.grad, "gradient", settings.desc, step)

@@ -1,33 +1,40 @@
-"""The editors: each a hyperparameter dataclass and a function that returns a ``WeightEdit``.
+"""The editors behind one interface (:class:`toplens.editors.base.Editor`).
 
-Every editor module has the same shape: ``<Name>Hparams``, ``compute(model, request, hparams)``
-returning a ``WeightEdit`` (the model is not changed) and ``apply(model, requests, hparams)``
-returning an ``EditHandle``.
+Every editor module has the same shape: ``<Name>Hparams``, ``stages(hparams)``, the computation of
+one request (or of a batch, for MEMIT), ``EDITOR``, and ``compute(model, requests, hparams, *,
+observe=None) -> WeightEdit`` and ``apply(model, requests, hparams) -> EditHandle``. No editor
+imports another; what they share lives in :mod:`toplens.core`.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from toplens.editors import memit, rets, rome, top
-from toplens.editors.memit import MemitHparams, apply_memit, compute_memit
-from toplens.editors.rets import RetsHparams, apply_rets, compute_rets
-from toplens.editors.rome import RomeHparams, apply_rome, compute_rome
-from toplens.editors.top import TopHparams, apply_top, compute_top
+from toplens.editors.base import Editor, as_requests
+from toplens.editors.memit import MemitHparams
+from toplens.editors.rets import RetsHparams
+from toplens.editors.rome import RomeHparams
+from toplens.editors.top import TopHparams
 
-_EDITORS: dict[str, ModuleType] = {"rome": rome, "top": top, "rets": rets, "memit": memit}
+_EDITORS: dict[str, Editor] = {e.name: e for e in (rome.EDITOR, top.EDITOR, rets.EDITOR, memit.EDITOR)}
 
 
-def get_editor(method: str) -> ModuleType:
-    """The editor module for a method name."""
+def get_editor(method: str) -> Editor:
+    """The editor registered under ``method``."""
     if method not in _EDITORS:
         raise ValueError(f"method must be one of {sorted(_EDITORS)}; got {method!r}")
     return _EDITORS[method]
 
 
+def register_editor(editor: Editor) -> None:
+    """Add (or replace) an editor, so that ``get_editor``, the evaluation and the CLI find it."""
+    _EDITORS[editor.name] = editor
+
+
+def editor_names() -> tuple[str, ...]:
+    return tuple(_EDITORS)
+
+
 __all__ = [
-    "get_editor", "memit", "rets", "rome", "top",
-    "MemitHparams", "RetsHparams", "RomeHparams", "TopHparams",
-    "apply_memit", "apply_rets", "apply_rome", "apply_top",
-    "compute_memit", "compute_rets", "compute_rome", "compute_top",
+    "Editor", "MemitHparams", "RetsHparams", "RomeHparams", "TopHparams", "as_requests", "editor_names",
+    "get_editor", "memit", "register_editor", "rets", "rome", "top",
 ]

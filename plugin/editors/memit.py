@@ -9,7 +9,7 @@
    ΔW_l = (λC + KᵀK)⁻¹ KᵀR, in TransformerLens orientation [d_mlp, d_model].
    That ΔW_l is the minimizer of ‖K(W + Δ) − (KW + R)‖² + λ·tr(Δᵀ C Δ) (see :func:`solve_update`).
 
-``compute_memit`` returns one ``WeightEdit`` with a ΔW per layer and leaves the model unchanged.
+``compute`` returns one ``WeightEdit`` with a low-rank ΔW per layer and leaves the model unchanged.
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.fold import EditHandle, LayerDelta, WeightEdit
+from toplens.core.covariance import fold_covariance
+from toplens.core.edits import EditDetails, EditHandle, LayerDelta, WeightEdit
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import mean_key
-from toplens.model import ModelAdapter, as_adapter, hook_name
-from toplens.core.objective import RewriteObjective, rewrite_batch
-from toplens.core.optimize import LoopSettings, OptimizationTrace, StepEvent, optimize
+from toplens.core.objective import rewrite_batch
 from toplens.core.positions import locate
 from toplens.core.requests import EditRequest
+from toplens.core.stages import Observer, Stage, StageResult
 from toplens.core.templates import context_templates
-from toplens.editors.rome import second_moment_or_identity
+from toplens.core.value import ValueSettings, rewrite_stage
+from toplens.editors.base import Editor
+from toplens.model import ModelAdapter, Site, hook_name
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,21 @@ class MemitHparams(Hparams):
             raise HparamsError(f"MemitHparams.layers must be strictly increasing; got {self.layers!r}")
         self._value_optimization("mom2_update_weight")
 
+    @property
+    def edit_layers(self) -> tuple[int, ...]:
+        return self.layers
 
-@dataclass(frozen=True)
-class TargetResult:
-    """The optimized residual at the last edit layer for one request: z = h_init + δ."""
+    @property
+    def target(self) -> ValueSettings:
+        """The settings of each request's target optimization at the last edit layer."""
+        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
+                             self.v_weight_decay, self.kl_factor)
 
-    h_init: Float[Tensor, " d_model"]
-    z: Float[Tensor, " d_model"]
-    trace: OptimizationTrace
-    target_prob: float
+    def with_steps(self, steps: int) -> "MemitHparams":
+        return self.replace(v_num_grad_steps=self._check_steps(steps))
+
+    def relayered(self, scale: Callable[[int], int], n_layers: int) -> "MemitHparams":
+        return self.replace(layers=tuple(sorted({scale(layer) for layer in self.layers})))
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,10 @@ class LayerStep:
 
 
 @dataclass(frozen=True)
-class MemitDetails:
-    """Diagnostics of one MEMIT batch: a target per request, a solve per layer."""
+class MemitDetails(EditDetails):
+    """Diagnostics of one MEMIT batch: a target stage per request (z = h_init + δ), a solve per layer."""
 
-    targets: tuple[TargetResult, ...]
+    targets: tuple[StageResult, ...]
     steps: tuple[LayerStep, ...]
     remaining_after: float
 
@@ -111,28 +119,21 @@ def subject_resid(adapter: ModelAdapter, requests: Sequence[EditRequest], layer:
     return resid[rows, cols].detach()
 
 
+def stages(hp: MemitHparams) -> tuple[Stage, ...]:
+    """One stage per request: δ on the residual after the last edit layer at the last subject token."""
+    return (Stage("target", Site("resid_post", hp.layers[-1]), "subject", "rewrite"),)
+
+
 def optimize_target(
-    adapter: ModelAdapter,
-    request: EditRequest,
-    hp: MemitHparams,
-    templates: Sequence[str],
-    callback: Callable[[StepEvent], None] | None = None,
-    progress: bool = False,
-) -> TargetResult:
-    """MEMIT's z: δ on ``hook_resid_post`` of the last edit layer at the last subject token."""
-    layer = hp.layers[-1]
+    adapter: ModelAdapter, request: EditRequest, hp: MemitHparams, templates: Sequence[str],
+    observe: Observer | None = None, progress: bool = False,
+) -> StageResult:
+    """MEMIT's z = h_init + δ for one request (``StageResult.optimized``)."""
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
-    h_init = subject_resid(adapter, [request], layer)[0]
-    ref = float(h_init.norm())
-    objective = RewriteObjective(adapter, batch, hook_name("resid_post", layer), layer, "subject",
-                                 hp.kl_factor, hp.v_weight_decay, ref)
-    delta = torch.zeros_like(h_init)
-    settings = LoopSettings(hp.v_num_grad_steps, hp.v_lr, hp.clamp_norm_factor * ref, hp.early_stop_loss,
-                            desc=f"MEMIT target L{layer}", progress=progress)
-    with adapter.frozen():
-        trace = optimize(objective, delta, settings, callback)
-        prob = objective.target_prob(delta)
-    return TargetResult(h_init, h_init + delta.detach(), trace, prob)
+    h_init = subject_resid(adapter, [request], hp.layers[-1])[0]
+    (stage,) = stages(hp)
+    return rewrite_stage(adapter, batch, stage, h_init, hp.target, desc=f"MEMIT target L{hp.layers[-1]}",
+                         observe=observe, progress=progress)
 
 
 # -------------------------------------------------------------------------------- solve
@@ -141,20 +142,22 @@ def solve_update(
     residuals: Float[Tensor, "n d_model"],
     covariance: Float[Tensor, "d_mlp d_mlp"] | None,
     weight: float,
-) -> Float[Tensor, "d_mlp d_model"]:
-    """ΔW = (λC + KᵀK)⁻¹ KᵀR (C = I when ``covariance`` is None), in float64.
+) -> tuple[Float[Tensor, "d_mlp n"], Float[Tensor, "n d_model"]]:
+    """ΔW = (λC + KᵀK)⁻¹ KᵀR as factors U = (λC + KᵀK)⁻¹Kᵀ and V = R (C = I when ``covariance``
+    is None), solved in float64 and returned in the keys' dtype.
 
     With keys as rows the layer's output is K W, and
         f(Δ) = ‖K Δ − R‖² + λ tr(Δᵀ C Δ)
     has gradient 2Kᵀ(KΔ − R) + 2λCΔ, zero exactly at (KᵀK + λC) Δ = KᵀR: MEMIT's update (the
-    reference code's R Kᵀ(λC + K Kᵀ)⁻¹ with keys as columns, transposed).
+    reference code's R Kᵀ(λC + K Kᵀ)⁻¹ with keys as columns, transposed). Its rank is at most n.
     """
-    k, r = keys.double(), residuals.double()
+    k = keys.double()
     if covariance is None:
         c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device)
     else:
         c = covariance.double().to(k.device)
-    return torch.linalg.solve(weight * c + k.T @ k, k.T @ r).to(keys.dtype)
+    u = torch.linalg.solve(weight * c + k.T @ k, k.T)
+    return u.to(keys.dtype), residuals.to(keys.dtype)
 
 
 def layer_keys(
@@ -167,71 +170,52 @@ def layer_keys(
 def update_layer(
     adapter: ModelAdapter, requests: Sequence[EditRequest], hp: MemitHparams, index: int,
     templates: Sequence[str], z: Float[Tensor, "n d_model"], covariance: Tensor | None,
-) -> tuple[Float[Tensor, "d_mlp d_model"], LayerStep]:
-    """ΔW at ``hp.layers[index]`` under the updates already applied to the model; ``covariance``
+) -> tuple[LayerDelta, LayerStep]:
+    """ΔW at ``hp.layers[index]`` (as factors) under the updates already applied to the model; ``covariance``
     is that layer's C (None for the identity)."""
     layer = hp.layers[index]
     keys = layer_keys(adapter, requests, layer, templates)
     remaining = z - subject_resid(adapter, requests, hp.layers[-1])
     residuals = remaining / (len(hp.layers) - index)
-    delta = solve_update(keys, residuals, covariance, hp.mom2_update_weight).to(adapter.dtype)
+    u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight)
     step = LayerStep(layer, float(remaining.norm(dim=-1).mean()), float(residuals.norm(dim=-1).mean()))
-    return delta, step
+    return LayerDelta(layer, u.to(adapter.dtype), v.to(adapter.dtype)), step
 
 
 # ------------------------------------------------------------------------------- editor
-def compute_memit(
-    model,
-    requests: EditRequest | Sequence[EditRequest],
-    hparams: MemitHparams = MemitHparams(),
+def compute_batch(
+    adapter: ModelAdapter,
+    requests: Sequence[EditRequest],
+    hp: MemitHparams,
     *,
+    observe: Observer | None = None,
     templates: Sequence[str] | None = None,
-    covariance: Tensor | None = None,
-    callback: Callable[[StepEvent], None] | None = None,
+    covariance: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = False,
 ) -> WeightEdit:
-    """Compute one MEMIT edit for all ``requests``; the model is left unchanged.
+    """One MEMIT edit for all ``requests``: a ΔW_out of rank ≤ len(requests) per layer.
 
     Each layer is solved with the earlier layers' updates applied (and removed again before
-    returning). ``covariance`` (one C for every layer) overrides the corpus statistic. Returns a
-    ``WeightEdit`` with one ΔW_out per layer and ``MemitDetails``.
+    returning). ``covariance`` (one C for every layer) overrides the corpus statistic.
     """
-    items = (requests,) if isinstance(requests, EditRequest) else tuple(requests)
-    if not items:
-        raise ValueError("compute_memit needs at least one EditRequest")
-    adapter = as_adapter(model)
-    adapter.require_mlp()
-    for layer in hparams.layers:
-        adapter.check_layer(layer, "MemitHparams.layers")
-    templates = tuple(templates or context_templates(adapter, hparams.context_lengths))
+    items = tuple(requests)
+    templates = tuple(templates or context_templates(adapter, hp.context_lengths))
     # Every layer's C is taken from the unedited model (as in the reference code): under the
     # earlier layers' updates the model's fingerprint, hence the statistic's cache key, changes.
-    covariances = [second_moment_or_identity(adapter, layer, hparams.mom2_adjustment, covariance)
-                   for layer in hparams.layers]
-    targets = tuple(optimize_target(adapter, r, hparams, templates, callback, progress) for r in items)
-    z = torch.stack([t.z for t in targets])
+    covariances = [fold_covariance(adapter, layer, hp.mom2_adjustment, covariance) for layer in hp.layers]
+    targets = tuple(optimize_target(adapter, r, hp, templates, observe, progress) for r in items)
+    z = torch.stack([t.optimized for t in targets])
     deltas, steps = [], []
     with EditHandle(adapter) as handle:
-        for index, layer in enumerate(hparams.layers):
-            delta, step = update_layer(adapter, items, hparams, index, templates, z, covariances[index])
-            deltas.append(LayerDelta(layer, delta))
+        for index, layer in enumerate(hp.layers):
+            delta, step = update_layer(adapter, items, hp, index, templates, z, covariances[index])
+            deltas.append(delta)
             steps.append(step)
-            handle.add(WeightEdit("memit", items, (deltas[-1],)))
-        after = float((z - subject_resid(adapter, items, hparams.layers[-1])).norm(dim=-1).mean())
-    details = MemitDetails(targets, tuple(steps), after)
-    return WeightEdit("memit", items, tuple(deltas), hparams.to_dict(), details)
+            handle.add(WeightEdit("memit", items, (delta,)))
+        after = float((z - subject_resid(adapter, items, hp.layers[-1])).norm(dim=-1).mean())
+    return WeightEdit("memit", items, tuple(deltas), hp.to_dict(), MemitDetails(targets, tuple(steps), after))
 
 
-def apply_memit(model, requests: EditRequest | Sequence[EditRequest], hparams: MemitHparams = MemitHparams(),
-                **kwargs) -> EditHandle:
-    """Compute MEMIT for all ``requests`` as one batch and apply it.
-
-    Returns the handle; ``handle.revert()`` restores the original weights bit for bit.
-    """
-    handle = EditHandle(model)
-    handle.add(compute_memit(handle.adapter, requests, hparams, **kwargs))
-    return handle
-
-
-compute = compute_memit
-apply = apply_memit
+EDITOR = Editor("memit", MemitHparams, compute_batch, stages, batched=True)
+compute = EDITOR.compute
+apply = EDITOR.apply

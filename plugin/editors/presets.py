@@ -128,12 +128,4 @@ def preset_or_given(method: str, given: Hparams | None, model_name: str | None, 
 
 def _rescaled(hp: Hparams, n_layers: int) -> Hparams:
     scale = lambda layer: max(0, min(n_layers - 1, round(layer * n_layers / _REFERENCE_DEPTH)))  # noqa: E731
-    changes = {}
-    if hasattr(hp, "layer"):
-        changes["layer"] = scale(hp.layer)
-    if hasattr(hp, "layers"):
-        changes["layers"] = tuple(sorted({scale(layer) for layer in hp.layers}))
-    if hasattr(hp, "rel_feat_layer"):
-        top = max(changes["layers"])
-        changes["rel_feat_layer"] = max(1, min(n_layers - 1 - top, round(hp.rel_feat_layer * n_layers / _REFERENCE_DEPTH)))
-    return hp.replace(**changes)
+    return hp.relayered(scale, n_layers)

@@ -3,9 +3,9 @@
 The whole filled prompt plays the subject's role:
 
 1. Optimize δ added to the MLP output (``hook_mlp_out``) of a late layer l at the LAST PROMPT
-   TOKEN of every rewriting prompt (ROME's objective, role ``"relation"``): v* = v_init + δ.
-2. Fold v* into W_out with ROME's rank-one update keyed on k*, the last-token key averaged over
-   the context templates, and u = C⁻¹k* with
+   TOKEN of every rewriting prompt (the rewriting objective at role ``"relation"``): v*.
+2. Fold v* with the shared rank-one fold keyed on k*, the last-token key averaged over the
+   context templates, and u = C⁻¹k* with
        C = E[k kᵀ] (or I)  +  constraint_weight · Σ_j k_j k_jᵀ,
    the k_j being last-token keys of OTHER facts' prompts with the same relation. The extra term
    makes u nearly orthogonal to those keys, so other subjects keep their answers.
@@ -18,21 +18,24 @@ Published layers: GPT2-XL 35, GPT-J 17, Llama-2-7B 22.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.fold import EditHandle, LayerDelta, WeightEdit, apply_sequentially, rank_one_delta
+from toplens.core.covariance import fold_covariance
+from toplens.core.edits import EditDetails, WeightEdit
+from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams
-from toplens.core.keys import KEY_MODES, KeyMode, key_value_at, mean_key
-from toplens.model import ModelAdapter, as_adapter, hook_name
-from toplens.core.objective import RewriteObjective, rewrite_batch
-from toplens.core.optimize import LoopSettings, StepEvent, optimize
+from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
+from toplens.core.objective import rewrite_batch
 from toplens.core.requests import EditRequest
+from toplens.core.stages import Observer, Stage, StageResult
 from toplens.core.templates import context_templates
-from toplens.editors.rome import ValueResult, second_moment_or_identity, solve_u
+from toplens.core.value import ValueSettings, rewrite_stage
+from toplens.editors.base import Editor
+from toplens.model import ModelAdapter, Site, hook_name
 
 #: Subjects that fill the request's prompt when no constraint prompts are given: varied kinds
 #: (people, places, companies, things) so the constraint covers the relation, not one subject type.
@@ -42,9 +45,6 @@ CONSTRAINT_SUBJECTS: tuple[str, ...] = (
     "Microsoft", "Nokia", "the BBC", "the Eiffel Tower", "the Amazon River", "Harvard University",
     "the Beatles",
 )
-
-#: Published edit layers (RETS paper), by model.
-PUBLISHED_LAYERS: dict[str, int] = {"gpt2-xl": 35, "gpt-j-6b": 17, "llama-2-7b": 22}
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,35 @@ class RetsHparams(Hparams):
     key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
+    layers_field: ClassVar[str] = "layer"
+
     def __post_init__(self) -> None:
         self._layers("layer")
         self._value_optimization()
         self._positive("constraint_weight", allow_zero=True)
         self._choice("key", KEY_MODES)
 
+    @property
+    def edit_layers(self) -> tuple[int, ...]:
+        return (self.layer,)
+
+    @property
+    def value(self) -> ValueSettings:
+        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
+                             self.v_weight_decay, self.kl_factor)
+
+    def with_steps(self, steps: int) -> "RetsHparams":
+        return self.replace(v_num_grad_steps=self._check_steps(steps))
+
+    def relayered(self, scale: Callable[[int], int], n_layers: int) -> "RetsHparams":
+        return self.replace(layer=scale(self.layer))
+
 
 @dataclass(frozen=True)
-class RetsDetails:
-    """Diagnostics of one RETS edit: the value, k*, and how many constraint keys were used."""
+class RetsDetails(EditDetails):
+    """Diagnostics of one RETS edit: the value stage and the constraint prompts that were used."""
 
-    value: ValueResult
-    key: Float[Tensor, " d_mlp"]
+    value: StageResult
     key_mode: str
     constraint_prompts: tuple[str, ...]
 
@@ -89,8 +105,7 @@ class RetsDetails:
         trace = self.value.trace
         return {"steps": trace.steps, "converged": trace.converged, "final_loss": trace.losses[-1],
                 "delta_norm": trace.delta_norm, "key_mode": self.key_mode,
-                "rewrite_target_prob": self.value.target_prob,
-                "n_constraints": len(self.constraint_prompts)}
+                "rewrite_target_prob": self.value.target_prob, "n_constraints": len(self.constraint_prompts)}
 
 
 def default_constraint_prompts(request: EditRequest, subjects: Sequence[str] = CONSTRAINT_SUBJECTS) -> tuple[str, ...]:
@@ -114,7 +129,7 @@ def constrained_second_moment(
     adapter: ModelAdapter, hp: RetsHparams, constraint_prompts: Sequence[str], covariance: Tensor | None = None
 ) -> Float[Tensor, "d_mlp d_mlp"] | None:
     """C = E[k kᵀ] (or I) + constraint_weight · Σ_j k_j k_jᵀ; None when C is the plain identity."""
-    base = second_moment_or_identity(adapter, hp.layer, hp.mom2_adjustment, covariance)
+    base = fold_covariance(adapter, hp.layer, hp.mom2_adjustment, covariance)
     if hp.constraint_weight == 0 or not constraint_prompts:
         return base
     keys = last_token_keys(adapter, hp.layer, constraint_prompts).double()
@@ -123,90 +138,42 @@ def constrained_second_moment(
     return (base.double() + hp.constraint_weight * keys.T @ keys).to(adapter.dtype)
 
 
-def optimize_value(
+def stages(hp: RetsHparams) -> tuple[Stage, ...]:
+    """One stage: δ on the MLP output of the edit layer at the last prompt token."""
+    return (Stage("value", Site("value", hp.layer), "relation", "rewrite"),)
+
+
+def compute_one(
     adapter: ModelAdapter,
     request: EditRequest,
     hp: RetsHparams,
-    templates: Sequence[str],
-    callback: Callable[[StepEvent], None] | None = None,
-    progress: bool = False,
-) -> ValueResult:
-    """RETS's value: δ on ``hook_mlp_out`` of ``hp.layer`` at the last prompt token."""
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
-    _, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)], role="relation")
-    v_init = values[0]
-    objective = RewriteObjective(adapter, batch, hook_name("value", hp.layer), hp.layer, "relation",
-                                 hp.kl_factor, hp.v_weight_decay, float(v_init.norm()))
-    delta = torch.zeros_like(v_init)
-    settings = LoopSettings(hp.v_num_grad_steps, hp.v_lr, hp.clamp_norm_factor * float(v_init.norm()),
-                            hp.early_stop_loss, desc=f"RETS value L{hp.layer}", progress=progress)
-    with adapter.frozen():
-        trace = optimize(objective, delta, settings, callback)
-        prob = objective.target_prob(delta)
-    return ValueResult(hp.layer, v_init, v_init + delta.detach(), trace, prob)
-
-
-def fold_value(
-    adapter: ModelAdapter,
-    request: EditRequest,
-    hp: RetsHparams,
-    templates: Sequence[str],
-    v_star: Float[Tensor, " d_model"],
-    constraint_prompts: Sequence[str],
-    covariance: Tensor | None = None,
-) -> Float[Tensor, "d_mlp d_model"]:
-    """ΔW_out at ``hp.layer`` that maps the prompt's last-token key to ``v_star``, with u = C⁻¹k*
-    under the subject-constrained C."""
-    k_star = mean_key(adapter, hp.layer, templates, request.prompt, request.subject, role="relation")
-    u = solve_u(k_star, constrained_second_moment(adapter, hp, constraint_prompts, covariance))
-    if hp.key == "original":
-        keys, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)], role="relation")
-        return rank_one_delta(u, keys[0], v_star, values[0])
-    return rank_one_delta(u, k_star, v_star, adapter.mlp_output(hp.layer, k_star))
-
-
-def compute_rets(
-    model,
-    request: EditRequest,
-    hparams: RetsHparams = RetsHparams(),
     *,
+    observe: Observer | None = None,
     constraint_prompts: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
-    covariance: Tensor | None = None,
-    callback: Callable[[StepEvent], None] | None = None,
+    covariance: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = False,
 ) -> WeightEdit:
-    """Compute the RETS edit of ``request``; the model is left unchanged.
+    """The RETS edit of ``request``: one rank-one ΔW_out at ``hp.layer``, and ``RetsDetails``.
 
-    Args:
-        constraint_prompts: filled prompts of other facts with the same relation, whose
-            last-token keys the update should leave alone. Default: the request's prompt filled
-            with :data:`CONSTRAINT_SUBJECTS`.
-        covariance: a given E[k kᵀ] instead of the corpus statistic (the constraint is added).
-
-    Returns a ``WeightEdit`` with one ΔW_out at ``hparams.layer`` and ``RetsDetails``.
+    ``constraint_prompts``: filled prompts of other facts with the same relation, whose last-token
+    keys the update should leave alone (default: the prompt filled with
+    :data:`CONSTRAINT_SUBJECTS`). ``covariance``: a given E[k kᵀ] (the constraint is added to it).
     """
-    adapter = as_adapter(model)
-    adapter.require_mlp()
-    adapter.check_layer(hparams.layer, "RetsHparams.layer")
-    templates = tuple(templates or context_templates(adapter, hparams.context_lengths))
-    constraints = tuple(default_constraint_prompts(request) if constraint_prompts is None else constraint_prompts)
-    constraints = tuple(p for p in constraints if p != request.text)
-    value = optimize_value(adapter, request, hparams, templates, callback, progress)
-    delta = fold_value(adapter, request, hparams, templates, value.v_star, constraints, covariance)
-    k_star = mean_key(adapter, hparams.layer, templates, request.prompt, request.subject, role="relation")
-    details = RetsDetails(value, k_star, hparams.key, constraints)
-    return WeightEdit("rets", (request,), (LayerDelta(hparams.layer, delta),), hparams.to_dict(), details)
+    templates = tuple(templates or context_templates(adapter, hp.context_lengths))
+    given = default_constraint_prompts(request) if constraint_prompts is None else constraint_prompts
+    constraints = tuple(p for p in given if p != request.text)
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
+    _, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)], role="relation")
+    (stage,) = stages(hp)
+    value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"RETS value L{hp.layer}",
+                          observe=observe, progress=progress)
+    c = constrained_second_moment(adapter, hp, constraints, covariance)
+    fold = fold_at(adapter, request, hp.layer, templates, role="relation", key_mode=hp.key, covariance=c)
+    details = RetsDetails(value, hp.key, constraints)
+    return WeightEdit("rets", (request,), (fold.delta(value.optimized),), hp.to_dict(), details)
 
 
-def apply_rets(model, requests: EditRequest | Sequence[EditRequest], hparams: RetsHparams = RetsHparams(),
-               **kwargs) -> EditHandle:
-    """Compute and apply RETS for one request or several in sequence (each sees the earlier ones).
-
-    Returns the handle; ``handle.revert()`` restores the original weights bit for bit.
-    """
-    return apply_sequentially(compute_rets, model, requests, hparams, **kwargs)
-
-
-compute = compute_rets
-apply = apply_rets
+EDITOR = Editor("rets", RetsHparams, compute_one, stages)
+compute = EDITOR.compute
+apply = EDITOR.apply

@@ -96,7 +96,7 @@ class ModelAdapter(PrefixCacheRuns):
         return str(getattr(self.cfg, "model_name", None) or "model")
 
     def has_mlp(self) -> bool:
-        return not bool(getattr(self.cfg, "attn_only", False)) and getattr(self.cfg, "d_mlp", None)
+        return not bool(getattr(self.cfg, "attn_only", False)) and bool(getattr(self.cfg, "d_mlp", None))
 
     def require_mlp(self) -> None:
         """Raise a clear error for a model that has no MLP to edit (``cfg.attn_only``)."""

@@ -5,8 +5,10 @@ import torch
 from matplotlib.figure import Figure
 
 from toplens.analyses import figures
-from toplens.analyses.maps import LayerPositionMap, RieRow, SweepPoint, position_roles
-from toplens.analyses.results import Rates, Summary
+from toplens.analyses.evaluation.results import Rates, Summary
+from toplens.analyses.sweep import SweepPoint
+from toplens.analyses.tracing.maps import LayerPositionMap, position_roles
+from toplens.analyses.tracing.rie import RieRow
 
 TOKENS = ["<s>", "Miles", " Davis", " plays", " the", "$5\n"]
 ROLES = position_roles(len(TOKENS), range(1, 3), 5)

@@ -1,9 +1,13 @@
+import dataclasses
+
 import pytest
 import torch
 
-from toplens.analyses import evaluate as ev
+from tests.conftest import unchecked
+
+from toplens.analyses.evaluation import evaluate as ev
 from toplens.analyses import sweep
-from toplens.analyses.records import Record
+from toplens.analyses.evaluation.records import Record
 from toplens.analyses.sweep import SweepResult, at_la, default_las, la_sweep
 from toplens import EditRequest
 from toplens import editors
@@ -56,12 +60,12 @@ def test_at_la_moves_the_last_edit_layers_relation_feature():
 
 @pytest.mark.parametrize("las", [[1], [4], [2, "3"], []])
 def test_bad_las_name_the_field(tiny_hooked, las):
-    with pytest.raises(ValueError, match="las"):
+    with unchecked(), pytest.raises(ValueError, match="las"):
         la_sweep(tiny_hooked, RECORDS, las, FAST, progress=False)
 
 
 def test_wrong_hparams_and_no_records_name_the_field(tiny_hooked):
-    with pytest.raises(ValueError, match="hparams"):
+    with unchecked(), pytest.raises(ValueError, match="hparams"):
         la_sweep(tiny_hooked, RECORDS, [2], RomeHparams(layer=1), progress=False)
     with pytest.raises(ValueError, match="records"):
         la_sweep(tiny_hooked, [], [2], FAST, progress=False)
@@ -70,11 +74,11 @@ def test_wrong_hparams_and_no_records_name_the_field(tiny_hooked):
 def test_each_la_edits_with_its_rel_feat_layer(tiny_hooked, monkeypatch):
     seen = []
 
-    def spy(model, request, hparams):
+    def spy(adapter, request, hparams, **options):
         seen.append((request.subject, hparams.layers, hparams.rel_feat_layer))
-        return top.compute(model, request, hparams)
+        return top.compute_one(adapter, request, hparams, **options)
 
-    monkeypatch.setitem(editors._EDITORS, "top", type("Spy", (), {"compute": staticmethod(spy)}))
+    monkeypatch.setitem(editors._EDITORS, "top", dataclasses.replace(top.EDITOR, compute_edit=spy))
     la_sweep(tiny_hooked, RECORDS, [3, 2, 3], FAST, progress=False)
     assert seen == [("trumpet", (1,), 1), ("piano", (1,), 1), ("trumpet", (1,), 2), ("piano", (1,), 2)]
 

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.edit_latency import StepClock, optimized_layer
+from toplens.editors import get_editor
 from toplens.editors.memit import MemitHparams
 from toplens.editors.rets import RetsHparams
 from toplens.editors.rome import RomeHparams
@@ -13,17 +14,17 @@ def test_step_clock_starts_a_stage_at_every_step_zero(monkeypatch):
     stamps = iter([0.0, 1.0, 3.0, 10.0, 10.5])
     monkeypatch.setattr("bench.edit_latency.time.perf_counter", lambda: next(stamps))
     clock = StepClock()
-    for step in (0, 1, 2, 0, 1):
-        clock(SimpleNamespace(step=step))
+    for step, final in ((0, False), (1, False), (2, False), (3, True), (0, False), (1, False)):
+        clock(None, SimpleNamespace(step=step, final=final))  # a stage's final evaluation is no step
     assert [len(stage) for stage in clock.stages] == [3, 2]
     assert clock.seconds_per_step(0) == [1.0, 2.0]
     assert clock.seconds_per_step(1) == [0.5]
     assert clock.seconds_per_step(2) == []  # no such stage (ROME has one)
 
 
-@pytest.mark.parametrize("hp, layer", [
-    (RomeHparams(layer=5), 5), (RetsHparams(layer=4), 4),
-    (MemitHparams(layers=(3, 4, 6)), 6), (TopHparams(layers=(5,), rel_feat_layer=10), 15),
+@pytest.mark.parametrize("method, hp, layer", [
+    ("rome", RomeHparams(layer=5), 5), ("rets", RetsHparams(layer=4), 4),
+    ("memit", MemitHparams(layers=(3, 4, 6)), 6), ("top", TopHparams(layers=(5,), rel_feat_layer=10), 15),
 ])
-def test_optimized_layer_is_where_each_method_starts_its_steps(hp, layer):
-    assert optimized_layer(hp) == layer
+def test_optimized_layer_is_where_each_method_starts_its_steps(method, hp, layer):
+    assert optimized_layer(get_editor(method), hp) == layer

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from toplens.analyses.cli import main
-from toplens.analyses.samples import known_fact_requests
+from toplens.analyses.evaluation.samples import known_fact_requests
 from toplens import EditRequest, ModelAdapter, apply_edit, hook_name
-from toplens.cli import weight_hashes
 from toplens.editors import rets, top
 from toplens.core.interventions import patch_from, set_vectors
 from toplens.editors.presets import get_preset
 from toplens.core.scoring import target_probability
+from toplens.core.weights import weight_hashes
 
 from tests.conftest import BACKENDS, SHARED_DATA
 

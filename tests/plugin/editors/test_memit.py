@@ -39,8 +39,9 @@ def test_solve_update_minimizes_the_memit_objective():
     residuals = torch.randn(5, 8, generator=gen, dtype=torch.float64)
     half = torch.randn(16, 16, generator=gen, dtype=torch.float64)
     cov = half @ half.T / 16 + 0.1 * torch.eye(16, dtype=torch.float64)
-    delta = solve_update(keys, residuals, cov, 0.7)
-    assert delta.shape == (16, 8)
+    u, v = solve_update(keys, residuals, cov, 0.7)
+    assert u.shape == (16, 5) and v.shape == (5, 8)  # rank at most the number of requests
+    delta = u @ v
     gradient = keys.T @ (keys @ delta - residuals) + 0.7 * cov @ delta
     assert float(gradient.abs().max()) < 1e-10
     best = _objective(keys, residuals, cov, 0.7, delta)
@@ -53,9 +54,9 @@ def test_solve_update_with_identity_and_small_weight_writes_the_residuals():
     gen = torch.Generator().manual_seed(1)
     keys = torch.randn(3, 32, generator=gen, dtype=torch.float64)
     residuals = torch.randn(3, 8, generator=gen, dtype=torch.float64)
-    delta = solve_update(keys, residuals, None, 1e-8)
-    torch.testing.assert_close(keys @ delta, residuals, atol=1e-6, rtol=1e-6)
-    assert solve_update(keys.float(), residuals.float(), None, 1.0).dtype == torch.float32
+    u, v = solve_update(keys, residuals, None, 1e-8)
+    torch.testing.assert_close(keys @ u @ v, residuals, atol=1e-6, rtol=1e-6)
+    assert all(f.dtype == torch.float32 for f in solve_update(keys.float(), residuals.float(), None, 1.0))
 
 
 def test_compute_leaves_model_unchanged_and_edits_three_facts_at_once(tiny_model):
@@ -89,13 +90,13 @@ def test_second_moments_come_from_the_unedited_model(tiny_hooked, monkeypatch):
     fingerprint = ModelAdapter(tiny_hooked).fingerprint()
     seen = []
 
-    original = memit.second_moment_or_identity
+    original = memit.fold_covariance
 
     def spy(adapter, layer, mom2, covariance):
         seen.append((layer, adapter.fingerprint()))
         return original(adapter, layer, mom2, covariance)
 
-    monkeypatch.setattr(memit, "second_moment_or_identity", spy)
+    monkeypatch.setattr(memit, "fold_covariance", spy)
     edit = memit.compute(tiny_hooked, REQUESTS[:2], FAST.replace(mom2_adjustment=True, mom2_update_weight=5.0,
                                                                   v_num_grad_steps=2))
     assert seen == [(1, fingerprint), (2, fingerprint)]

@@ -3,9 +3,12 @@ import math
 import pytest
 import torch
 
+from tests.conftest import unchecked
+
 from toplens import EditRequest, ModelAdapter, apply_edit
 from toplens.editors import rets
-from toplens.editors.rets import RetsHparams, default_constraint_prompts, fold_value, last_token_keys
+from toplens.core.fold import fold_at
+from toplens.editors.rets import RetsHparams, constrained_second_moment, default_constraint_prompts, last_token_keys
 from toplens.core.hparams import HparamsError
 from toplens.core.keys import key_value_at, mean_key
 from toplens.core.scoring import target_probability
@@ -44,12 +47,12 @@ def test_value_is_taken_at_the_last_prompt_token(tiny_hooked):
     adapter = ModelAdapter(tiny_hooked)
     edit = rets.compute(tiny_hooked, REQUEST, FAST, constraint_prompts=OTHERS)
     _, values = key_value_at(adapter, 2, [(REQUEST.prompt, REQUEST.subject)], role="relation")
-    torch.testing.assert_close(edit.details.value.v_init, values[0])
+    torch.testing.assert_close(edit.details.value.init, values[0])
     templates = context_templates(tiny_hooked, FAST.context_lengths)
     k_star = mean_key(adapter, 2, templates, REQUEST.prompt, REQUEST.subject, role="relation")
     with apply_edit(tiny_hooked, edit):
         out = adapter.mlp_output(2, k_star)
-    torch.testing.assert_close(out, edit.details.value.v_star, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, edit.details.value.optimized, atol=1e-4, rtol=1e-4)
     assert edit.details.constraint_prompts == OTHERS
 
 
@@ -64,7 +67,8 @@ def test_subject_constraint_protects_other_subjects(tiny_hooked, mom2):
 
     def effect(weight):
         hp = FAST.replace(constraint_weight=weight, mom2_adjustment=mom2)
-        delta = fold_value(adapter, REQUEST, hp, templates, v_star, OTHERS)
+        c = constrained_second_moment(adapter, hp, OTHERS)
+        delta = fold_at(adapter, REQUEST, 2, templates, role="relation", covariance=c).delta(v_star).delta
         torch.testing.assert_close(adapter.mlp_output(2, k_star) + k_star @ delta, v_star, atol=1e-4, rtol=1e-4)
         return (others @ delta).norm(dim=-1)
 
@@ -102,7 +106,7 @@ def test_layer_out_of_range_changes_nothing(tiny_hooked):
     ],
 )
 def test_bad_hparams_name_the_field(changes, message):
-    with pytest.raises(HparamsError, match=message):
+    with unchecked(), pytest.raises(HparamsError, match=message):
         FAST.replace(**changes)
 
 

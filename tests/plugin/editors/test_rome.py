@@ -50,7 +50,7 @@ def test_fold_writes_v_star_for_its_key(tiny_hooked, key_mode):
         key = key_value_at(adapter, 1, [(REQUEST.prompt, REQUEST.subject)])[0][0]
     with apply_edit(tiny_hooked, edit):
         out = adapter.mlp_output(1, key)
-    torch.testing.assert_close(out, edit.details.value.v_star, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, edit.details.value.optimized, atol=1e-4, rtol=1e-4)
 
 
 def test_mom2_and_sequential_requests(tiny_hooked):

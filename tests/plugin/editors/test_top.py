@@ -1,13 +1,18 @@
 import pytest
 import torch
 
+from tests.conftest import unchecked
+
 from toplens import EditRequest, ModelAdapter, apply_edit, hook_name
 from toplens.editors import top
 from toplens.editors.top import TopHparams
 from toplens.core.hparams import HparamsError
 from toplens.core.interventions import patch_from, set_vectors
 from toplens.core.keys import key_value_at
+from toplens.core.fold import fold_at
 from toplens.core.objective import rewrite_batch
+from toplens.core.relation import RelationReadoutObjective, relation_objective, relation_resid
+from toplens.core.value import rewrite_stage
 from toplens.core.scoring import target_probability
 
 # The subject comes before the relation words, so stage 2 must reach the last token through
@@ -63,9 +68,12 @@ def test_stage1_target_predicts_the_new_object(tiny_hooked):
     adapter = ModelAdapter(tiny_hooked)
     la = 2
     batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
-    with adapter.frozen():
-        delta1, trace, _ = top.optimize_relation(adapter, batch, FAST, la)
-    h_star = top.relation_resid(adapter, batch, la)[0] + delta1
+    relation, _ = top.stages(FAST)
+    assert relation.site.layer == la and relation.role == "relation"
+    h_init = relation_resid(adapter, batch, la)[0]
+    stage1 = rewrite_stage(adapter, batch, relation, h_init, FAST.stage1_settings, desc="stage 1")
+    h_star = h_init + stage1.delta
+    trace = stage1.trace
     assert trace.losses[-1] < trace.losses[0]
     assert _last_token_prob(tiny_hooked, la, h_star) > 2 * _last_token_prob(tiny_hooked, la)
 
@@ -82,7 +90,7 @@ def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_hooked):
         # the fold writes v* for the subject's key exactly
         v_now = key_value_at(adapter, 1, [(SUBJECT_LAST.prompt, SUBJECT_LAST.subject)])[1][0]
         torch.testing.assert_close(v_now, info.v_star, atol=1e-4, rtol=1e-4)
-        h_edited = top.relation_resid(adapter, batch, la)[0]
+        h_edited = relation_resid(adapter, batch, la)[0]
     folded_distance = float((h_edited - info.h_star).norm())
     assert end_distance < 0.5 * start_distance
     # other tokens' MLP outputs move a little too (the update is rank one, not one token only)
@@ -102,18 +110,19 @@ def test_stage2_through_the_fold_sees_exactly_the_folded_model(tiny_hooked, key)
     info = edit.details.layers[0]
     batch = rewrite_batch(adapter, SUBJECT_LAST, TEMPLATES, [hp.kl_prompt])
     with apply_edit(tiny_hooked, edit):
-        folded = float((top.relation_resid(adapter, batch, info.la)[0] - info.h_star).norm())
+        folded = float((relation_resid(adapter, batch, info.la)[0] - info.h_star).norm())
     assert info.stage2.parts[-1]["distance"] < info.stage2.parts[0]["distance"]
     # the loop reports the loss before its last step; recompute at the final δ₂
-    objective_now = top.stage2_objective(adapter, batch, hp, 1, info.la, info.h_star - top.relation_resid(
-        adapter, batch, info.la)[0], info.v_init, top.fold_map(adapter, SUBJECT_LAST, hp.for_layer(1), TEMPLATES))
+    fold = fold_at(adapter, SUBJECT_LAST, 1, TEMPLATES, key_mode=key)
+    objective_now = relation_objective(adapter, batch, slice(0, 1), 1, info.la, info.h_star[None], info.v_init,
+                                       fold=fold, vec_loss_factor=hp.vec_loss_factor, weight_decay=hp.v_weight_decay)
     with torch.no_grad():
         at_end = objective_now(info.v_star - info.v_init).distance
     assert at_end == pytest.approx(folded, rel=1e-4, abs=1e-4)
 
 
 def test_bad_stage2_site_is_rejected():
-    with pytest.raises(HparamsError, match="stage2_site"):
+    with unchecked(), pytest.raises(HparamsError, match="stage2_site"):
         TopHparams(stage2_site="everywhere")
 
 
@@ -140,7 +149,7 @@ def test_summary_and_round_trip(tiny_hooked):
     ],
 )
 def test_bad_hparams_name_the_field(change, field):
-    with pytest.raises(HparamsError, match=field):
+    with unchecked(), pytest.raises(HparamsError, match=field):
         FAST.replace(**change)
 
 
@@ -169,8 +178,10 @@ def test_readout_reaches_the_prediction_only_through_h_r(tiny_hooked):
     batch = rewrite_batch(adapter, REQUEST, ("{}",), [hp.kl_prompt])
     la = 1 + hp.rel_feat_layer
     unit = torch.ones(adapter.d_model) / adapter.d_model**0.5  # v_init of norm 1: the decay's reference
-    objective = top.stage2_objective(adapter, batch, hp, 1, la, torch.zeros(adapter.d_model), unit)
-    assert isinstance(objective, top.RelationReadoutObjective)
+    h_init = relation_resid(adapter, batch, la)[:1]
+    objective = relation_objective(adapter, batch, slice(0, 1), 1, la, h_init, unit, loss="readout",
+                                   vec_loss_factor=hp.vec_loss_factor, weight_decay=hp.v_weight_decay)
+    assert isinstance(objective, RelationReadoutObjective)
     assert objective(torch.zeros(adapter.d_model)).kl == pytest.approx(0.0, abs=1e-6)
 
     def grad_norm() -> float:
@@ -186,5 +197,5 @@ def test_readout_reaches_the_prediction_only_through_h_r(tiny_hooked):
 
 
 def test_unknown_stage2_loss_is_rejected():
-    with pytest.raises(HparamsError, match="TopHparams.stage2_loss"):
+    with unchecked(), pytest.raises(HparamsError, match="TopHparams.stage2_loss"):
         FAST.replace(stage2_loss="cosine")

@@ -1,0 +1,64 @@
+"""`toplens eval`: COUNTERFACT_RS metrics of editing methods on built-in or user data."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_methods_arg, add_model_args, add_out_arg,
+                                         emit, hparams_overrides, load, parse_methods, resolve_all)
+from toplens.analyses.evaluation.datasets import load_dataset
+from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K
+from toplens.analyses.evaluation.metrics import load_stop_words
+from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
+from toplens.analyses.evaluation.runner import run_eval
+
+COLUMNS = {**METRIC_ABBREVIATIONS, "score": "Score", "fluency": "Flu", "consistency": "Cons"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="COUNTERFACT_RS metrics of editing methods over a dataset")
+    add_methods_arg(p, "rome")
+    add_data_arg(p)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N records only")
+    add_out_arg(p, "cases.jsonl, summary.json; reruns resume", required=True)
+    p.add_argument("--stopwords", default=None, help="stop-word file, one per line (default: a built-in list)")
+    p.add_argument("--no-generation", action="store_true", help="skip generations (no Fluency / Consistency)")
+    p.add_argument("--generation-tokens", type=int, default=GENERATION_TOKENS, help="new tokens per generation")
+    p.add_argument("--top-k", type=int, default=GENERATION_TOP_K, help="sampling top-k (1 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
+    add_hparams_arg(p)
+    add_model_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.methods)
+    records = load_dataset(args.data, limit=args.limit, seed=args.seed)
+    if not records:
+        raise ValueError(f"--data {args.data!r} has no records")
+    overrides = hparams_overrides(args.hparams, methods)
+    stop_words = load_stop_words(args.stopwords)
+    model = load(args)
+    hparams = resolve_all(model, overrides, args.model)
+    result = run_eval(model, records, methods, args.out, hparams=hparams, model_name=args.model or None,
+                      stop_words=stop_words, generation_tokens=0 if args.no_generation else args.generation_tokens,
+                      top_k=args.top_k, seed=args.seed)
+    emit(args, result.to_json(), format_summary(result.to_json()))
+    return 0
+
+
+def format_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """A table: one row per method, rates in percent, then the magnitudes."""
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    rows = [f"{'method':10}{'n':>5}" + "".join(f"{c:>9}" for c in COLUMNS.values())]
+    for method, s in summary.items():
+        rows.append(f"{method:10}{s['n']:>5}" + "".join(f"{cell(s[k]):>9}" for k in COLUMNS))
+    rows += ["", "magnitudes (mean P(wanted) - P(rival), x100); before the edit (rates):"]
+    for method, s in summary.items():
+        mags = "  ".join(f"{COLUMNS[k]} {cell(s[f'{k}_magnitude'])}" for k in METRICS)
+        pre = "  ".join(f"{COLUMNS[k]} {cell(s['pre'][k])}" for k in METRICS)
+        rows.append(f"{method:10}{mags}   | pre: {pre}   | {cell(s['seconds_per_edit'])} s/edit")
+    return "\n".join(rows)

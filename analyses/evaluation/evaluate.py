@@ -1,0 +1,221 @@
+"""COUNTERFACT_RS evaluation of an editing method, one record at a time.
+
+For each record: measure the model before the edit (NLLs of o* and o on the rewrite, paraphrase
+and neighborhood prompts; the top non-stop-word next token of each relation-specific prompt),
+compute the edit with ``get_editor(method).compute`` and fold it in, measure again, generate short
+continuations for Fluency (and Consistency where the record has reference texts), and revert in
+``finally`` so every record is edited from the original weights. The metrics themselves are the
+pure functions of ``analyses.evaluation.metrics``; this module only feeds them NLLs and texts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from toplens import apply_edit, as_adapter
+from toplens.editors import get_editor
+from toplens.model import ModelAdapter
+from toplens.core.scoring import target_logprobs
+
+from toplens.analyses.evaluation import metrics as m
+from toplens.analyses.evaluation.metrics import ContentToken, MetricResult
+from toplens.analyses.evaluation.records import Record
+from toplens.analyses.evaluation.results import METRICS, CaseResult
+
+logger = logging.getLogger(__name__)
+
+GENERATION_TOKENS = 30  # new tokens per generation prompt (the papers use 100; 0 turns generation off)
+GENERATION_TOP_K = 5  # ROME's generate_fast samples from the top 5; 1 is greedy
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The four metrics on a record's prompts at one moment (before or after the edit), and the
+    relation-specific prompts' pre-edit top tokens that R-Specificity used (None where no content
+    word was among the most likely tokens; that prompt is left out)."""
+
+    efficacy: MetricResult
+    generalization: MetricResult
+    s_specificity: MetricResult
+    r_specificity: MetricResult
+    tokens: tuple[ContentToken | None, ...] = ()
+
+    def metrics(self) -> dict[str, MetricResult]:
+        return {name: getattr(self, name) for name in METRICS}
+
+
+@dataclass(frozen=True)
+class CaseEvaluation:
+    """Everything one (record, method) evaluation produced; ``result`` holds the post-edit metrics."""
+
+    result: CaseResult
+    method: str
+    before: Measurement
+    generations: tuple[str, ...]
+    seconds: float
+
+    def flipped(self) -> dict[str, list[str]]:
+        """Per metric, the prompts whose outcome changed with the edit."""
+        out = {}
+        for name in METRICS:
+            pre, post = getattr(self.before, name).outcomes, getattr(self.result, name).outcomes
+            out[name] = [b.prompt for a, b in zip(pre, post, strict=True) if a.success != b.success]
+        return out
+
+
+# ----------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def next_token_logprobs(model, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
+    """log P(next token | prompt) at the end of each prompt, one batched forward."""
+    adapter: ModelAdapter = as_adapter(model)
+    seqs = [adapter.tokenize(p) for p in prompts]
+    tokens = adapter.to_batch(seqs)
+    rows = torch.arange(len(seqs), device=tokens.device)
+    cols = torch.tensor([len(s) - 1 for s in seqs], device=tokens.device)
+    return adapter.logits_at(tokens, rows, cols).float().log_softmax(-1).cpu()
+
+
+def grouped_logprobs(model, groups: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, list[Tensor]]:
+    """Per-token log-probs of (prompt, target) pairs in named groups, in one target_logprobs call."""
+    pairs = [pair for group in groups.values() for pair in group]
+    flat = target_logprobs(model, [p for p, _ in pairs], [t for _, t in pairs]) if pairs else []
+    out, start = {}, 0
+    for name, group in groups.items():
+        out[name] = flat[start:start + len(group)]
+        start += len(group)
+    return out
+
+
+def relation_tokens(model, prompts: Sequence[str], log_probs: Tensor,
+                    stop_words: frozenset[str]) -> tuple[ContentToken | None, ...]:
+    """Each prompt's most likely content-word next token (None, with a warning, if there is none)."""
+    adapter = as_adapter(model)
+    tokens: list[ContentToken | None] = []
+    for prompt, row in zip(prompts, log_probs, strict=True):
+        try:
+            tokens.append(m.top_non_stop_token(row.exp().numpy(), adapter.decode, stop_words))
+        except ValueError:
+            logger.warning("no content-word token among the most likely after %r; prompt left out", prompt)
+            tokens.append(None)
+    return tuple(tokens)
+
+
+def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None = None,
+            stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS) -> Measurement:
+    """The four metrics on the model as it is now, from one batched target_logprobs call.
+
+    ``tokens`` are the relation-specific prompts' pre-edit top tokens (``before.tokens``); None,
+    before the edit, takes them from the model now, skipping ``stop_words``.
+    """
+    req = record.request
+    own = [req.text, *record.paraphrase_prompts]
+    neighbors = [(p, t) for p, t in zip(record.neighborhood_prompts, record.neighborhood_true) if t.strip()]
+    rs_prompts = list(record.relation_specific_prompts)
+    lp = grouped_logprobs(model, {
+        "new": [(p, req.target_new) for p in own],
+        "true": [(p, req.target_true) for p in own] if req.target_true else [],
+        "neighbor_new": [(p, req.target_new) for p, _ in neighbors],
+        "neighbor_true": neighbors,
+        "rs_new": [(p, req.target_new) for p in rs_prompts],
+    })
+    next_lp = next_token_logprobs(model, rs_prompts) if rs_prompts else torch.empty(0)
+    if tokens is None:
+        tokens = relation_tokens(model, rs_prompts, next_lp, stop_words)
+    rs = _r_specificity(rs_prompts, tuple(tokens), next_lp, lp["rs_new"], req.target_new)
+    return Measurement(*_target_metrics(record, lp), rs, tuple(tokens))
+
+
+def _target_metrics(record: Record, lp: Mapping[str, list[Tensor]]) -> list[MetricResult]:
+    """Efficacy, Generalization (empty without target_true) and S-Specificity from log-probs."""
+    req = record.request
+    nll, nll_true = ([m.mean_token_nll(x.tolist()) for x in lp[k]] for k in ("new", "true"))
+    labels = dict(new=req.target_new, true=req.target_true or "")
+    neighbors = [(p, t) for p, t in zip(record.neighborhood_prompts, record.neighborhood_true) if t.strip()]
+    return [
+        m.efficacy(req.text, nll[0], nll_true[0], **labels) if nll_true else MetricResult("efficacy", ()),
+        m.generalization(record.paraphrase_prompts, nll[1:], nll_true[1:], **labels) if nll_true
+        else MetricResult("generalization", ()),
+        m.s_specificity([p for p, _ in neighbors], [m.mean_token_nll(x.tolist()) for x in lp["neighbor_new"]],
+                        [m.mean_token_nll(x.tolist()) for x in lp["neighbor_true"]], new=req.target_new,
+                        true=[t for _, t in neighbors]),
+    ]
+
+
+def _r_specificity(prompts: Sequence[str], tokens: Sequence[ContentToken | None], next_lp: Tensor,
+                   new_lp: Sequence[Tensor], new: str) -> MetricResult:
+    """Each pre-edit top token's NLL now against o*'s (the max over o*'s tokens)."""
+    kept = [i for i, t in enumerate(tokens) if t is not None]
+    return m.r_specificity([prompts[i] for i in kept], [tokens[i].text for i in kept],  # type: ignore[union-attr]
+                           [-float(next_lp[i, tokens[i].token_id]) for i in kept],  # type: ignore[union-attr]
+                           [m.max_token_nll(new_lp[i].tolist()) for i in kept], new=new)
+
+
+# -------------------------------------------------------------------------- generation
+def generate(model, prompts: Sequence[str], *, n_tokens: int = GENERATION_TOKENS,
+             top_k: int = GENERATION_TOP_K, seed: int = 0) -> tuple[str, ...]:
+    """Seeded top-k continuations (prompt included, as ROME scores them); prompts of equal token
+    length are sampled together. ``top_k=1`` is greedy; ``n_tokens=0`` generates nothing."""
+    if n_tokens <= 0 or not prompts:
+        return ()
+    adapter = as_adapter(model)
+    seqs = [adapter.tokenize(p) for p in prompts]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, seq in enumerate(seqs):
+        by_length[len(seq)].append(i)
+    texts: list[str] = [""] * len(seqs)
+    for _, indices in sorted(by_length.items()):
+        rows = adapter.sample([seqs[i] for i in indices], n_tokens, top_k, seed)
+        for i, row in zip(indices, rows, strict=True):
+            texts[i] = adapter.tokenizer.decode(row, skip_special_tokens=True)
+    return tuple(texts)
+
+
+# -------------------------------------------------------------------------- one record
+def evaluate_case(model, record: Record, method: str, hparams, *,
+                  stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS, before: Measurement | None = None,
+                  generation_tokens: int = GENERATION_TOKENS, top_k: int = GENERATION_TOP_K,
+                  seed: int = 0) -> CaseEvaluation:
+    """Edit the model for ``record`` with ``method``, measure, and revert (always).
+
+    Args:
+        model: a TransformerLens model (or ModelAdapter); left with its original weights.
+        record: the case.
+        method: an editor name known to ``plugin.editors.get_editor``.
+        hparams: that editor's hyperparameters.
+        stop_words: skipped when picking the relation-specific prompts' top tokens.
+        before: the record measured before any edit (``measure(model, record)``), to share it
+            between methods; measured here when None.
+        generation_tokens, top_k, seed: the Fluency/Consistency generations (0 tokens: none).
+    """
+    editor = get_editor(method)
+    if before is None:
+        before = measure(model, record, stop_words=stop_words)
+    start = time.perf_counter()
+    edit = editor.compute(model, record.request, hparams)
+    seconds = time.perf_counter() - start
+    handle = apply_edit(model, edit)
+    try:
+        after = measure(model, record, before.tokens)
+        texts = generate(model, record.generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
+    finally:
+        handle.revert()
+    result = CaseResult(record.case_id, **after.metrics(), fluency=m.fluency(texts),
+                        consistency=m.consistency(texts, record.reference_texts))
+    return CaseEvaluation(result, method, before, texts, seconds)
+
+
+def evaluate_record(model, record: Record, method: str, hparams, *,
+                    stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS, before: Measurement | None = None,
+                    generation_tokens: int = GENERATION_TOKENS, top_k: int = GENERATION_TOP_K,
+                    seed: int = 0) -> CaseResult:
+    """The post-edit metrics of one record (see evaluate_case for the arguments)."""
+    return evaluate_case(model, record, method, hparams, stop_words=stop_words, before=before,
+                         generation_tokens=generation_tokens, top_k=top_k, seed=seed).result

@@ -1,0 +1,224 @@
+"""Low-rank weight edits: computed once, folded into W_out in place, and taken out again.
+
+An editor returns a ``WeightEdit`` whose changes are factors, ΔW_out = U V per layer, with the
+model left as it was. ``apply_edit`` adds U V in place and returns an ``EditHandle`` that keeps the
+original matrices, so ``handle.revert()`` (or leaving the ``with`` block) restores them bit for
+bit. Edits save to one safetensors file of factors whose metadata holds the JSON description
+(no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from toplens.core.requests import EditRequest
+from toplens.model import ModelAdapter, as_adapter
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "toplens-edit/2"
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """ΔW_out of one layer as factors, ΔW = U V in TransformerLens orientation [d_mlp, d_model]:
+    rank 1 for ROME, TOP and RETS, at most the number of requests for MEMIT."""
+
+    layer: int
+    u: Float[Tensor, "d_mlp rank"]
+    v: Float[Tensor, "rank d_model"]
+
+    def __post_init__(self) -> None:
+        if self.u.ndim != 2 or self.v.ndim != 2 or self.u.shape[1] != self.v.shape[0]:
+            raise ValueError(f"LayerDelta factors must be [d_mlp, r] and [r, d_model]; got "
+                             f"{tuple(self.u.shape)} and {tuple(self.v.shape)}")
+
+    @classmethod
+    def rank_one(cls, layer: int, u: Float[Tensor, " d_mlp"], v: Float[Tensor, " d_model"]) -> "LayerDelta":
+        """ΔW = u ⊗ v."""
+        return cls(layer, u.detach()[:, None], v.detach()[None, :])
+
+    @property
+    def rank(self) -> int:
+        return int(self.u.shape[1])
+
+    @property
+    def delta(self) -> Float[Tensor, "d_mlp d_model"]:
+        """The dense ΔW = U V (the product is taken in float64, then cast to the factors' dtype)."""
+        return (self.u.double() @ self.v.double()).to(self.u.dtype)
+
+    @staticmethod
+    def merge(deltas: Sequence["LayerDelta"]) -> tuple["LayerDelta", ...]:
+        """One delta per layer: factors of the same layer side by side, Σ U_i V_i = [U_1 U_2 …][V_1; V_2; …]."""
+        layers: dict[int, list[LayerDelta]] = {}
+        for d in deltas:
+            layers.setdefault(d.layer, []).append(d)
+        return tuple(LayerDelta(layer, torch.cat([d.u for d in ds], 1), torch.cat([d.v for d in ds], 0))
+                     for layer, ds in sorted(layers.items()))
+
+
+class EditDetails:
+    """Base of every editor's diagnostics (loss curves, v*, steps); not saved to disk."""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able numbers for reports."""
+        return {}
+
+
+@dataclass(frozen=True)
+class SequenceDetails(EditDetails):
+    """Diagnostics of requests edited one after the other, one entry per request."""
+
+    items: tuple[EditDetails, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {"n_requests": len(self.items), "requests": [d.summary() for d in self.items]}
+
+
+@dataclass(frozen=True)
+class WeightEdit:
+    """A computed edit: the low-rank weight changes plus what produced them.
+
+    Attributes:
+        method: the editor's name ("rome", "top", "rets", "memit").
+        requests: the facts it rewrites.
+        deltas: one low-rank ΔW_out per edited layer.
+        hparams: the hyperparameters used (JSON-able).
+        details: the editor's diagnostics (an ``EditDetails``); not saved to disk.
+    """
+
+    method: str
+    requests: tuple[EditRequest, ...]
+    deltas: tuple[LayerDelta, ...]
+    hparams: dict[str, Any] = field(default_factory=dict)
+    details: EditDetails | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(d.layer for d in self.deltas)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the edit to a ``.safetensors`` file (the factors + JSON metadata)."""
+        path = Path(path)
+        tensors = {}
+        for i, d in enumerate(self.deltas):
+            tensors[f"u.{i}"] = d.u.detach().cpu().contiguous()
+            tensors[f"v.{i}"] = d.v.detach().cpu().contiguous()
+        meta = {"method": self.method, "requests": [r.to_dict() for r in self.requests],
+                "layers": list(self.layers), "hparams": self.hparams, "format": FORMAT}
+        save_file(tensors, str(path), metadata={"toplens": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WeightEdit":
+        """Read an edit written by :meth:`save` (files of the dense format 1 load too)."""
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("toplens")
+            if raw is None:
+                raise ValueError(f"{path} is not a toplens edit (no 'toplens' metadata)")
+            meta = json.loads(raw)
+            deltas = tuple(_read_delta(handle, meta, i, layer) for i, layer in enumerate(meta["layers"]))
+        requests = tuple(EditRequest.from_dict(r) for r in meta["requests"])
+        return cls(meta["method"], requests, deltas, meta.get("hparams", {}))
+
+
+def _read_delta(handle, meta: dict, i: int, layer: int) -> LayerDelta:
+    if meta.get("format") == FORMAT:
+        return LayerDelta(layer, handle.get_tensor(f"u.{i}"), handle.get_tensor(f"v.{i}"))
+    dense = handle.get_tensor(f"delta.{i}")  # format 1: ΔW itself, kept as ΔW · I
+    return LayerDelta(layer, dense, torch.eye(dense.shape[1], dtype=dense.dtype))
+
+
+class EditHandle:
+    """Applied edits on a model; ``revert()`` restores every touched W_out bit for bit.
+
+    Usable as a context manager: ``with apply_edit(model, edit): ...``. Further edits can be
+    stacked on the same handle with :meth:`add` (sequential editing); one revert undoes all.
+    """
+
+    def __init__(self, model):
+        self.adapter: ModelAdapter = as_adapter(model)
+        self.edits: list[WeightEdit] = []
+        self._originals: dict[int, Tensor] = {}
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._originals)
+
+    @property
+    def model(self):
+        return self.adapter.model
+
+    def add(self, edit: WeightEdit) -> "EditHandle":
+        """Apply ``edit`` in place (checked first, so a bad edit changes nothing)."""
+        dense = [(d.layer, self._checked(d)) for d in edit.deltas]
+        with torch.no_grad():
+            for layer, delta in dense:
+                weight = self.adapter.w_out(layer)
+                if layer not in self._originals:
+                    self._originals[layer] = weight.detach().clone()
+                weight.add_(delta.to(weight.device, weight.dtype))
+        self.edits.append(edit)
+        return self
+
+    def _checked(self, d: LayerDelta) -> Tensor:
+        self.adapter.check_layer(d.layer, "delta.layer")
+        shape = (self.adapter.d_mlp, self.adapter.d_model)
+        if (d.u.shape[0], d.v.shape[1]) != shape:
+            raise ValueError(f"delta for layer {d.layer} has shape {(d.u.shape[0], d.v.shape[1])}; expected {shape}")
+        delta = d.delta
+        if not bool(torch.isfinite(delta).all()):
+            raise FloatingPointError(f"delta for layer {d.layer} has NaN or inf; not applied")
+        return delta
+
+    def revert(self) -> None:
+        """Copy the original W_out matrices back (bit-exact); idempotent."""
+        with torch.no_grad():
+            for layer, original in self._originals.items():
+                self.adapter.w_out(layer).copy_(original)
+        self._originals.clear()
+        self.edits.clear()
+
+    def __enter__(self) -> "EditHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.revert()
+
+
+def apply_edit(model, edit: WeightEdit | Sequence[WeightEdit]) -> EditHandle:
+    """Fold one edit (or several, in order) into the model; returns the handle that undoes it."""
+    handle = EditHandle(model)
+    edits = [edit] if isinstance(edit, WeightEdit) else list(edit)
+    try:
+        for item in edits:
+            handle.add(item)
+    except BaseException:
+        handle.revert()
+        raise
+    return handle
+
+
+def apply_sequentially(compute: Callable[..., WeightEdit], model, requests: Sequence[EditRequest], hparams,
+                       **kwargs) -> EditHandle:
+    """Compute and apply one edit per request in order, each computed on the model as edited by
+    the ones before (sequential editing). On any exit by exception, interrupts included,
+    everything applied so far is reverted."""
+    handle = EditHandle(model)
+    try:
+        for request in requests:
+            handle.add(compute(handle.adapter, request, hparams, **kwargs))
+    except BaseException:
+        handle.revert()
+        raise
+    return handle

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from toplens.analyses.cli import main
+from toplens.core.weights import weight_hashes
+from toplens.model import as_adapter
+
+FAST = {"memit": {"layers": [1, 2], "v_num_grad_steps": 5, "context_lengths": [[1, 3]]},
+        "rome": {"layer": 1, "v_num_grad_steps": 5, "context_lengths": [[1, 3]]}}
+# CounterFact records and bare requested_rewrite objects are both accepted.
+BATCH = [{"case_id": 0, "requested_rewrite": {"prompt": "{} plays the", "subject": "Miles Davis",
+                                              "target_new": {"str": "Paris"}, "target_true": {"str": "trumpet"}}},
+         {"prompt": "{} plays the", "subject": "Jimi Hendrix", "target_new": {"str": "Berlin"},
+          "target_true": {"str": "guitar"}}]
+
+
+@pytest.fixture
+def tiny_loaded(monkeypatch, tiny_hooked):
+    monkeypatch.setattr("toplens.analyses.cli.common.load_model", lambda name, backend: tiny_hooked)
+    return tiny_hooked
+
+
+def _batch_file(tmp_path, items=BATCH):
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps(items))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["memit", "rome"])
+def test_batch_edit_reports_each_request_and_reverts(method, tiny_loaded, tmp_path, capsys):
+    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    argv = ["edit", "--method", method, "--requests", _batch_file(tmp_path), "--hparams",
+            json.dumps(FAST[method]), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_requests"] == 2 and report["restored_bitexact"] is True
+    assert report["weight_edits"] == (1 if method == "memit" else 2)
+    assert [r["request"]["target_new"] for r in report["requests"]] == [" Paris", " Berlin"]
+    assert all(r["post"]["p_new"] > r["pre"]["p_new"] for r in report["requests"])
+    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))
+
+
+def test_batch_table_output(tiny_loaded, tmp_path, capsys):
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams",
+                 json.dumps(FAST["rome"])]) == 0
+    out = capsys.readouterr().out
+    assert "ROME batch of 2" in out and "Miles Davis" in out and "restored bit for bit" in out
+
+
+def test_bad_request_file_names_the_item(tiny_loaded, tmp_path, capsys):
+    bad = [BATCH[0], {"prompt": "{} plays the", "subject": "Jimi Hendrix"}]
+    assert main(["edit", "--requests", _batch_file(tmp_path, bad)]) == 2
+    err = capsys.readouterr().err
+    assert "item 1" in err and "target_new" in err
+
+
+def test_requests_excludes_single_request_flags(tmp_path):
+    with pytest.raises(SystemExit, match="--subject"):
+        main(["edit", "--requests", _batch_file(tmp_path), "--subject", "Miles Davis"])
+
+
+def test_hparams_from_a_file_and_bad_hparams_named_before_any_edit(tiny_loaded, tmp_path, capsys):
+    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps(FAST["rome"]))
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams", str(path),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["restored_bitexact"] is True
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams", "[1, 2]"]) == 2
+    assert "--hparams must be a JSON object" in capsys.readouterr().err
+    assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams",
+                 '{"v_lr": -1}']) == 2
+    assert "RomeHparams.v_lr" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))
+
+
+def test_single_edit_reports_before_and_after_and_reverts(tiny_loaded, tmp_path, capsys):
+    adapter = as_adapter(tiny_loaded)
+    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    saved = tmp_path / "edit.safetensors"
+    argv = ["edit", "--method", "rome", "--prompt", "{} plays the", "--subject", "Miles Davis", "--target", " Paris",
+            "--target-true", " trumpet", "--hparams", json.dumps({"rome": FAST["rome"]}), "--layer", "2",
+            "--save", str(saved)]
+    assert main(argv + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layer"] == 2 and report["restored_bitexact"] is True and saved.exists()
+    assert report["post"]["p_new"] > report["pre"]["p_new"] and len(report["pre"]["top5"]) == 5
+    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("ROME edit on") and "top-5 next tokens" in table and "restored bit for bit" in table
