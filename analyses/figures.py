@@ -92,7 +92,7 @@ def saliency_heatmap(grad: LayerPositionMap, *, edit_layer: int | None = None, t
     """Gradient saliency ‖∂L/∂h‖ per layer and token (the paper's Fig. 2 style).
 
     Args:
-        grad: the saliency map (``analyses.saliency``'s result).
+        grad: the saliency map (``toplens.analyses.tracing.saliency``'s result).
         edit_layer: outlined when given.
         title: default the map's title, else its quantity.
         mark_argmax: put a marker on the most salient token of each layer.

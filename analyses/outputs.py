@@ -1,7 +1,7 @@
 """Each analysis's result written into a folder: its JSON beside its figures (PNG and PDF).
 
 What ``--out`` writes for each command, and what ``toplens figures`` collects; the figures
-themselves are drawn by :mod:`analyses.figures`.
+themselves are drawn by :mod:`toplens.analyses.figures`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """toplens: edit facts in TransformerLens models (TOP, ROME, MEMIT, RETS) with ordinary hooks.
 
-    from toplens import load_model, EditRequest, get_editor, apply_edit
+    from toplens import load_model, EditRequest, get_editor, get_preset, apply_edit
 
     model = load_model()                       # the bundled SmolLM2-135M-Instruct, offline
     request = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")

@@ -3,7 +3,7 @@
 All three are JSON lists of objects. CounterFact records have ``requested_rewrite``;
 COUNTERFACT_RS records add ``relation_specific_prompts``; known facts have ``known_id``,
 ``subject``, ``template`` and ``attribute`` and are turned into records by the builder
-(:mod:`analyses.evaluation.known_facts`). :func:`load_dataset` also knows "builtin", the
+(:mod:`toplens.analyses.evaluation.known_facts`). :func:`load_dataset` also knows "builtin", the
 built-in benchmark; :func:`read_requests` reads a batch of edit requests.
 """
 

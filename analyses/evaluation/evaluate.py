@@ -5,7 +5,7 @@ and neighborhood prompts; the top non-stop-word next token of each relation-spec
 compute the edit with ``get_editor(method).compute`` and fold it in, measure again, generate short
 continuations for Fluency (and Consistency where the record has reference texts), and revert in
 ``finally`` so every record is edited from the original weights. The metrics themselves are the
-pure functions of ``analyses.evaluation.metrics``; this module only feeds them NLLs and texts.
+pure functions of ``toplens.analyses.evaluation.metrics``; this module only feeds them NLLs and texts.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
     Args:
         model: a TransformerLens model (or ModelAdapter); left with its original weights.
         record: the case.
-        method: an editor name known to ``plugin.editors.get_editor``.
+        method: an editor name known to ``toplens.editors.get_editor``.
         hparams: that editor's hyperparameters.
         stop_words: skipped when picking the relation-specific prompts' top tokens.
         before: the record measured before any edit (``measure(model, record)``), to share it

@@ -2,7 +2,7 @@
 
 Each entry has ``known_id``, ``subject``, ``template``, ``attribute`` and ``relation_id``. The
 records group the file's templates by relation (the paraphrases) and take subject kinds from
-:data:`KNOWN_KINDS` (for relation-specific prompts); :mod:`analyses.evaluation.builder` builds them.
+:data:`KNOWN_KINDS` (for relation-specific prompts); :mod:`toplens.analyses.evaluation.builder` builds them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Causal tracing (Meng et al., 2022), as the paper uses it to locate where a fact is recalled.
 
-Corrupt the subject (:mod:`analyses.tracing.corruption`). Then restore one clean activation
+Corrupt the subject (:mod:`toplens.analyses.tracing.corruption`). Then restore one clean activation
 m_{l,i} — the residual after block l (``"resid"``), or the MLP output (``"mlp"``) or attention
 output (``"attn"``) of a window of layers around l, as ROME's tracing does — at one token
 position i, and measure
@@ -8,7 +8,7 @@ position i, and measure
     IE(o, θ, m_{l,i}) = P(o | corrupted, m_{l,i} restored) − P(o | corrupted),
 
 averaged over the noise samples; P is the probability of the answer's first token at the last
-prompt position. The grid of cells runs batched (:mod:`analyses.tracing.grid`).
+prompt position. The grid of cells runs batched (:mod:`toplens.analyses.tracing.grid`).
 
 The model is used as it is: trace an edited model by applying the edit first
 (``with apply_edit(model, edit): causal_trace(...)``) and asking for o*, or call

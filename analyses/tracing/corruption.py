@@ -3,8 +3,8 @@
 Corrupt the subject: add seeded Gaussian noise to the subject's token embeddings (``hook_embed``),
 std = ``noise_factor`` (3) × the std of the embedding rows of the subject tokens. Every traced
 quantity is P(answer's first token) at the last prompt position, averaged over the noise samples
-(one row of a batch per sample). :mod:`analyses.tracing.grid` restores clean activations into
-this run; :mod:`analyses.tracing.causal_trace` turns the result into indirect effects.
+(one row of a batch per sample). :mod:`toplens.analyses.tracing.grid` restores clean activations into
+this run; :mod:`toplens.analyses.tracing.causal_trace` turns the result into indirect effects.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Layer × position maps with token labels: what causal tracing and gradient saliency produce.
 
-A plain dataclass of a tensor and strings, drawn by :mod:`analyses.figures`; the role of each
+A plain dataclass of a tensor and strings, drawn by :mod:`toplens.analyses.figures`; the role of each
 prompt position groups the tokens as the paper does.
 """
 

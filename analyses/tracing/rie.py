@@ -2,12 +2,12 @@
 original fact did (the paper's shortcut measure).
 
 For each request and layer l, MLP-out causal tracing (a window of layers, see
-:mod:`analyses.tracing.causal_trace`) gives IE(o, θ_original) on the unedited model and IE(o*, θ_edited)
+:mod:`toplens.analyses.tracing.causal_trace`) gives IE(o, θ_original) on the unedited model and IE(o*, θ_edited)
 with the edit applied, at the last subject token and the last relation token. Then
 
     RIE = log[ IE(o*, θ_edited) / IE(o, θ_original) ].
 
-Definition used here (DESIGN.md gives only the ratio): per request and position, each IE is
+Definition used here (the paper gives only the ratio): per request and position, each IE is
 taken at its peak over layers (max_l IE, as ROME summarizes a trace by its strongest layer), the
 log ratio is formed, and the rows report the mean over requests. IEs that are not positive are
 clamped to ``epsilon`` before the log; the report counts how many were. The per-layer log ratio

@@ -133,6 +133,9 @@ class WeightEdit:
 
 
 def _read_delta(handle, meta: dict, i: int, layer: int) -> LayerDelta:
+    if meta.get("format") not in (FORMAT, "toplens-edit/1"):
+        raise ValueError(f"edit format {meta.get('format')!r} is not one this toplens reads "
+                         f"({FORMAT!r} or 'toplens-edit/1')")
     if meta.get("format") == FORMAT:
         return LayerDelta(layer, handle.get_tensor(f"u.{i}"), handle.get_tensor(f"v.{i}"))
     dense = handle.get_tensor(f"delta.{i}")  # format 1: ΔW itself, kept as ΔW · I

@@ -58,7 +58,8 @@ def rank_one_fold(
     denominator = torch.dot(key.double(), u.double())
     if not torch.isfinite(denominator) or denominator.abs() < 1e-12:
         raise FloatingPointError(f"rank-one update is degenerate: key · u = {float(denominator):.3g}")
-    return RankOneFold(layer, (u.double() / denominator).to(u.dtype).detach(), v_current.detach())
+    dtype = torch.promote_types(u.dtype, torch.float32)  # factors keep at least float32 precision
+    return RankOneFold(layer, (u.double() / denominator).to(dtype).detach(), v_current.detach().to(dtype))
 
 
 def fold_at(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 T = TypeVar("T", bound="Hparams")
@@ -107,13 +106,3 @@ class Hparams:
             items = value if isinstance(value, tuple) else (value,)
             if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in items):
                 raise HparamsError(f"{type(self).__name__}.{name} must be non-negative layer index(es); got {value!r}")
-
-
-def read_json_object(text: str | None, field: str = "--hparams") -> dict:
-    """A JSON object given inline or as the path of a file holding one ({} when ``text`` is empty)."""
-    if not text:
-        return {}
-    raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{field} must be a JSON object; got {text!r}")
-    return raw

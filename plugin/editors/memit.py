@@ -179,7 +179,8 @@ def update_layer(
     residuals = remaining / (len(hp.layers) - index)
     u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight)
     step = LayerStep(layer, float(remaining.norm(dim=-1).mean()), float(residuals.norm(dim=-1).mean()))
-    return LayerDelta(layer, u.to(adapter.dtype), v.to(adapter.dtype)), step
+    dtype = torch.promote_types(adapter.dtype, torch.float32)  # factors keep at least float32 precision
+    return LayerDelta(layer, u.to(dtype), v.to(dtype)), step
 
 
 # ------------------------------------------------------------------------------- editor

@@ -27,7 +27,7 @@ _ROME: dict[str, RomeHparams] = {
                                 clamp_norm_factor=4.0, kl_factor=0.0625, mom2_adjustment=False,
                                 context_lengths=((5, 5), (5, 10))),
 }
-# TOP: the official code's configs (DESIGN.md); stage2="faithful" is the published stage 2.
+# TOP: the official code's configs; stage2="faithful" is the published stage 2.
 _TOP: dict[str, TopHparams] = {
     "gpt2-xl": TopHparams(layers=(17, 18), rel_feat_layer=1, v_num_grad_steps1=25, v_num_grad_steps2=25,
                           vec_loss_factor=0.1, mom2_adjustment=True, stage2="faithful", **_COMMON),

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from toplens import EditRequest, LayerDelta, ModelAdapter, WeightEdit, apply_edit
@@ -68,7 +69,24 @@ def test_save_load_round_trip_keeps_the_factors(tmp_path, tiny_hooked):
     # the file holds the factors, not ΔW: (d_mlp + d_model) · rank floats per layer
     floats = sum((adapter.d_mlp + adapter.d_model) * 2 for _ in edit.deltas)
     assert path.stat().st_size < 4 * floats + 4096
-    assert b"pickle" not in path.read_bytes()[:64]
+    with safe_open(str(path), framework="pt") as handle:
+        assert sorted(handle.keys()) == ["u.0", "u.1", "v.0", "v.1"]
+
+
+def test_an_unknown_file_format_is_a_one_line_error(tmp_path):
+    meta = '{"method": "rome", "requests": [], "layers": [2], "hparams": {}, "format": "toplens-edit/9"}'
+    save_file({"u.0": torch.zeros(2, 1)}, str(tmp_path / "new.safetensors"), metadata={"toplens": meta})
+    with pytest.raises(ValueError, match="toplens-edit/9"):
+        WeightEdit.load(tmp_path / "new.safetensors")
+
+
+def test_shapes_are_checked_at_run_time_under_pytest():
+    """The jaxtyping annotations are live in the tests: mismatched factor shapes fail the check."""
+    from jaxtyping import TypeCheckError
+    from toplens.core.fold import rank_one_fold
+
+    with pytest.raises(TypeCheckError):
+        rank_one_fold(0, torch.zeros(3), torch.zeros(4), torch.zeros(5))
 
 
 def test_dense_files_of_the_first_format_still_load(tmp_path):

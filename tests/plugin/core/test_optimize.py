@@ -36,3 +36,21 @@ def test_nan_guard_and_callback():
     with pytest.raises(NonFiniteLossError, match="NaN or inf at step 2"):
         optimize(objective, delta, LoopSettings(10, 0.1, None, 0.0), callback=lambda e: seen.append(e.step))
     assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("steps, start, converged", [(5, 0.0, True), (5, 5.0, False)])
+def test_the_callback_sees_each_step_then_one_final_event(steps, start, converged):
+    """Every update is seen with its gradient; the stage's last evaluation comes once, marked
+    final (no update follows it), also for a loop that converges before any step."""
+    events = []
+    delta = torch.full((2,), start)
+    stop = 1.0 if converged else 0.0
+    optimize(_quadratic(torch.zeros(2)), delta, LoopSettings(steps, 0.1, None, stop),
+             callback=lambda e: events.append((e.step, e.final, e.delta.grad is not None)))
+    finals = [e for e in events if e[1]]
+    assert len(finals) == 1 and events[-1] == finals[0]
+    if converged:  # the loss at δ = 0 is already below the stop: no update, one final event
+        assert events == [(0, True, False)]
+    else:
+        assert [s for s, final, _ in events if not final] == list(range(steps - 1))
+        assert all(has_grad for _, final, has_grad in events if not final)

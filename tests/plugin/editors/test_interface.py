@@ -79,8 +79,13 @@ def test_a_sequence_is_edited_one_request_after_the_other(tiny_hooked, method):
 def test_memit_edits_a_batch_at_once_with_rank_at_most_its_size(tiny_hooked):
     edit = memit.compute(tiny_hooked, REQUESTS, FAST["memit"], templates=TEMPLATES)
     assert all(d.rank == len(REQUESTS) for d in edit.deltas)
+    adapter = ModelAdapter(tiny_hooked)
+    saved = _weights(tiny_hooked)
     with apply_edit(tiny_hooked, edit):
-        pass
+        for d in edit.deltas:
+            torch.testing.assert_close(adapter.w_out(d.layer) - saved[d.layer], (d.u @ d.v).float(),
+                                       atol=1e-6, rtol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tiny_hooked), saved))
 
 
 def test_wrong_hparams_type_is_rejected_before_any_work(tiny_hooked):

@@ -44,14 +44,3 @@ def test_preset_or_given_checks_the_class_of_what_is_given():
     assert preset_or_given("an-editor-without-presets", given, None, 30) is given
     with pytest.raises(ValueError, match="method"):
         preset_or_given("an-editor-without-presets", None, None, 30)
-
-
-def test_read_json_object_inline_or_from_a_file(tmp_path):
-    from toplens.core.hparams import read_json_object
-
-    assert read_json_object(None) == {} and read_json_object('{"layer": 4}') == {"layer": 4}
-    path = tmp_path / "hp.json"
-    path.write_text('{"rome": {"layer": 2}}')
-    assert read_json_object(str(path)) == {"rome": {"layer": 2}}
-    with pytest.raises(ValueError, match="--hparams must be a JSON object"):
-        read_json_object("[1, 2]")
