@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toplens.core.covariance import fold_covariance
-from toplens.core.edits import EditDetails, EditHandle, WeightEdit
+from toplens.core.edits import EditHandle, WeightEdit
 from toplens.core.fold import RankOneFold, fold_at
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
@@ -49,6 +49,7 @@ from toplens.core.stages import Observer, Stage
 from toplens.core.templates import context_templates
 from toplens.core.value import ValueSettings, rewrite_stage, run_stage
 from toplens.editors.base import Editor
+from toplens.editors.top_details import LayerDetails, TopDetails
 from toplens.model import ModelAdapter, Site
 
 Stage2 = Literal["faithful", "all_prompts"]
@@ -119,53 +120,6 @@ class TopHparams(Hparams):
         layers = tuple(sorted({scale(layer) for layer in self.layers}))
         gap = max(1, min(n_layers - 1 - max(layers), scale(self.rel_feat_layer)))
         return self.replace(layers=layers, rel_feat_layer=gap)
-
-
-@dataclass(frozen=True)
-class LayerDetails:
-    """Both stages at one edit layer: loss curves, ‖δ₁‖, ‖δ₂‖, h*_r and how close stage 2 got."""
-
-    layer: int
-    la: int
-    stage1: OptimizationTrace
-    stage2: OptimizationTrace
-    h_star: Float[Tensor, " d_model"]
-    v_init: Float[Tensor, " d_model"]
-    v_star: Float[Tensor, " d_model"]
-    stage1_target_prob: float
-    reached: float
-
-    @property
-    def delta1_norm(self) -> float:
-        return self.stage1.delta_norm
-
-    @property
-    def delta2_norm(self) -> float:
-        return self.stage2.delta_norm
-
-
-@dataclass(frozen=True)
-class TopDetails(EditDetails):
-    """Diagnostics of one TOP edit, one entry per edit layer."""
-
-    layers: tuple[LayerDetails, ...]
-    stage2_mode: str
-    key_mode: str
-
-    def summary(self) -> dict:
-        """JSON-able numbers for reports, per edit layer."""
-        las = [d.la for d in self.layers]
-        return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode,
-                "la": las[0] if len(las) == 1 else las,
-                "stage1_steps": sum(d.stage1.steps for d in self.layers),
-                "stage2_steps": sum(d.stage2.steps for d in self.layers),
-                "steps": sum(d.stage1.steps + d.stage2.steps for d in self.layers), "layers": [
-            {"layer": d.layer, "la": d.la, "stage1_steps": d.stage1.steps, "stage2_steps": d.stage2.steps,
-             "stage1_final_loss": d.stage1.losses[-1], "stage2_final_loss": d.stage2.losses[-1],
-             "stage2_first_loss": d.stage2.losses[0], "stage1_converged": d.stage1.converged,
-             "stage2_converged": d.stage2.converged, "delta1_norm": d.delta1_norm,
-             "delta2_norm": d.delta2_norm, "stage1_target_prob": d.stage1_target_prob,
-             "reached": d.reached} for d in self.layers]}
 
 
 def stages(hp: TopHparams) -> tuple[Stage, ...]:

@@ -1,0 +1,59 @@
+"""What a TOP edit reports: both stages at each edit layer (loss curves, ‖δ₁‖, ‖δ₂‖, h*_r, v*, and
+how close stage 2 came to h*_r). Produced by :mod:`toplens.editors.top`, which re-exports both types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jaxtyping import Float
+from torch import Tensor
+
+from toplens.core.edits import EditDetails
+from toplens.core.optimize import OptimizationTrace
+
+
+@dataclass(frozen=True)
+class LayerDetails:
+    """Both stages at one edit layer: loss curves, ‖δ₁‖, ‖δ₂‖, h*_r and how close stage 2 got."""
+
+    layer: int
+    la: int
+    stage1: OptimizationTrace
+    stage2: OptimizationTrace
+    h_star: Float[Tensor, " d_model"]
+    v_init: Float[Tensor, " d_model"]
+    v_star: Float[Tensor, " d_model"]
+    stage1_target_prob: float
+    reached: float
+
+    @property
+    def delta1_norm(self) -> float:
+        return self.stage1.delta_norm
+
+    @property
+    def delta2_norm(self) -> float:
+        return self.stage2.delta_norm
+
+
+@dataclass(frozen=True)
+class TopDetails(EditDetails):
+    """Diagnostics of one TOP edit, one entry per edit layer."""
+
+    layers: tuple[LayerDetails, ...]
+    stage2_mode: str
+    key_mode: str
+
+    def summary(self) -> dict:
+        """JSON-able numbers for reports, per edit layer."""
+        las = [d.la for d in self.layers]
+        return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode,
+                "la": las[0] if len(las) == 1 else las,
+                "stage1_steps": sum(d.stage1.steps for d in self.layers),
+                "stage2_steps": sum(d.stage2.steps for d in self.layers),
+                "steps": sum(d.stage1.steps + d.stage2.steps for d in self.layers), "layers": [
+            {"layer": d.layer, "la": d.la, "stage1_steps": d.stage1.steps, "stage2_steps": d.stage2.steps,
+             "stage1_final_loss": d.stage1.losses[-1], "stage2_final_loss": d.stage2.losses[-1],
+             "stage2_first_loss": d.stage2.losses[0], "stage1_converged": d.stage1.converged,
+             "stage2_converged": d.stage2.converged, "delta1_norm": d.delta1_norm,
+             "delta2_norm": d.delta2_norm, "stage1_target_prob": d.stage1_target_prob,
+             "reached": d.reached} for d in self.layers]}
