@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from toplens import EditRequest, as_adapter
+from toplens import EditRequest, as_adapter, get_editor
 
 from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_request_args, emit, hparams_overrides,
                                          load, request_from, resolve_hparams)
@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--requests", default=None, metavar="FILE.json",
                    help="a batch: a JSON list of requests in CounterFact's requested_rewrite shape "
                         "(or whole CounterFact records); MEMIT edits them at once, the others in sequence")
-    p.add_argument("--layer", type=int, default=None, help="edit layer (default: the method's preset)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="the edit layer (default: the method's preset); for TOP and MEMIT, their only edit layer")
     add_hparams_arg(p)
     p.add_argument("--save", default=None, help="write the computed edit to this .safetensors file")
     add_model_args(p)
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     requests = None if request is not None else read_requests(args.requests)
     overrides = hparams_overrides(args.hparams, [args.method])[args.method]
     model = load(args)
-    if args.layer is not None:
-        overrides["layer"] = args.layer
+    if args.layer is not None:  # the one edit layer, whichever field the method keeps it in
+        field = get_editor(args.method).hparams_type.layers_field
+        overrides[field] = args.layer if field == "layer" else [args.layer]
     hp = resolve_hparams(args.method, model, overrides, args.model)
     field = "--layer" if args.layer is not None else f"{type(hp).__name__}.{hp.layers_field}"
     for layer in hp.edit_layers:

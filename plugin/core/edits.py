@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -143,7 +144,8 @@ def _read_delta(handle, meta: dict, i: int, layer: int) -> LayerDelta:
 
 
 class EditHandle:
-    """Applied edits on a model; ``revert()`` restores every touched W_out bit for bit.
+    """Applied edits on a model; ``revert()`` takes them out again, in any order of handles, and
+    the weights are the original ones bit for bit once every handle is reverted.
 
     Usable as a context manager: ``with apply_edit(model, edit): ...``. Further edits can be
     stacked on the same handle with :meth:`add` (sequential editing); one revert undoes all.
@@ -153,6 +155,7 @@ class EditHandle:
         self.adapter: ModelAdapter = as_adapter(model)
         self.edits: list[WeightEdit] = []
         self._originals: dict[int, Tensor] = {}
+        self._added: dict[int, list[LayerDelta]] = {}
 
     @property
     def applied(self) -> bool:
@@ -164,13 +167,15 @@ class EditHandle:
 
     def add(self, edit: WeightEdit) -> "EditHandle":
         """Apply ``edit`` in place (checked first, so a bad edit changes nothing)."""
-        dense = [(d.layer, self._checked(d)) for d in edit.deltas]
+        dense = [(d, self._checked(d)) for d in edit.deltas]
         with torch.no_grad():
-            for layer, delta in dense:
-                weight = self.adapter.w_out(layer)
-                if layer not in self._originals:
-                    self._originals[layer] = weight.detach().clone()
+            for d, delta in dense:
+                weight = self.adapter.w_out(d.layer)
+                if d.layer not in self._originals:
+                    self._originals[d.layer] = weight.detach().clone()
+                    _holders(self.adapter.model, d.layer).append(self)
                 weight.add_(delta.to(weight.device, weight.dtype))
+                self._added.setdefault(d.layer, []).append(d)  # factors only: U V is recomputed exactly
         self.edits.append(edit)
         return self
 
@@ -185,11 +190,28 @@ class EditHandle:
         return delta
 
     def revert(self) -> None:
-        """Copy the original W_out matrices back (bit-exact); idempotent."""
+        """Undo this handle's edits; idempotent, and correct in any order of several handles.
+
+        The last handle applied to a layer copies back the matrix it saw (bit-exact, so reverting
+        every handle in any order ends at the original weights exactly). A handle reverted while a
+        later one still holds the layer subtracts its own ΔW instead; the next handle takes over
+        this one's exact copy, and the ones after it have this ΔW taken out of theirs."""
         with torch.no_grad():
             for layer, original in self._originals.items():
-                self.adapter.w_out(layer).copy_(original)
+                holders = _holders(self.adapter.model, layer)
+                later = holders[holders.index(self) + 1:]
+                weight = self.adapter.w_out(layer)
+                if not later:
+                    weight.copy_(original)
+                else:
+                    own = torch.stack([d.delta for d in self._added[layer]]).sum(0).to(weight.device, weight.dtype)
+                    weight.sub_(own)
+                    later[0]._originals[layer] = original
+                    for other in later[1:]:
+                        other._originals[layer].sub_(own)
+                holders.remove(self)
         self._originals.clear()
+        self._added.clear()
         self.edits.clear()
 
     def __enter__(self) -> "EditHandle":
@@ -197,6 +219,14 @@ class EditHandle:
 
     def __exit__(self, *exc) -> None:
         self.revert()
+
+
+_HOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _holders(model, layer: int) -> list["EditHandle"]:
+    """The handles holding edits of ``layer`` of ``model``, in the order they were applied."""
+    return _HOLDERS.setdefault(model, {}).setdefault(layer, [])
 
 
 def apply_edit(model, edit: WeightEdit | Sequence[WeightEdit]) -> EditHandle:

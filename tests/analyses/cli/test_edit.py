@@ -91,3 +91,16 @@ def test_single_edit_reports_before_and_after_and_reverts(tiny_loaded, tmp_path,
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert table.startswith("ROME edit on") and "top-5 next tokens" in table and "restored bit for bit" in table
+
+
+def test_layer_flag_sets_the_one_edit_layer_of_every_method(tiny_loaded, capsys):
+    """--layer is ROME's and RETS's `layer` and TOP's and MEMIT's only entry of `layers`."""
+    hp = {"top": {"rel_feat_layer": 1, "v_num_grad_steps1": 2, "v_num_grad_steps2": 2, "context_lengths": [[1, 3]]},
+          "memit": {"v_num_grad_steps": 2, "context_lengths": [[1, 3]], "mom2_update_weight": 1.0}}
+    for method in ("top", "memit"):
+        argv = ["edit", "--method", method, "--prompt", "{} plays the", "--subject", "Miles Davis",
+                "--target", " Paris", "--target-true", " trumpet", "--hparams", json.dumps(hp[method]),
+                "--layer", "2", "--json"]
+        assert main(argv) == 0, capsys.readouterr().err
+        report = json.loads(capsys.readouterr().out)
+        assert report["layer"] == 2 and report["restored_bitexact"] is True

@@ -95,3 +95,40 @@ def test_dense_files_of_the_first_format_still_load(tmp_path):
     save_file({"delta.0": dense}, str(tmp_path / "old.safetensors"), metadata={"toplens": meta})
     (delta,) = WeightEdit.load(tmp_path / "old.safetensors").deltas
     assert delta.layer == 2 and torch.equal(delta.delta, dense)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_handles_revert_in_any_order(tiny_model, order):
+    """Two handles on one layer: reverting the older first leaves the newer edit alone; either
+    order ends at the original weights bit for bit."""
+    adapter = ModelAdapter(tiny_model)
+    original = adapter.w_out(1).detach().clone()
+    e1, e2 = _edit(adapter, layers=(1,)), _edit(adapter, layers=(1,), scale=0.3, rank=2)
+    handles = [apply_edit(tiny_model, e1), apply_edit(tiny_model, e2)]
+    handles[order[0]].revert()
+    left = (e1, e2)[order[1]]
+    torch.testing.assert_close(adapter.w_out(1) - original, left.deltas[0].delta, atol=1e-5, rtol=1e-4)
+    handles[order[1]].revert()
+    assert torch.equal(adapter.w_out(1), original)
+    handles[order[0]].revert()  # idempotent
+    assert torch.equal(adapter.w_out(1), original)
+
+
+def test_an_interrupt_in_a_sequential_apply_reverts_everything(tiny_hooked):
+    """Ctrl-C while the second request is computed: the first edit is taken out again."""
+    from toplens.core.edits import apply_sequentially
+
+    adapter = ModelAdapter(tiny_hooked)
+    saved = [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
+    calls = []
+
+    def compute(model, request, hparams):
+        calls.append(request)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return _edit(adapter, layers=(1, 2))
+
+    with pytest.raises(KeyboardInterrupt):
+        apply_sequentially(compute, tiny_hooked, [REQUEST, REQUEST], None)
+    assert len(calls) == 2
+    assert all(torch.equal(adapter.w_out(l), s) for l, s in enumerate(saved))
