@@ -5,7 +5,7 @@ stop, frozen weights, and the observer of the stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -35,6 +35,30 @@ class ValueSettings:
     stop_below: float
     weight_decay: float
     kl_factor: float = 0.0
+
+
+class OneLayerValue:
+    """What ROME's and RETS's hyperparameters share: one edit ``layer`` and one value optimization
+    (fields v_num_grad_steps, v_lr, clamp_norm_factor, early_stop_loss, v_weight_decay, kl_factor).
+    Mixed in before :class:`toplens.core.hparams.Hparams`."""
+
+    layers_field: ClassVar[str] = "layer"
+
+    @property
+    def edit_layers(self) -> tuple[int, ...]:
+        return (self.layer,)
+
+    @property
+    def value(self) -> ValueSettings:
+        """The value optimization's settings."""
+        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
+                             self.v_weight_decay, self.kl_factor)
+
+    def with_steps(self, steps: int):
+        return self.replace(v_num_grad_steps=self._check_steps(steps))
+
+    def relayered(self, scale: Callable[[int], int], n_layers: int):
+        return self.replace(layer=scale(self.layer))
 
 
 def run_stage(

@@ -18,7 +18,7 @@ Published layers: GPT2-XL 35, GPT-J 17, Llama-2-7B 22.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -33,7 +33,7 @@ from toplens.core.objective import rewrite_batch
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage, StageResult
 from toplens.core.templates import context_templates
-from toplens.core.value import ValueSettings, rewrite_stage
+from toplens.core.value import OneLayerValue, rewrite_stage
 from toplens.editors.base import Editor
 from toplens.model import ModelAdapter, Site, hook_name
 
@@ -48,7 +48,7 @@ CONSTRAINT_SUBJECTS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class RetsHparams(Hparams):
+class RetsHparams(OneLayerValue, Hparams):
     """RETS's hyperparameters; the defaults are GPT2-XL's (layer 35, ROME's value settings).
 
     ``constraint_weight`` scales Σ k_j k_jᵀ (a sum over the constraint prompts, added to C as in
@@ -68,28 +68,11 @@ class RetsHparams(Hparams):
     key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
-    layers_field: ClassVar[str] = "layer"
-
     def __post_init__(self) -> None:
         self._layers("layer")
         self._value_optimization()
         self._positive("constraint_weight", allow_zero=True)
         self._choice("key", KEY_MODES)
-
-    @property
-    def edit_layers(self) -> tuple[int, ...]:
-        return (self.layer,)
-
-    @property
-    def value(self) -> ValueSettings:
-        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
-                             self.v_weight_decay, self.kl_factor)
-
-    def with_steps(self, steps: int) -> "RetsHparams":
-        return self.replace(v_num_grad_steps=self._check_steps(steps))
-
-    def relayered(self, scale: Callable[[int], int], n_layers: int) -> "RetsHparams":
-        return self.replace(layer=scale(self.layer))
 
 
 @dataclass(frozen=True)

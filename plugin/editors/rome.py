@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Sequence
 
 from jaxtyping import Float
 from torch import Tensor
@@ -24,13 +24,13 @@ from toplens.core.objective import rewrite_batch
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage, StageResult
 from toplens.core.templates import context_templates
-from toplens.core.value import ValueSettings, rewrite_stage
+from toplens.core.value import OneLayerValue, rewrite_stage
 from toplens.editors.base import Editor
 from toplens.model import ModelAdapter, Site
 
 
 @dataclass(frozen=True)
-class RomeHparams(Hparams):
+class RomeHparams(OneLayerValue, Hparams):
     """ROME's hyperparameters; the defaults are the published GPT2-XL values."""
 
     layer: int = 17
@@ -45,28 +45,10 @@ class RomeHparams(Hparams):
     key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
-    layers_field: ClassVar[str] = "layer"
-
     def __post_init__(self) -> None:
         self._layers("layer")
         self._value_optimization()
         self._choice("key", KEY_MODES)
-
-    @property
-    def edit_layers(self) -> tuple[int, ...]:
-        return (self.layer,)
-
-    @property
-    def value(self) -> ValueSettings:
-        """The value optimization's settings."""
-        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
-                             self.v_weight_decay, self.kl_factor)
-
-    def with_steps(self, steps: int) -> "RomeHparams":
-        return self.replace(v_num_grad_steps=self._check_steps(steps))
-
-    def relayered(self, scale: Callable[[int], int], n_layers: int) -> "RomeHparams":
-        return self.replace(layer=scale(self.layer))
 
 
 @dataclass(frozen=True)
