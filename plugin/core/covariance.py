@@ -1,7 +1,7 @@
 """Second-moment statistics C = E[k kᵀ] of MLP keys (the inputs of W_out) at one layer.
 
-Streamed over a corpus in batches, accumulated in float64, cached on disk keyed by the model's
-fingerprint, the layer and the corpus' fingerprint. The default corpus is seeded text sampled
+Streamed over a corpus in batches, accumulated in float64, cached on disk keyed by a hash of the
+weights the keys depend on, the layer and the corpus' fingerprint. The default corpus is seeded text sampled
 from the model itself (no data set is needed offline); any iterable of strings can be passed.
 """
 
@@ -10,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from toplens.core.cache import cache_dir, key_digest
+from toplens.core.cache import cache_dir, key_digest, write_atomic
 from toplens.model import ModelAdapter, as_adapter, hook_name
+from toplens.model.identity import active_hooks, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -86,27 +89,38 @@ def key_second_moment(
 ) -> Float[Tensor, "d_mlp d_mlp"]:
     """C = E[k kᵀ] of the keys at ``layer`` over ``corpus`` (default: model-sampled text).
 
-    Returned in the model's dtype on its device; cached on disk unless ``use_cache=False``.
+    Returned in the model's dtype on its device. Cached on disk unless ``use_cache=False``, keyed
+    by a hash of every weight the keys at ``layer`` can depend on (all but W_out of ``layer`` and
+    above), the corpus and the settings; with hooks active on the model it is computed under
+    them and not cached.
     """
     adapter = as_adapter(model)
     adapter.check_layer(layer)
     texts = list(corpus) if corpus is not None else None
-    source = {"sampled": asdict(sampled)} if texts is None else {"texts": corpus_fingerprint(texts)}
-    key = {"what": "key_second_moment", "model": adapter.fingerprint(below_layer=layer), "layer": layer,
-           "corpus": source, "max_tokens": max_tokens}
-    path = cache_dir() / f"mom2-{key_digest(key)}.safetensors"
-    if use_cache and path.exists():
-        cached = _read(path, key)
-        if cached is not None:
-            return cached.to(adapter.device, adapter.dtype)
-    if texts is None:
-        texts = sample_corpus(adapter, sampled)
-    moment, count = accumulate_second_moment(adapter, layer, texts, max_tokens)
+    if texts is not None and not any(t.strip() for t in texts):
+        raise ValueError("corpus has no text: key statistics need at least one non-empty string")
+    if use_cache and active_hooks(adapter.model):
+        logger.warning("hooks are active on the model: computing the layer-%d key statistics under them, uncached",
+                       layer)
+        use_cache = False
+    key = _key(adapter, layer, texts, sampled, max_tokens) if use_cache else None
+    path = cache_dir() / f"mom2-{key_digest(key)}.safetensors" if key else None
+    cached = _read(path, key, adapter.d_mlp) if path is not None and path.exists() else None
+    if cached is not None:
+        return cached.to(adapter.device, adapter.dtype)
+    moment, count = accumulate_second_moment(adapter, layer, sample_corpus(adapter, sampled) if texts is None else texts, max_tokens)
     logger.info("key second moment at layer %d from %d tokens", layer, count)
-    if use_cache:
-        save_file({"moment": moment.float().cpu().contiguous()}, str(path),
-                  metadata={"key": json.dumps(key, sort_keys=True), "tokens": str(count)})
+    if path is not None:
+        meta = {"key": json.dumps(key, sort_keys=True), "tokens": str(count)}
+        write_atomic(path, lambda tmp: save_file({"moment": moment.float().cpu().contiguous()}, tmp, metadata=meta))
     return moment.to(adapter.device, adapter.dtype)
+
+
+def _key(adapter: ModelAdapter, layer: int, texts: list[str] | None, sampled: SampledCorpus,
+         max_tokens: int) -> dict:
+    source = {"sampled": asdict(sampled)} if texts is None else {"texts": corpus_fingerprint(texts)}
+    return {"what": "key_second_moment", "model": weights_digest(adapter, skip_w_out_from=layer), "layer": layer,
+            "corpus": source, "max_tokens": max_tokens}
 
 
 def fold_covariance(
@@ -119,12 +133,20 @@ def fold_covariance(
     return key_second_moment(model, layer) if mom2_adjustment else None
 
 
-def _read(path, key) -> Tensor | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        stored = (handle.metadata() or {}).get("key")
-    if stored != json.dumps(key, sort_keys=True):
-        logger.warning("ignoring %s: its stored key does not match", path)
+def _read(path: Path, key: dict, d_mlp: int) -> Tensor | None:
+    """The stored moment when the file is readable, under ``key`` and a finite [d_mlp, d_mlp]
+    matrix; else None, with a warning naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = (handle.metadata() or {}).get("key")
+            matches = stored == json.dumps(key, sort_keys=True)
+            moment = handle.get_tensor("moment").clone() if matches else None  # not backed by the file
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        logger.warning("cache file %s is unreadable (%s); recomputing it", path, err)
         return None
-    return load_file(str(path))["moment"]
+    if moment is None:
+        logger.warning("cache file %s was stored under another key; recomputing it", path)
+    elif tuple(moment.shape) != (d_mlp, d_mlp) or not bool(torch.isfinite(moment).all()):
+        logger.warning("cache file %s holds a malformed moment %s; recomputing it", path, tuple(moment.shape))
+        moment = None
+    return moment

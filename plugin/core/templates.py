@@ -6,11 +6,12 @@ Generated from the start token with seeded top-k sampling, once per model, and c
 
 from __future__ import annotations
 
-import json
 import logging
+from pathlib import Path
 
-from toplens.core.cache import cache_dir, key_digest
+from toplens.core.cache import cache_dir, key_digest, read_json, write_json
 from toplens.model import ModelAdapter, as_adapter
+from toplens.model.identity import active_hooks, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +46,52 @@ def context_templates(
 ) -> tuple[str, ...]:
     """ROME's context templates for this model: ``("{}", "<prefix>. {}", ...)``.
 
+    Cached by a hash of every weight except the W_out matrices that edits change, so an edited
+    model keeps the templates of the model it was edited from (ROME draws them once), while a
+    model that differs anywhere else draws its own. With hooks active on the model they are drawn
+    under those hooks and not cached.
+
     Args:
         model: a TransformerLens model or adapter.
         lengths: (how many, tokens each) groups of generated prefixes.
         top_k: sampling breadth; seed: the RNG seed.
     """
     adapter = as_adapter(model)
-    key = {"what": "context_templates", "model": adapter.fingerprint(below_layer=0), "lengths": [list(x) for x in lengths],
-           "top_k": top_k, "seed": seed}
+    _check_lengths(lengths)
+    if use_cache and active_hooks(adapter.model):
+        logger.warning("hooks are active on the model: drawing context templates under them, uncached")
+        use_cache = False
+    if not use_cache:
+        return generate_templates(adapter, lengths, top_k, seed)
+    key = {"what": "context_templates", "model": weights_digest(adapter, skip_w_out_from=0),
+           "lengths": [list(x) for x in lengths], "top_k": top_k, "seed": seed}
     digest = key_digest(key)
-    if use_cache and digest in _MEMORY:
-        return _MEMORY[digest]
-    path = cache_dir() / f"templates-{digest}.json"
-    if use_cache and path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
-            _MEMORY[digest] = tuple(stored["templates"])
-            return _MEMORY[digest]
-        logger.warning("ignoring %s: its stored key does not match", path)
-    templates = generate_templates(adapter, lengths, top_k, seed)
-    if use_cache:
-        path.write_text(json.dumps({"key": key, "templates": list(templates)}, indent=1))
-        _MEMORY[digest] = templates
+    if digest not in _MEMORY:
+        _MEMORY[digest] = _cached(adapter, key, cache_dir() / f"templates-{digest}.json", top_k, seed)
+    return _MEMORY[digest]
+
+
+def _cached(adapter: ModelAdapter, key: dict, path: Path, top_k: int, seed: int) -> tuple[str, ...]:
+    """The templates stored at ``path`` when valid, else newly drawn and stored there."""
+    stored = read_json(path, key) if path.exists() else None
+    templates = stored.get("templates") if stored else None
+    if templates is not None and _valid(templates, key["lengths"]):
+        return tuple(templates)
+    if stored is not None:
+        logger.warning("cache file %s holds malformed templates; recomputing it", path)
+    templates = generate_templates(adapter, tuple(map(tuple, key["lengths"])), top_k, seed)
+    write_json(path, {"key": key, "templates": list(templates)})
     return templates
+
+
+def _valid(templates, lengths) -> bool:
+    return (isinstance(templates, list) and len(templates) == 1 + sum(n for n, _ in lengths)
+            and all(isinstance(t, str) and t.count("{}") == 1 for t in templates))
+
+
+def _check_lengths(lengths) -> None:
+    ok = isinstance(lengths, (tuple, list)) and all(
+        isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                              for n in x) for x in lengths)
+    if not ok:
+        raise ValueError(f"context_lengths must be (count, tokens) pairs of positive ints; got {lengths!r}")

@@ -8,7 +8,6 @@ where W_out lives, whether ``start_at_layer`` exists — is decided here and now
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from typing import Iterator, Literal, Sequence
 
@@ -116,21 +115,11 @@ class ModelAdapter(PrefixCacheRuns):
         return layer
 
     def fingerprint(self, below_layer: int | None = None) -> str:
-        """A short hash of the configuration, the embedding and a strided sample of W_out of every
-        layer below ``below_layer`` (all layers when None).
+        """A hash of every weight, bit for bit, except W_out of ``below_layer`` and above (see
+        :func:`toplens.model.identity.weights_digest`)."""
+        from toplens.model.identity import weights_digest
 
-        Two backends wrapping the same checkpoint share it. Caches use the part that matters to
-        them: the keys at layer l depend only on the blocks below l, so an edit at layer l (or
-        above) leaves the cached statistics of layer l valid, and context templates are keyed on
-        ``below_layer=0`` (the model's identity), so they are generated once per model.
-        """
-        stop = self.n_layers if below_layer is None else below_layer
-        digest = hashlib.sha256()
-        digest.update(f"{self.n_layers}/{self.d_model}/{self.d_mlp}/{self.cfg.d_vocab}".encode())
-        for matrix in [self.embedding_matrix()] + [self.w_out(i) for i in range(stop)]:
-            sample = matrix.detach().reshape(-1)[::997].to(torch.float32).cpu()
-            digest.update(sample.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_digest(self, skip_w_out_from=below_layer)
 
     # ----------------------------------------------------------------------- weights
     def w_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
