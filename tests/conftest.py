@@ -4,6 +4,7 @@ and the bundled SmolLM2 for integration tests — each built once per session.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BRIDGE_FIXTURES = frozenset({"tiny_bridge", "tiny_bridge_llama", "smollm_bridge"})
+HOOKED_FIXTURES = frozenset({"tiny_hooked", "tiny_hooked_llama", "tiny_attn_only", "smollm_hooked"})
 CORPUS = [
     "The mother tongue of Danielle Darrieux is French.",
     "Paris is the capital of France. Rome is the capital of Italy.",
@@ -143,8 +146,6 @@ TINY_MODELS = (["tiny_hooked", "tiny_hooked_llama"] if HOOKED_AVAILABLE else [])
 @pytest.fixture(params=TINY_MODELS)
 def tiny_model(request):
     """Each tiny model in turn (both backends, both architectures)."""
-    if "bridge" in request.param:
-        request.applymarker(pytest.mark.bridge)
     return request.getfixturevalue(request.param)
 
 
@@ -164,11 +165,67 @@ def smollm_bridge():
     return load_model(backend="bridge")
 
 
+def _models_used(item) -> set[str]:
+    """The fixtures a test requests (transitively), plus the string values of its parameters, so
+    that a model picked by ``request.getfixturevalue(param)`` or a ``backend`` parameter counts."""
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        names |= {v for v in callspec.params.values() if isinstance(v, str)}
+    return names
+
+
+def uses_bridge(names: set[str]) -> bool:
+    return bool(names & BRIDGE_FIXTURES) or "bridge" in names
+
+
+def uses_hooked(names: set[str]) -> bool:
+    return bool(names & HOOKED_FIXTURES) or "hooked" in names
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests whose id names a bridge fixture or backend are marked `bridge` (for the TL 4.x run)."""
+    """Tests that use a bridge model (a bridge fixture, or a parameter naming one or the bridge
+    backend) or whose function names the bridge are marked `bridge`, for the run under
+    TransformerLens 4.x. Where this TransformerLens has no HookedTransformer, a test that needs one
+    is skipped and left unmarked."""
     for item in items:
-        if "bridge" in item.nodeid:
+        names = _models_used(item)
+        if not HOOKED_AVAILABLE and uses_hooked(names):
+            item.add_marker(pytest.mark.skip(reason="this TransformerLens has no HookedTransformer"))
+        elif uses_bridge(names) or "bridge" in getattr(item, "originalname", item.name):
             item.add_marker(pytest.mark.bridge)
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_shared_data(name: str) -> Path:
+    """The path of ``name`` in the shared data folder. When it is missing the test is skipped,
+    except under CI (``CI=true``), where it fails, naming the file."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        message = f"shared data file {path} is not present (the repository's sibling folder 'shared/data')"
+        if _ci():
+            pytest.fail(f"{message}; under CI every test must run", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def param_hash(model) -> str:
+    """sha256 over every named parameter and buffer of ``model`` (a model or a ``ModelAdapter``):
+    name, dtype, shape and bytes, in name order. Equal hashes: bit-identical weights."""
+    from toplens.model import as_adapter
+
+    module = as_adapter(model).model
+    digest = hashlib.sha256()
+    tensors = [(f"param:{n}", t) for n, t in module.named_parameters()]
+    tensors += [(f"buffer:{n}", t) for n, t in module.named_buffers()]
+    for name, tensor in sorted(tensors, key=lambda pair: pair[0]):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

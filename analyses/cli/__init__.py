@@ -28,15 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a bad input raises: our own checks (ValueError, TypeError), an optimization that diverged
+#: (FloatingPointError), and a file of the user's that is missing, unreadable or lacks a key
+USER_ERRORS = (ValueError, TypeError, FloatingPointError, OSError, KeyError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a KeyError's message is the missing key)."""
+    text = f"missing key {err}" if isinstance(err, KeyError) else str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2, with the message on stderr, for a bad input)."""
+    """Entry point; returns the exit status (2, with one line on stderr, for a bad input).
+    Every command checks its flags and files before it loads the model."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (ValueError, TypeError, FloatingPointError) as err:
-        print(f"toplens {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        logging.getLogger(__name__).debug("the error's traceback", exc_info=True)
+        print(f"toplens {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

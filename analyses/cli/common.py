@@ -1,4 +1,5 @@
-"""What the commands share: flags defined once, the one ``--hparams`` rule, loading and printing."""
+"""What the commands share: flags defined once, the one ``--hparams`` rule and its check, reading
+the data and requests, loading and printing (the checks of plain flags are in ``checks``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from typing import Any, Mapping, Sequence
 
 from toplens import EditRequest, as_adapter, load_model
 from toplens.core.hparams import Hparams
+from toplens.core.positions import check_fits
 from toplens.editors import get_editor
 from toplens.editors.presets import get_preset
 from toplens.editors.presets import methods as preset_methods
+from toplens.model.loading import ModelNotFoundError
 
+from toplens.analyses.cli.checks import (UsageError, check_at_least, check_file, check_folder,  # noqa: F401
+                                         check_model_flag, check_trace_flags, check_writable, flag_name)
+from toplens.analyses.evaluation.datasets import load_dataset
+from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.samples import DEFAULT_REQUEST
 from toplens.analyses.tracing.corruption import DEFAULT_SAMPLES, DEFAULT_WINDOW
 
@@ -87,9 +94,53 @@ def trace_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"n_samples": args.samples, "window": args.window, "noise_std": args.noise_std, "seed": args.seed}
 
 
+# --------------------------------------------- checks that need the --hparams rule or the data
+def check_hparams_flag(text: str | None, methods: Sequence[str], flat_to: Sequence[str] | None = None) -> None:
+    """--hparams parses and each method's overrides are valid fields and values (checked on the
+    method's defaults; the layers are checked against the model once it is loaded)."""
+    for method, overrides in hparams_overrides(text, methods, flat_to).items():
+        try:
+            get_editor(method).hparams_type().replace(**overrides)
+        except ValueError as err:
+            raise UsageError(f"--hparams: {err}") from None
+
+
+def records_from(args: argparse.Namespace, limit: int | None) -> tuple[Record, ...]:
+    """The records of --data (at most ``limit``); a missing or malformed file names the flag."""
+    try:
+        return load_dataset(args.data, limit=limit, seed=args.seed)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        detail = f"a record lacks the key {err}" if isinstance(err, KeyError) else err
+        raise UsageError(f"--data {args.data!r}: {detail}") from None
+
+
 # ------------------------------------------------------------------------- typed values
+REQUEST_FLAGS = (("prompt", "--prompt"), ("subject", "--subject"), ("target_new", "--target"),
+                 ("target_true", "--target-true"))
+
+
 def request_from(args: argparse.Namespace) -> EditRequest:
-    return EditRequest(args.prompt, args.subject, args.target, args.target_true or None)
+    """The request of --prompt, --subject, --target and --target-true; a bad one names its flag."""
+    try:
+        return EditRequest(args.prompt, args.subject, args.target, args.target_true or None)
+    except ValueError as err:
+        flag = next((f for field, f in REQUEST_FLAGS if f"EditRequest.{field}" in str(err)), "--prompt")
+        raise UsageError(f"{flag}: {err}") from None
+
+
+def check_requests_fit(model, requests: Sequence[EditRequest], flag: str) -> None:
+    """Each request's prompt followed by each of its targets fits the model's context (run once the
+    model is loaded, before any work on it)."""
+    adapter = as_adapter(model)
+    for i, request in enumerate(requests):
+        where = f" item {i}" if len(requests) > 1 else ""
+        for field in ("target_new", "target_true"):
+            target = getattr(request, field)
+            try:
+                if target is not None:
+                    check_fits(adapter, [request.text + target], f"the filled prompt with {field}", extra=-1)
+            except ValueError as err:
+                raise UsageError(f"{flag}{where}: {err}") from None
 
 
 def check_method(method: str, flag: str = "--method") -> str:
@@ -119,12 +170,24 @@ def parse_ints(text: str | None, flag: str) -> list[int] | None:
         raise ValueError(f"{flag} must be comma-separated integers; got {text!r}") from None
 
 
+def check_las(text: str | None) -> None:
+    """--las: comma-separated layer indices, none negative."""
+    las = parse_ints(text, "--las")
+    if las is not None and (not las or min(las) < 0):
+        raise UsageError(f"--las must be non-negative layer indices; got {text!r}")
+
+
 # ------------------------------------------------------------------------ hyperparameters
 def read_json_object(text: str | None, flag: str = "--hparams") -> dict[str, Any]:
     """A JSON object given inline or as the path of a file holding one ({} when ``text`` is empty)."""
     if not text:
         return {}
-    raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
+    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
+    try:
+        raw = json.loads(source)
+    except json.JSONDecodeError as err:
+        what = f"the file {text!r}" if source is not text else f"{text!r} (not an existing file either)"
+        raise UsageError(f"{flag}: {what} is not JSON: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{flag} must be a JSON object; got {text!r}")
     return raw
@@ -167,8 +230,12 @@ def resolve_all(model, overrides: Mapping[str, Mapping[str, Any]], model_name: s
 
 # ----------------------------------------------------------------------- loading, printing
 def load(args: argparse.Namespace):
-    """The model of ``--model`` on ``--backend``."""
-    return load_model(args.model, args.backend)
+    """The model of ``--model`` on ``--backend`` (checked first: a wrong name never starts a load)."""
+    check_model_flag(args)
+    try:
+        return load_model(args.model, args.backend)
+    except ModelNotFoundError as err:  # a hub id the bridge could not find
+        raise UsageError(f"--model: {err}") from None
 
 
 def emit(args: argparse.Namespace, report: Mapping[str, Any], text: str) -> None:

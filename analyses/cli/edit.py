@@ -6,9 +6,12 @@ import argparse
 from typing import Any
 
 from toplens import EditRequest, as_adapter, get_editor
+from toplens.core.positions import PromptTooLongError
 
-from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_request_args, emit, hparams_overrides,
-                                         load, request_from, resolve_hparams)
+from toplens.analyses.cli.common import (UsageError, add_hparams_arg, add_model_args, add_request_args,
+                                         check_at_least, check_file, check_hparams_flag, check_method,
+                                         check_requests_fit, check_writable, emit, flag_name,
+                                         hparams_overrides, load, request_from, resolve_hparams)
 from toplens.analyses.evaluation.datasets import read_requests
 from toplens.analyses.evaluation.edit_check import check_batch, check_edit
 
@@ -30,26 +33,37 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
-
-
 def single_request(args: argparse.Namespace) -> EditRequest | None:
     """The request of --prompt/--subject/--target (None with --requests, which excludes them)."""
     if args.requests is not None:
-        given = [_flag(n) for n in SINGLE_FLAGS if getattr(args, n) is not None]
+        given = [flag_name(n) for n in SINGLE_FLAGS if getattr(args, n) is not None]
         if given:
-            raise SystemExit(f"toplens edit: --requests cannot be combined with {', '.join(given)}")
+            raise UsageError(f"--requests cannot be combined with {', '.join(given)}")
         return None
-    missing = [_flag(n) for n in SINGLE_FLAGS[:3] if getattr(args, n) is None]
+    missing = [flag_name(n) for n in SINGLE_FLAGS[:3] if getattr(args, n) is None]
     if missing:
-        raise SystemExit(f"toplens edit: missing {', '.join(missing)}")
+        raise UsageError(f"missing {', '.join(missing)} (or give --requests FILE.json)")
     return request_from(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def validate(args: argparse.Namespace) -> list[EditRequest]:
+    """Every flag and file, before the model loads; returns the request(s)."""
+    check_method(args.method)
+    check_at_least(args, 0, "layer")
+    check_writable(args.save, "--save", folder=False)
+    check_hparams_flag(args.hparams, [args.method])
     request = single_request(args)
-    requests = None if request is not None else read_requests(args.requests)
+    if request is not None:
+        return [request]
+    check_file(args.requests, "--requests")
+    try:
+        return read_requests(args.requests)
+    except ValueError as err:
+        raise UsageError(f"--requests: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    requests = validate(args)
     overrides = hparams_overrides(args.hparams, [args.method])[args.method]
     model = load(args)
     if args.layer is not None:  # the one edit layer, whichever field the method keeps it in
@@ -59,12 +73,17 @@ def run(args: argparse.Namespace) -> int:
     field = "--layer" if args.layer is not None else f"{type(hp).__name__}.{hp.layers_field}"
     for layer in hp.edit_layers:
         as_adapter(model).check_layer(layer, field)
-    if requests is not None:
-        check = check_batch(model, args.method, requests, hp)
-        emit(args, check.to_json(), format_batch(check.to_json()))
-    else:
-        check = check_edit(model, args.method, request, hp, save=args.save)
-        emit(args, check.to_json(), format_report(check.to_json()))
+    flag = "--requests" if args.requests is not None else "--prompt"
+    check_requests_fit(model, requests, flag)
+    try:
+        if args.requests is not None:
+            check = check_batch(model, args.method, requests, hp)
+            emit(args, check.to_json(), format_batch(check.to_json()))
+        else:
+            check = check_edit(model, args.method, requests[0], hp, save=args.save)
+            emit(args, check.to_json(), format_report(check.to_json()))
+    except PromptTooLongError as err:  # the prompt fits, but not with a context template around it
+        raise UsageError(f"{flag}: {err}") from None
     return 0 if check.restored else 1
 
 

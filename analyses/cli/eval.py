@@ -6,8 +6,8 @@ import argparse
 from typing import Any, Mapping
 
 from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_methods_arg, add_model_args, add_out_arg,
-                                         emit, hparams_overrides, load, parse_methods, resolve_all)
-from toplens.analyses.evaluation.datasets import load_dataset
+                                         check_at_least, check_file, check_hparams_flag, check_writable, emit,
+                                         hparams_overrides, load, parse_methods, records_from, resolve_all)
 from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K
 from toplens.analyses.evaluation.metrics import load_stop_words
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
@@ -27,14 +27,26 @@ def add_parser(sub) -> None:
     p.add_argument("--generation-tokens", type=int, default=GENERATION_TOKENS, help="new tokens per generation")
     p.add_argument("--top-k", type=int, default=GENERATION_TOP_K, help="sampling top-k (1 = greedy)")
     p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
+    p.add_argument("--strict", action="store_true", help="stop at a record that cannot be evaluated "
+                                                         "(default: skip it, listed in summary.json)")
     add_hparams_arg(p)
     add_model_args(p)
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """The flags and files, before the data or the model loads."""
+    check_at_least(args, 1, "limit", "top_k")
+    check_at_least(args, 0, "generation_tokens", "seed")
+    check_writable(args.out, "--out", folder=True)
+    check_file(args.stopwords, "--stopwords")
+    check_hparams_flag(args.hparams, parse_methods(args.methods))
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     methods = parse_methods(args.methods)
-    records = load_dataset(args.data, limit=args.limit, seed=args.seed)
+    records = records_from(args, args.limit)
     if not records:
         raise ValueError(f"--data {args.data!r} has no records")
     overrides = hparams_overrides(args.hparams, methods)
@@ -43,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     hparams = resolve_all(model, overrides, args.model)
     result = run_eval(model, records, methods, args.out, hparams=hparams, model_name=args.model or None,
                       stop_words=stop_words, generation_tokens=0 if args.no_generation else args.generation_tokens,
-                      top_k=args.top_k, seed=args.seed)
+                      top_k=args.top_k, seed=args.seed, strict=args.strict)
     emit(args, result.to_json(), format_summary(result.to_json()))
     return 0
 
@@ -61,4 +73,9 @@ def format_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
         mags = "  ".join(f"{COLUMNS[k]} {cell(s[f'{k}_magnitude'])}" for k in METRICS)
         pre = "  ".join(f"{COLUMNS[k]} {cell(s['pre'][k])}" for k in METRICS)
         rows.append(f"{method:10}{mags}   | pre: {pre}   | {cell(s['seconds_per_edit'])} s/edit")
+    skipped = [(method, item) for method, s in summary.items() for item in s.get("skipped", ())]
+    if skipped:
+        rows += ["", f"skipped ({len(skipped)}; not in the rates above):"]
+        rows += [f"{method:10}case {item['case_id']!r} (record {item['index']}): {item['reason']}"
+                 for method, item in skipped]
     return "\n".join(rows)

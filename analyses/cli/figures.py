@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_model_args, add_out_arg,
-                                         hparams_overrides, load, parse_ints, resolve_all)
+from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_model_args, add_out_arg, check_at_least,
+                                         check_folder, check_hparams_flag, check_las, check_requests_fit,
+                                         check_writable, hparams_overrides, load, parse_ints, records_from,
+                                         resolve_all)
 from toplens.analyses.cli.sweep import LAS_HELP
-from toplens.analyses.evaluation.datasets import load_dataset
 from toplens.analyses.gallery import METHODS, make_figures
 
 
@@ -27,11 +28,23 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """The flags and folders, before the data or the model loads."""
+    check_at_least(args, 1, "n", "samples")
+    check_at_least(args, 0, "seed")
+    check_las(args.las)
+    check_writable(args.out, "--out", folder=True)
+    check_folder(args.eval_dir, "--eval-dir")
+    check_hparams_flag(args.hparams, METHODS, flat_to=METHODS)
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     las = parse_ints(args.las, "--las")
-    records = load_dataset(args.data, limit=args.n, seed=args.seed)
+    records = records_from(args, args.n)
     overrides = hparams_overrides(args.hparams, METHODS, flat_to=METHODS)
     model = load(args)
+    check_requests_fit(model, [r.request for r in records], "--data")
     index = make_figures(model, records, args.out, hparams=resolve_all(model, overrides, args.model),
                          samples=args.samples, seed=args.seed, las=las, eval_dir=args.eval_dir, source=args.data)
     print(json.dumps({"index": str(index.path), "figures": [e[0] for e in index.entries]}) if args.json

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_out_arg, add_request_args, emit,
-                                         hparams_overrides, load, request_from, resolve_all)
+from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_out_arg, add_request_args,
+                                         check_at_least, check_hparams_flag, check_requests_fit, check_writable,
+                                         emit, hparams_overrides, load, request_from, resolve_all)
 from toplens.analyses.outputs import save_independence
 from toplens.analyses.tracing.independence import IndependenceResult, independence_check
 
@@ -23,11 +24,20 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace, methods: list[str]) -> None:
+    """The flags and folders, before the model loads."""
+    check_at_least(args, 0, "n_random", "seed")
+    check_writable(args.out, "--out", folder=True)
+    check_hparams_flag(args.hparams, methods, flat_to=["top"])
+
+
 def run(args: argparse.Namespace) -> int:
-    request = request_from(args)
     methods = ["top"] if args.no_rome else ["top", "rome"]
+    validate(args, methods)
+    request = request_from(args)
     overrides = hparams_overrides(args.hparams, methods, flat_to=["top"])
     model = load(args)
+    check_requests_fit(model, [request], "--prompt")
     hparams = resolve_all(model, overrides, args.model)
     result = independence_check(model, request, hparams["top"], rome_hparams=hparams.get("rome"),
                                 include_rome=not args.no_rome, n_random=args.n_random, seed=args.seed)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_out_arg, add_request_args, emit,
-                                         hparams_overrides, load, parse_ints, request_from, resolve_all)
+from toplens.analyses.cli.common import (UsageError, add_hparams_arg, add_model_args, add_out_arg, add_request_args,
+                                         check_at_least, check_hparams_flag, check_requests_fit, check_writable,
+                                         emit, hparams_overrides, load, parse_ints, request_from, resolve_all)
 from toplens.analyses.outputs import save_saliency
 from toplens.analyses.tracing.saliency import SaliencyResult, gradient_saliency
 
@@ -22,11 +23,23 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """The flags and folders, before the model loads."""
+    check_at_least(args, 1, "steps")
+    stages = parse_ints(args.stages, "--stages")
+    if not stages or min(stages) < 1:
+        raise UsageError(f"--stages must be stage numbers 1, 2, ...; got {args.stages!r}")
+    check_writable(args.out, "--out", folder=True)
+    check_hparams_flag(args.hparams, [args.method])
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     stages = tuple(parse_ints(args.stages, "--stages") or ())
     request = request_from(args)
     overrides = hparams_overrides(args.hparams, [args.method])
     model = load(args)
+    check_requests_fit(model, [request], "--prompt")
     hp = resolve_all(model, overrides, args.model)[args.method]
     result = gradient_saliency(model, request, args.method, hp, steps=args.steps, stages=stages)
     if args.out:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_model_args, add_out_arg, emit,
-                                         hparams_overrides, load, parse_ints, resolve_all)
-from toplens.analyses.evaluation.datasets import load_dataset
+from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_model_args, add_out_arg, check_at_least,
+                                         check_hparams_flag, check_las, check_requests_fit, check_writable, emit,
+                                         hparams_overrides, load, parse_ints, records_from, resolve_all)
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.analyses.outputs import save_sweep
 from toplens.analyses.sweep import SweepResult, la_sweep
@@ -26,11 +26,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """The flags and folders, before the data or the model loads."""
+    check_at_least(args, 1, "n")
+    check_at_least(args, 0, "seed")
+    check_las(args.las)
+    check_writable(args.out, "--out", folder=True)
+    check_hparams_flag(args.hparams, ["top"])
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     las = parse_ints(args.las, "--las")
-    records = load_dataset(args.data, limit=args.n, seed=args.seed)
+    records = records_from(args, args.n)
     overrides = hparams_overrides(args.hparams, ["top"])
     model = load(args)
+    check_requests_fit(model, [r.request for r in records], "--data")
     result = la_sweep(model, records, las, resolve_all(model, overrides, args.model)["top"])
     if args.out:
         save_sweep(result, args.out)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_out_arg, add_request_args, add_trace_args,
-                                         check_method, emit, hparams_overrides, load, request_from, resolve_all,
+                                         check_hparams_flag, check_method, check_requests_fit, check_trace_flags,
+                                         check_writable, emit, hparams_overrides, load, request_from, resolve_all,
                                          trace_options)
 from toplens.analyses.outputs import save_traces
 from toplens.analyses.tracing.causal_trace import TraceResult, trace_edit
@@ -25,14 +26,24 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def validate(args: argparse.Namespace, method: str | None) -> None:
+    """The flags and folders, before the model loads."""
+    check_trace_flags(args)
+    check_writable(args.out, "--out", folder=True)
+    if method is not None:
+        check_hparams_flag(args.hparams, [method])
+
+
 def run(args: argparse.Namespace) -> int:
     request = request_from(args)
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     method = None if args.method in ("none", "", None) else check_method(args.method)
     if request.target_true is None and method is None:
         raise ValueError("--target-true is needed to trace the original model's answer o")
+    validate(args, method)
     overrides = hparams_overrides(args.hparams, [method]) if method else {}
     model = load(args)
+    check_requests_fit(model, [request], "--prompt")
     hp = resolve_all(model, overrides, args.model).get(method)
     trace = trace_edit(model, request, kinds, method, hp, **trace_options(args))
     if args.out:

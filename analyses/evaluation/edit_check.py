@@ -1,8 +1,8 @@
 """One edit (or a batch) checked end to end: the model before, during the edit, and after its revert.
 
 What ``toplens edit`` shows: P(target_new), P(target_true) and the top next tokens before the edit
-and while it is applied, and whether reverting it restored every W_out bit for bit (a sha256 of
-each layer's weights, taken before and after).
+and while it is applied, and whether reverting it restored every parameter bit for bit (a sha256
+of all of them, taken before and after).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Sequence
 from toplens import EditRequest, WeightEdit, apply_edit, as_adapter
 from toplens.core.hparams import Hparams
 from toplens.core.scoring import target_probability, top_tokens
-from toplens.core.weights import weight_hashes
 from toplens.editors import get_editor
 from toplens.model import ModelAdapter
+from toplens.model.identity import weights_digest
 
 TOP_K = 5  # next tokens shown
 
@@ -41,8 +41,9 @@ def snapshot(model, request: EditRequest) -> Snapshot:
     return Snapshot(target_probability(model, request.text, request.target_new), p_true, top)
 
 
-def _all_hashes(adapter: ModelAdapter) -> dict[int, str]:
-    return weight_hashes(adapter, range(adapter.n_layers))
+def _all_hashes(adapter: ModelAdapter) -> str:
+    """A hash of every parameter and buffer, bit for bit (the revert check compares all of them)."""
+    return weights_digest(adapter)
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,17 @@ class EditCheck:
 def check_edit(model, method: str, request: EditRequest, hparams: Hparams, *,
                save: str | Path | None = None) -> EditCheck:
     """Compute ``method``'s edit of ``request`` (saved to ``save`` if given), measure the model
-    before and while it is applied, revert it and check that every W_out is as it was."""
+    before and while it is applied, revert it and check that every weight is as it was (a hash of all of them)."""
     adapter = as_adapter(model)
     before = snapshot(adapter, request)
     hashes = _all_hashes(adapter)
     start = time.perf_counter()
     edit = get_editor(method).compute(adapter, request, hparams)
     seconds = time.perf_counter() - start
+    with apply_edit(adapter, edit):  # checks the edit (finite, right shapes) before anything is saved
+        after = snapshot(adapter, request)
     if save:
         edit.save(save)
-    with apply_edit(adapter, edit):
-        after = snapshot(adapter, request)
     return EditCheck(edit, request, adapter.name, adapter.backend, seconds, before, after,
                      _all_hashes(adapter) == hashes)
 
@@ -117,7 +118,7 @@ class BatchCheck:
 
 def check_batch(model, method: str, requests: Sequence[EditRequest], hparams: Hparams) -> BatchCheck:
     """Apply ``method`` to every request (MEMIT at once, the others in sequence), measure each
-    before and while applied, revert, and check that every W_out is as it was."""
+    before and while applied, revert, and check that every weight is as it was (a hash of all of them)."""
     adapter = as_adapter(model)
     requests = tuple(requests)
     before = tuple(snapshot(adapter, r) for r in requests)

@@ -23,6 +23,7 @@ from torch import Tensor
 from toplens import apply_edit, as_adapter
 from toplens.editors import get_editor
 from toplens.model import ModelAdapter
+from toplens.core.positions import check_fits
 from toplens.core.scoring import target_logprobs
 
 from toplens.analyses.evaluation import metrics as m
@@ -108,6 +109,20 @@ def relation_tokens(model, prompts: Sequence[str], log_probs: Tensor,
     return tuple(tokens)
 
 
+def check_record_fits(model, record: Record, generation_tokens: int = 0) -> None:
+    """Refuse a record one of whose prompts, with its longest target (or the generated tokens), is
+    longer than the model's context: a PromptTooLongError naming the prompt and the limit."""
+    adapter = as_adapter(model)
+    req = record.request
+    target = max(len(adapter.tokenizer(t, add_special_tokens=False).input_ids)
+                 for t in (req.target_new, req.target_true or "", *record.neighborhood_true))
+    prompts = [req.text, *record.paraphrase_prompts, *record.neighborhood_prompts, *record.relation_specific_prompts]
+    check_fits(adapter, prompts, "a prompt of the record, with its target,", extra=target)
+    if generation_tokens > 0:
+        check_fits(adapter, record.generation_prompts, f"generation prompt {{}} plus {generation_tokens} new tokens",
+                   extra=generation_tokens)
+
+
 def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None = None,
             stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS) -> Measurement:
     """The four metrics on the model as it is now, from one batched target_logprobs call.
@@ -117,6 +132,7 @@ def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None 
     """
     req = record.request
     own = [req.text, *record.paraphrase_prompts]
+    check_record_fits(model, record)
     neighbors = [(p, t) for p, t in zip(record.neighborhood_prompts, record.neighborhood_true) if t.strip()]
     rs_prompts = list(record.relation_specific_prompts)
     lp = grouped_logprobs(model, {
@@ -196,6 +212,7 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
         generation_tokens, top_k, seed: the Fluency/Consistency generations (0 tokens: none).
     """
     editor = get_editor(method)
+    check_record_fits(model, record, generation_tokens)
     if before is None:
         before = measure(model, record, stop_words=stop_words)
     start = time.perf_counter()

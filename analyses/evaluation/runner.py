@@ -1,14 +1,21 @@
 """Evaluate methods over many records: ``cases.jsonl`` and ``summary.json`` in an output folder.
 
 ``cases.jsonl`` gets one JSON line per (case, method), appended as each finishes, with the model
-name, the hyperparameters, the per-prompt outcomes before and after the edit and the
-generations. A rerun into the same folder skips the (case_id, method) pairs already there and
-reuses their lines, so an interrupted run resumes. ``summary.json`` holds, per method, the
-means over the run's records in percent (Fluency and Consistency ×100, as the papers print them).
+name, the hyperparameters, a fingerprint of the record's content, the per-prompt outcomes before
+and after the edit and the generations. A rerun into the same folder skips the (case_id, method)
+pairs already there and reuses their lines, so an interrupted run resumes; it refuses lines of
+another model, other hparams or generation settings, or a record whose content has changed.
+
+A record that cannot be evaluated (a subject that merges with the next token, a prompt longer
+than the model's context) is reported with its case id and index, written to ``skipped.jsonl``
+with the reason, and the run goes on; ``strict=True`` stops instead. ``summary.json`` holds, per
+method, the means over the evaluated records in percent (Fluency and Consistency ×100, as the
+papers print them) and the skipped records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -32,6 +39,25 @@ from toplens.analyses.evaluation.results import CaseResult
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+SKIPPED_FILE = "skipped.jsonl"
+
+
+@dataclass(frozen=True)
+class SkippedCase:
+    """A record that could not be evaluated with a method: its case id, index and the reason."""
+
+    case_id: Any
+    index: int
+    method: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "index": self.index, "method": self.method, "reason": self.reason}
+
+
+def record_digest(record: Record) -> str:
+    """A fingerprint of a record's content (its request and every prompt list)."""
+    return hashlib.sha256(json.dumps(jsonable(record.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -40,17 +66,21 @@ class EvalResult:
 
     Attributes:
         summaries: per method, the means over the run's records (summary.json's entries).
-        cases: per method, each record's post-edit metrics, in the order of the records.
-        out_dir: the folder holding cases.jsonl and summary.json.
+        cases: per method, each evaluated record's post-edit metrics, in the order of the records.
+        out_dir: the folder holding cases.jsonl, skipped.jsonl and summary.json.
+        skipped: the records that could not be evaluated, with the reasons.
     """
 
     summaries: Mapping[str, MethodSummary]
     cases: Mapping[str, tuple[CaseResult, ...]]
     out_dir: Path
+    skipped: tuple[SkippedCase, ...] = ()
 
     def to_json(self) -> dict[str, dict[str, Any]]:
-        """The content of summary.json: per method, the rates in percent, magnitudes, pre-edit rates."""
-        return {method: summary.to_json() for method, summary in self.summaries.items()}
+        """The content of summary.json: per method, the rates in percent, magnitudes, pre-edit
+        rates, and the records skipped (``"skipped"``, a list of case id, index and reason)."""
+        return {method: {**summary.to_json(), "skipped": [s.to_json() for s in self.skipped if s.method == method]}
+                for method, summary in self.summaries.items()}
 
 
 def _key(case_id: Any, method: str) -> tuple[str, str]:
@@ -58,12 +88,17 @@ def _key(case_id: Any, method: str) -> tuple[str, str]:
 
 
 def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: Mapping[str, Mapping[str, Any]],
-                  path: Path) -> None:
-    """Refuse to mix: a method's finished lines must share this run's model, hparams and generation."""
+                  digests: Mapping[str, str], path: Path) -> None:
+    """Refuse to mix: a method's finished lines must share this run's model, hparams and
+    generation, and each must be of the same record content as this run's record of its case id."""
     for (case_id, method), line in done.items():
         wanted = settings.get(method)
         if wanted is None:
             continue
+        if case_id in digests and line.get("record") != digests[case_id]:
+            raise ValueError(f"{path} holds case {case_id} of {method!r} evaluated on other record content "
+                             f"(fingerprint {line.get('record')!r}, this data's is {digests[case_id]!r}); "
+                             "use another output folder")
         differ = [k for k, v in wanted.items() if line.get(k) != v]
         if differ:
             raise ValueError(f"{path} holds case {case_id} of {method!r} run with other {', '.join(differ)} "
@@ -88,7 +123,7 @@ def _check_records(records: Sequence[Record]) -> None:
 def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: str | Path, *,
              hparams: Mapping[str, Hparams] | None = None, model_name: str | None = None,
              stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS, generation_tokens: int = GENERATION_TOKENS,
-             top_k: int = GENERATION_TOP_K, seed: int = 0, progress: bool = True) -> EvalResult:
+             top_k: int = GENERATION_TOP_K, seed: int = 0, progress: bool = True, strict: bool = False) -> EvalResult:
     """Evaluate every method on every record; writes cases.jsonl and summary.json, returns both.
 
     Args:
@@ -100,6 +135,7 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
         model_name: recorded in each line and used for presets; default the model's cfg name.
         stop_words, generation_tokens, top_k, seed: see analyses.evaluation.evaluate.evaluate_case.
         progress: show a tqdm bar over records.
+        strict: stop at the first record that cannot be evaluated, instead of skipping it.
     """
     for method in methods:
         get_editor(method)
@@ -110,34 +146,73 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
     _check_records(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / CASES_FILE
-    lines = read_cases(path)
-    _drop_partial_line(path, lines)
-    done = {_key(line["case_id"], line["method"]): line for line in lines}
     generation = {"tokens": generation_tokens, "top_k": top_k, "seed": seed}
     settings = {mt: {"model": name, "hparams": jsonable(chosen[mt].to_dict()), "generation": generation}
                 for mt in methods}
-    _check_resume(done, settings, path)
+    digests = {json.dumps(r.case_id): record_digest(r) for r in records}
+    done = _resumed(out / CASES_FILE, settings, digests)
+    skipped = _resumed(out / SKIPPED_FILE, settings, digests)
     options = dict(stop_words=stop_words, generation_tokens=generation_tokens, top_k=top_k, seed=seed)
-    with open(path, "a", encoding="utf-8") as sink:
-        for record in tqdm(records, desc="eval", unit="case", disable=not progress):
-            pending = [mt for mt in methods if _key(record.case_id, mt) not in done]
-            before = measure(model, record, stop_words=stop_words) if pending else None
-            for method in pending:
-                ev = evaluate_case(model, record, method, chosen[method], before=before, **options)
-                line = {**case_to_dict(ev, model_name=name, hparams=chosen[method].to_dict()),
-                        "generation": generation}
-                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-                sink.flush()
-                done[_key(record.case_id, method)] = line
-    result = _result(out, records, methods, done)
+    with open(out / CASES_FILE, "a", encoding="utf-8") as sink, \
+            open(out / SKIPPED_FILE, "a", encoding="utf-8") as skips:
+        for index, record in enumerate(tqdm(records, desc="eval", unit="case", disable=not progress)):
+            pending = [mt for mt in methods if _key(record.case_id, mt) not in {**done, **skipped}]
+            for method, line in _evaluate_record(model, record, index, pending, chosen, name, options, strict):
+                line = {**settings[method], **line, "record": digests[json.dumps(record.case_id)]}
+                is_skip = "reason" in line
+                _append(skips if is_skip else sink, line)
+                (skipped if is_skip else done)[_key(record.case_id, method)] = line
+    result = _result(out, records, methods, done, skipped)
     (out / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     return result
 
 
+def _append(sink, line: Mapping[str, Any]) -> None:
+    sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+    sink.flush()
+
+
+def _resumed(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str]) -> dict:
+    """The finished (case_id, method) lines of ``path``, checked against this run's settings."""
+    lines = read_cases(path)
+    _drop_partial_line(path, lines)
+    done = {_key(line["case_id"], line["method"]): line for line in lines}
+    _check_resume(done, settings, digests, path)
+    return done
+
+
+def _evaluate_record(model, record: Record, index: int, methods: Sequence[str], chosen: Mapping[str, Hparams],
+                     name: str, options: Mapping[str, Any], strict: bool):
+    """Yield (method, cases.jsonl line) for each method, or (method, skipped line) for a method
+    whose edit or measurement refused the record (``strict``: raise, naming the case)."""
+    try:
+        before = measure(model, record, stop_words=options["stop_words"]) if methods else None
+    except ValueError as err:
+        yield from ((mt, _skip(record, index, mt, err, strict)) for mt in methods)
+        return
+    for method in methods:
+        try:
+            ev = evaluate_case(model, record, method, chosen[method], before=before, **options)
+        except ValueError as err:
+            yield method, _skip(record, index, method, err, strict)
+            continue
+        yield method, case_to_dict(ev, model_name=name, hparams=chosen[method].to_dict())
+
+
+def _skip(record: Record, index: int, method: str, err: ValueError, strict: bool) -> dict[str, Any]:
+    where = f"case {record.case_id!r} (record {index})"
+    if strict:
+        raise ValueError(f"{where}: {err}") from err
+    logger.warning("skipping %s for %s: %s", where, method, err)
+    return SkippedCase(record.case_id, index, method, str(err)).to_json()
+
+
 def _result(out: Path, records: Sequence[Record], methods: Sequence[str],
-            done: Mapping[tuple[str, str], Mapping[str, Any]]) -> EvalResult:
-    """Each method's summary and cases over ``records``, from their cases.jsonl lines."""
-    lines = {mt: [done[_key(r.case_id, mt)] for r in records] for mt in methods}
+            done: Mapping[tuple[str, str], Mapping[str, Any]],
+            skipped: Mapping[tuple[str, str], Mapping[str, Any]]) -> EvalResult:
+    """Each method's summary and cases over the evaluated ``records``, and the skipped ones."""
+    lines = {mt: [done[_key(r.case_id, mt)] for r in records if _key(r.case_id, mt) in done] for mt in methods}
+    skips = tuple(SkippedCase(line["case_id"], line["index"], mt, line["reason"])
+                  for r in records for mt in methods if (line := skipped.get(_key(r.case_id, mt))))
     return EvalResult({mt: summarize_lines(lines[mt]) for mt in methods},
-                      {mt: tuple(case_from_dict(line) for line in lines[mt]) for mt in methods}, out)
+                      {mt: tuple(case_from_dict(line) for line in lines[mt]) for mt in methods}, out, skips)

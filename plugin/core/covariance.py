@@ -108,7 +108,8 @@ def key_second_moment(
     cached = _read(path, key, adapter.d_mlp) if path is not None and path.exists() else None
     if cached is not None:
         return cached.to(adapter.device, adapter.dtype)
-    moment, count = accumulate_second_moment(adapter, layer, sample_corpus(adapter, sampled) if texts is None else texts, max_tokens)
+    texts = sample_corpus(adapter, sampled) if texts is None else texts
+    moment, count = accumulate_second_moment(adapter, layer, texts, max_tokens)
     logger.info("key second moment at layer %d from %d tokens", layer, count)
     if path is not None:
         meta = {"key": json.dumps(key, sort_keys=True), "tokens": str(count)}

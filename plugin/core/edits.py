@@ -3,13 +3,12 @@
 An editor returns a ``WeightEdit`` whose changes are factors, ΔW_out = U V per layer, with the
 model left as it was. ``apply_edit`` adds U V in place and returns an ``EditHandle`` that keeps the
 original matrices, so ``handle.revert()`` (or leaving the ``with`` block) restores them bit for
-bit. Edits save to one safetensors file of factors whose metadata holds the JSON description
-(no pickle).
+bit. Edits save to one safetensors file of factors (:mod:`toplens.core.edit_file`), tied to the
+model they were computed on by a hash of its weights.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -18,17 +17,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from toplens.core.edit_file import read_edit, write_edit
 from toplens.core.requests import EditRequest
 from toplens.model import ModelAdapter, as_adapter
+from toplens.model.identity import weights_digest
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "toplens-edit/2"
-
 
 @dataclass(frozen=True)
 class LayerDelta:
@@ -96,6 +92,9 @@ class WeightEdit:
         deltas: one low-rank ΔW_out per edited layer.
         hparams: the hyperparameters used (JSON-able).
         details: the editor's diagnostics (an ``EditDetails``); not saved to disk.
+        model_digest: the hash of the model's weights when the edit was computed
+            (:func:`toplens.model.identity.weights_digest`); applying it to a model with other
+            weights needs ``force=True``. None for an edit tied to no model.
     """
 
     method: str
@@ -103,44 +102,22 @@ class WeightEdit:
     deltas: tuple[LayerDelta, ...]
     hparams: dict[str, Any] = field(default_factory=dict)
     details: EditDetails | None = field(default=None, repr=False, compare=False)
+    model_digest: str | None = None
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(d.layer for d in self.deltas)
 
     def save(self, path: str | Path) -> Path:
-        """Write the edit to a ``.safetensors`` file (the factors + JSON metadata)."""
-        path = Path(path)
-        tensors = {}
-        for i, d in enumerate(self.deltas):
-            tensors[f"u.{i}"] = d.u.detach().cpu().contiguous()
-            tensors[f"v.{i}"] = d.v.detach().cpu().contiguous()
-        meta = {"method": self.method, "requests": [r.to_dict() for r in self.requests],
-                "layers": list(self.layers), "hparams": self.hparams, "format": FORMAT}
-        save_file(tensors, str(path), metadata={"toplens": json.dumps(meta)})
-        return path
+        """Write the edit to a ``.safetensors`` file: the factors, the JSON description and the
+        hash of the model it was computed on. A non-finite edit is refused, nothing written."""
+        return write_edit(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "WeightEdit":
-        """Read an edit written by :meth:`save` (files of the dense format 1 load too)."""
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("toplens")
-            if raw is None:
-                raise ValueError(f"{path} is not a toplens edit (no 'toplens' metadata)")
-            meta = json.loads(raw)
-            deltas = tuple(_read_delta(handle, meta, i, layer) for i, layer in enumerate(meta["layers"]))
-        requests = tuple(EditRequest.from_dict(r) for r in meta["requests"])
-        return cls(meta["method"], requests, deltas, meta.get("hparams", {}))
-
-
-def _read_delta(handle, meta: dict, i: int, layer: int) -> LayerDelta:
-    if meta.get("format") not in (FORMAT, "toplens-edit/1"):
-        raise ValueError(f"edit format {meta.get('format')!r} is not one this toplens reads "
-                         f"({FORMAT!r} or 'toplens-edit/1')")
-    if meta.get("format") == FORMAT:
-        return LayerDelta(layer, handle.get_tensor(f"u.{i}"), handle.get_tensor(f"v.{i}"))
-    dense = handle.get_tensor(f"delta.{i}")  # format 1: ΔW itself, kept as ΔW · I
-    return LayerDelta(layer, dense, torch.eye(dense.shape[1], dtype=dense.dtype))
+        """Read an edit written by :meth:`save` (files of the formats 2 and 1 load too, tied to no
+        model); every field is checked and an error names the file."""
+        return read_edit(path, cls)
 
 
 class EditHandle:
@@ -165,19 +142,54 @@ class EditHandle:
     def model(self):
         return self.adapter.model
 
-    def add(self, edit: WeightEdit) -> "EditHandle":
-        """Apply ``edit`` in place (checked first, so a bad edit changes nothing)."""
+    def add(self, edit: WeightEdit, *, force: bool = False) -> "EditHandle":
+        """Apply ``edit`` in place (checked first, so a bad edit changes nothing). An edit computed
+        on a model with other weights is refused unless ``force``."""
+        if edit.model_digest is not None and not force:
+            self._check_model(edit)
         dense = [(d, self._checked(d)) for d in edit.deltas]
-        with torch.no_grad():
-            for d, delta in dense:
-                weight = self.adapter.w_out(d.layer)
-                if d.layer not in self._originals:
-                    self._originals[d.layer] = weight.detach().clone()
-                    _holders(self.adapter.model, d.layer).append(self)
-                weight.add_(delta.to(weight.device, weight.dtype))
-                self._added.setdefault(d.layer, []).append(d)  # factors only: U V is recomputed exactly
+        before: dict[int, tuple[Tensor, int, bool]] = {}  # each layer as this call found it
+        try:
+            with torch.no_grad():
+                for d, delta in dense:
+                    self._add_one(d, delta, before)
+        except BaseException:
+            self._undo(before)
+            raise
         self.edits.append(edit)
         return self
+
+    def _add_one(self, d: LayerDelta, delta: Tensor, before: dict[int, tuple[Tensor, int, bool]]) -> None:
+        weight = self.adapter.w_out(d.layer)
+        if d.layer not in before:
+            fresh = d.layer not in self._originals
+            before[d.layer] = (weight.detach().clone(), len(self._added.get(d.layer, [])), fresh)
+        if d.layer not in self._originals:
+            self._originals[d.layer] = before[d.layer][0]
+            _holders(self.adapter.model, d.layer).append(self)
+        weight.add_(delta.to(weight.device, weight.dtype))
+        self._added.setdefault(d.layer, []).append(d)  # factors only: U V is recomputed exactly
+
+    def _undo(self, before: dict[int, tuple[Tensor, int, bool]]) -> None:
+        """Put back every layer an interrupted :meth:`add` touched as it found them, and forget
+        what the call recorded."""
+        with torch.no_grad():
+            for layer, (weight, count, fresh) in before.items():
+                self.adapter.w_out(layer).copy_(weight)
+                del self._added.setdefault(layer, [])[count:]
+                if fresh:
+                    self._originals.pop(layer, None)
+                    self._added.pop(layer, None)
+                    holders = _holders(self.adapter.model, layer)
+                    if self in holders:
+                        holders.remove(self)
+
+    def _check_model(self, edit: WeightEdit) -> None:
+        here = weights_digest(self.adapter)
+        if here != edit.model_digest:
+            raise ValueError(f"this {edit.method} edit was computed on the model with weights hash "
+                             f"{edit.model_digest}, and this model's weights hash to {here}; "
+                             "pass force=True to apply it anyway")
 
     def _checked(self, d: LayerDelta) -> Tensor:
         self.adapter.check_layer(d.layer, "delta.layer")
@@ -229,13 +241,15 @@ def _holders(model, layer: int) -> list["EditHandle"]:
     return _HOLDERS.setdefault(model, {}).setdefault(layer, [])
 
 
-def apply_edit(model, edit: WeightEdit | Sequence[WeightEdit]) -> EditHandle:
-    """Fold one edit (or several, in order) into the model; returns the handle that undoes it."""
+def apply_edit(model, edit: WeightEdit | Sequence[WeightEdit], *, force: bool = False) -> EditHandle:
+    """Fold one edit (or several, in order) into the model; returns the handle that undoes it.
+    Each edit must have been computed on the model as it is when it is applied (its weights hash),
+    unless ``force``."""
     handle = EditHandle(model)
     edits = [edit] if isinstance(edit, WeightEdit) else list(edit)
     try:
         for item in edits:
-            handle.add(item)
+            handle.add(item, force=force)
     except BaseException:
         handle.revert()
         raise

@@ -20,7 +20,7 @@ from toplens.core.interventions import add_vector
 from toplens.core.keys import Role
 from toplens.model import ModelAdapter
 from toplens.core.optimize import LossTerms
-from toplens.core.positions import locate, target_ids
+from toplens.core.positions import check_fits, locate, target_ids
 from toplens.core.requests import EditRequest
 
 @dataclass(frozen=True)
@@ -44,10 +44,23 @@ class RewriteBatch:
         return torch.arange(self.tokens.shape[0], device=self.tokens.device)
 
 
+def check_rewrite_lengths(
+    adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str]
+) -> None:
+    """Refuse ``request`` when one of its rewriting rows (a context template around the prompt, then
+    every target token but the last) or KL prompts is longer than the model's context."""
+    filled = [t.replace("{}", request.prompt).replace("{}", request.subject) + request.target_new for t in templates]
+    check_fits(adapter, filled, "EditRequest.prompt with context template {} and target_new", extra=-1)
+    kl = [p.replace("{}", request.subject) for p in kl_prompts]
+    check_fits(adapter, kl, "the KL prompt {} with EditRequest.subject")
+
+
 def rewrite_batch(
     adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str]
 ) -> RewriteBatch:
-    """Tokenize the rewriting and KL prompts of ``request`` and locate every position."""
+    """Tokenize the rewriting and KL prompts of ``request`` and locate every position (refused
+    first when a row would be longer than the model's context)."""
+    check_rewrite_lengths(adapter, request, templates, kl_prompts)
     seqs, subj, rel, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], []
     for row, template in enumerate(templates):
         prompt = template.replace("{}", request.prompt)

@@ -40,7 +40,8 @@ class LossTerms:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """Steps (forward evaluations at most), Adam's learning rate, the clamp on ‖δ‖ and the early stop."""
+    """Steps (forward evaluations at most), Adam's learning rate, the clamp on ‖δ‖ and the early stop
+    (the loss it compares, ``stop_rule``, and the threshold)."""
 
     steps: int
     lr: float
@@ -48,6 +49,15 @@ class LoopSettings:
     stop_below: float
     desc: str = "optimize"
     progress: bool = False
+    stop_rule: str = "total"
+
+    def stops(self, terms: "LossTerms") -> bool:
+        """Whether the loss is below ``stop_below``: the whole loss ("total"), or without its
+        weight-decay term ("fit")."""
+        loss = float(terms.total.detach())
+        if self.stop_rule == "fit":
+            loss -= terms.decay or 0.0
+        return loss < self.stop_below
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ def optimize(
         losses.append(loss)
         parts.append(terms.parts())
         bar.set_postfix(loss=f"{loss:.4f}")
-        converged = loss < settings.stop_below
+        converged = settings.stops(terms)
         if converged or step == settings.steps - 1:
             if callback is not None:
                 callback(StepEvent(step, loss, terms, delta, final=True))
@@ -116,16 +126,23 @@ def optimize(
             callback(StepEvent(step, loss, terms, delta))
         opt.step()
         updates += 1
-        _clamp(delta, settings.max_norm)
+        _clamp(delta, settings.max_norm, settings.desc, step)
     delta.requires_grad_(False)
     logger.debug("%s: %d updates, final loss %.4g", settings.desc, updates, losses[-1])
     return OptimizationTrace(tuple(losses), tuple(parts), updates, converged, float(delta.norm()))
 
 
-def _clamp(delta: Tensor, max_norm: float | None) -> None:
+def _clamp(delta: Tensor, max_norm: float | None, desc: str, step: int) -> None:
+    """Scale δ down to ``max_norm``. A norm that is not finite (δ holds inf or NaN, or its square
+    overflows the dtype) raises rather than scaling δ to zero."""
     if max_norm is None or not math.isfinite(max_norm):
         return
     with torch.no_grad():
         norm = delta.norm()
+        if not bool(torch.isfinite(norm)):
+            raise NonFiniteLossError(
+                f"{desc}: the norm of δ overflowed to {float(norm)} after step {step} (is the learning rate "
+                "too large?); the edit was abandoned and no weight was changed"
+            )
         if norm > max_norm:
             delta.mul_(max_norm / norm)

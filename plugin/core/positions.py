@@ -7,9 +7,14 @@ searching token strings — so BOS, GPT-2's leading-space BPE and sentencepiece'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from toplens.model import ModelAdapter
 from toplens.core.requests import RequestError
+
+
+class PromptTooLongError(RequestError):
+    """A prompt an edit would run is longer than the model's context (``cfg.n_ctx``)."""
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,22 @@ def target_ids(adapter: ModelAdapter, prompt_text: str, target: str, field: str 
             f"EditRequest.{field} {target!r} does not tokenize as a continuation of {prompt_text!r}"
         )
     return both[len(prompt):]
+
+
+def _shortened(text: str, keep: int = 60) -> str:
+    return repr(text if len(text) <= 2 * keep else f"{text[:keep]} ... {text[-keep:]}")
+
+
+def check_fits(adapter: ModelAdapter, texts: Sequence[str], what: str, extra: int = 0) -> None:
+    """Refuse ``texts`` when the longest, tokenized, plus ``extra`` tokens, is longer than the
+    model's context ``cfg.n_ctx``. ``what`` names the prompts, with ``{}`` for the index of one."""
+    lengths = [len(adapter.tokenize(text)) + extra for text in texts]
+    if not lengths:
+        return
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    n_ctx = int(adapter.cfg.n_ctx)
+    if lengths[i] > n_ctx:
+        raise PromptTooLongError(
+            f"{what.format(i)} is {lengths[i]} tokens, more than the model's context of {n_ctx} tokens "
+            f"(cfg.n_ctx): {_shortened(texts[i])}"
+        )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
@@ -19,6 +22,19 @@ def _text(field: str, value: Any, *, allow_none: bool = False) -> None:
         raise RequestError(f"EditRequest.{field} must not be empty or whitespace only; got {value!r}")
 
 
+def _normalized_target(field: str, value: str | None) -> str | None:
+    """One space for each run of whitespace, none at the end, and one at the start when the value
+    starts with whitespace: a trailing or doubled space would otherwise be a token of the target
+    that the edit optimizes. Logs a warning when the value changes."""
+    if value is None:
+        return None
+    text = (" " if value[:1].isspace() else "") + " ".join(value.split())
+    if text != value:
+        logger.warning("EditRequest.%s %r normalized to %r (whitespace runs would be target tokens)",
+                       field, value, text)
+    return text
+
+
 @dataclass(frozen=True)
 class EditRequest:
     """A fact rewrite: ``prompt.format(subject)`` should be completed by ``target_new``.
@@ -29,6 +45,9 @@ class EditRequest:
         subject: the subject the fact is about, e.g. ``"Danielle Darrieux"``.
         target_new: the new object, with its leading space, e.g. ``" English"``.
         target_true: the object the model knows now (optional; used for reporting).
+
+    In both targets each run of whitespace becomes one space and trailing whitespace is dropped
+    (with a warning), so that no whitespace token becomes part of the target.
     """
 
     prompt: str
@@ -47,6 +66,8 @@ class EditRequest:
         _text("subject", self.subject)
         _text("target_new", self.target_new)
         _text("target_true", self.target_true, allow_none=True)
+        for field in ("target_new", "target_true"):
+            object.__setattr__(self, field, _normalized_target(field, getattr(self, field)))
         if self.target_true is not None and self.target_true.strip() == self.target_new.strip():
             raise RequestError(
                 f"EditRequest.target_new equals target_true ({self.target_new!r}): nothing to edit"
@@ -75,6 +96,8 @@ class EditRequest:
             value = rewrite.get(field)
             if value is None:
                 return None
+            if isinstance(value, Mapping) and "str" not in value:
+                raise RequestError(f'requested_rewrite.{field} must be a string or {{"str": ...}}; got {value!r}')
             text = value["str"] if isinstance(value, Mapping) else value
             return text if not isinstance(text, str) or text.startswith(" ") else " " + text
 

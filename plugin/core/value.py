@@ -4,6 +4,7 @@ stop, frozen weights, and the observer of the stage."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -27,6 +28,9 @@ class ValueSettings:
         stop_below: early stop once the loss is below this.
         weight_decay: the decay term's weight, weight_decay · ‖δ‖ / ‖start‖².
         kl_factor: the KL term's weight (objectives that have one).
+        precision: "float32", or "bfloat16" for the forward passes of the loop (see Hparams).
+        stop_rule: "total" (the whole loss) or "fit" (without the decay term) is compared with
+            ``stop_below``.
     """
 
     steps: int
@@ -35,6 +39,8 @@ class ValueSettings:
     stop_below: float
     weight_decay: float
     kl_factor: float = 0.0
+    precision: str = "float32"
+    stop_rule: str = "total"
 
 
 class OneLayerValue:
@@ -51,8 +57,8 @@ class OneLayerValue:
     @property
     def value(self) -> ValueSettings:
         """The value optimization's settings."""
-        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
-                             self.v_weight_decay, self.kl_factor)
+        return self._loop_mode(ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor,
+                                              self.early_stop_loss, self.v_weight_decay, self.kl_factor))
 
     def with_steps(self, steps: int):
         return self.replace(v_num_grad_steps=self._check_steps(steps))
@@ -75,11 +81,20 @@ def run_stage(
     """Minimize ``objective`` over δ (starting at zero) with every weight frozen; returns δ."""
     delta = torch.zeros_like(init)
     loop = LoopSettings(settings.steps, settings.lr, settings.clamp_norm_factor * float(init.norm()),
-                        settings.stop_below, desc=desc, progress=progress)
+                        settings.stop_below, desc=desc, progress=progress, stop_rule=settings.stop_rule)
     callback = None if observe is None else (lambda event: observe(stage, event))
-    with adapter.frozen():
+    with adapter.frozen(), forward_precision(adapter, settings.precision):
         trace = optimize(objective, delta, loop, callback)
     return delta.detach(), trace
+
+
+def forward_precision(adapter: ModelAdapter, precision: str):
+    """bfloat16 autocast on the model's device for "bfloat16" with a float32 model; else nothing."""
+    if precision == "float32" or adapter.dtype != torch.float32:
+        return contextlib.nullcontext()
+    if precision != "bfloat16":
+        raise ValueError(f"precision must be 'float32' or 'bfloat16'; got {precision!r}")
+    return torch.autocast(device_type=adapter.device.type, dtype=torch.bfloat16)
 
 
 def rewrite_stage(

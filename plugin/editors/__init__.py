@@ -8,6 +8,7 @@ imports another; what they share lives in :mod:`toplens.core`.
 
 from __future__ import annotations
 
+from toplens.core.edit_file import METHODS
 from toplens.editors import memit, rets, rome, top
 from toplens.editors.base import Editor, as_requests
 from toplens.editors.memit import MemitHparams
@@ -16,6 +17,7 @@ from toplens.editors.rome import RomeHparams
 from toplens.editors.top import TopHparams
 
 _EDITORS: dict[str, Editor] = {e.name: e for e in (rome.EDITOR, top.EDITOR, rets.EDITOR, memit.EDITOR)}
+METHODS.update(_EDITORS)  # the methods a saved edit may name
 
 
 def get_editor(method: str) -> Editor:
@@ -28,6 +30,7 @@ def get_editor(method: str) -> Editor:
 def register_editor(editor: Editor) -> None:
     """Add (or replace) an editor, so that ``get_editor``, the evaluation and the CLI find it."""
     _EDITORS[editor.name] = editor
+    METHODS.add(editor.name)
 
 
 def editor_names() -> tuple[str, ...]:

@@ -7,7 +7,7 @@ the sequential composition of single-request editors, and applying.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from toplens.core.edits import EditHandle, LayerDelta, SequenceDetails, WeightEdit, apply_sequentially
@@ -15,6 +15,7 @@ from toplens.core.hparams import Hparams
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
 from toplens.model import ModelAdapter, as_adapter
+from toplens.model.identity import weights_digest
 
 Requests = EditRequest | Sequence[EditRequest]
 
@@ -53,8 +54,14 @@ class Editor:
     def compute(self, model, requests: Requests, hparams: Hparams | None = None, *,
                 observe: Observer | None = None, **options) -> WeightEdit:
         """The edit of ``requests``; the model is left unchanged (any temporary application is
-        reverted on every exit). ``observe(stage, event)`` sees every optimization step."""
+        reverted on every exit). ``observe(stage, event)`` sees every optimization step. The edit
+        records the hash of the model's weights, which applying it checks."""
         adapter, items, hp = self._prepare(model, requests, hparams)
+        digest = weights_digest(adapter)
+        return replace(self._compute(adapter, items, hp, observe, options), model_digest=digest)
+
+    def _compute(self, adapter: ModelAdapter, items: tuple[EditRequest, ...], hp: Hparams,
+                 observe: Observer | None, options: dict[str, Any]) -> WeightEdit:
         if self.batched:
             return self.compute_edit(adapter, items, hp, observe=observe, **options)
         if len(items) == 1:
@@ -74,7 +81,11 @@ class Editor:
         if not self.batched:
             return apply_sequentially(lambda a, r, h: self.compute_edit(a, r, h, **options), adapter, items, hp)
         handle = EditHandle(adapter)
-        return handle.add(self.compute_edit(adapter, items, hp, **options))
+        try:
+            return handle.add(self.compute_edit(adapter, items, hp, **options))
+        except BaseException:
+            handle.revert()
+            raise
 
     def stages(self, hparams: Hparams | None = None) -> tuple[Stage, ...]:
         """The stages ``compute`` runs, in order, as data (for each edit layer where it has several)."""

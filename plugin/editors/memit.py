@@ -25,7 +25,7 @@ from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditDetails, EditHandle, LayerDelta, WeightEdit
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import mean_key
-from toplens.core.objective import rewrite_batch
+from toplens.core.objective import check_rewrite_lengths, rewrite_batch
 from toplens.core.positions import locate
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage, StageResult
@@ -56,7 +56,7 @@ class MemitHparams(Hparams):
     mom2_update_weight: float = 20000.0
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         self._layers("layers")
         if list(self.layers) != sorted(set(self.layers)):
             raise HparamsError(f"MemitHparams.layers must be strictly increasing; got {self.layers!r}")
@@ -69,8 +69,8 @@ class MemitHparams(Hparams):
     @property
     def target(self) -> ValueSettings:
         """The settings of each request's target optimization at the last edit layer."""
-        return ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor, self.early_stop_loss,
-                             self.v_weight_decay, self.kl_factor)
+        return self._loop_mode(ValueSettings(self.v_num_grad_steps, self.v_lr, self.clamp_norm_factor,
+                                              self.early_stop_loss, self.v_weight_decay, self.kl_factor))
 
     def with_steps(self, steps: int) -> "MemitHparams":
         return self.replace(v_num_grad_steps=self._check_steps(steps))
@@ -201,6 +201,8 @@ def compute_batch(
     """
     items = tuple(requests)
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
+    for request in items:  # every request's prompts must fit the context before any work
+        check_rewrite_lengths(adapter, request, templates, [hp.kl_prompt])
     # Every layer's C is taken from the unedited model (as in the reference code): under the
     # earlier layers' updates the model's fingerprint, hence the statistic's cache key, changes.
     covariances = [fold_covariance(adapter, layer, hp.mom2_adjustment, covariance) for layer in hp.layers]

@@ -30,6 +30,7 @@ from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch
+from toplens.core.positions import check_fits
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage, StageResult
 from toplens.core.templates import context_templates
@@ -68,7 +69,7 @@ class RetsHparams(OneLayerValue, Hparams):
     key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         self._layers("layer")
         self._value_optimization()
         self._positive("constraint_weight", allow_zero=True)
@@ -146,6 +147,7 @@ def compute_one(
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
     given = default_constraint_prompts(request) if constraint_prompts is None else constraint_prompts
     constraints = tuple(p for p in given if p != request.text)
+    check_fits(adapter, constraints, "RETS's constraint prompt {}")
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
     _, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)], role="relation")
     (stage,) = stages(hp)

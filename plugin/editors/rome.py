@@ -45,7 +45,7 @@ class RomeHparams(OneLayerValue, Hparams):
     key: KeyMode = "consistent"
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         self._layers("layer")
         self._value_optimization()
         self._choice("key", KEY_MODES)

@@ -81,20 +81,19 @@ class TopHparams(Hparams):
     stage2_loss: Stage2Loss = "l2"
     stage2_site: Stage2Site = "subject"
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         self._layers("layers")
         if list(self.layers) != sorted(set(self.layers)):
             raise HparamsError(f"TopHparams.layers must be strictly increasing; got {self.layers!r}")
         self._positive("rel_feat_layer", "v_num_grad_steps1", "v_num_grad_steps2")
         self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
-        if isinstance(self.rel_feat_layer, bool) or not isinstance(self.rel_feat_layer, int):
-            raise HparamsError(f"TopHparams.rel_feat_layer must be an int; got {self.rel_feat_layer!r}")
         self._choice("key", KEY_MODES)
         self._choice("stage2", ("faithful", "all_prompts"))
         self._choice("stage2_loss", ("l2", "readout"))
         self._choice("stage2_site", ("subject", "fold"))
         self._template("kl_prompt")
+        self._context_lengths()
 
     @property
     def edit_layers(self) -> tuple[int, ...]:
@@ -103,14 +102,14 @@ class TopHparams(Hparams):
     @property
     def stage1_settings(self) -> ValueSettings:
         """Stage 1's settings (δ₁ at la)."""
-        return ValueSettings(self.v_num_grad_steps1, self.v_lr, self.clamp_norm_factor, self.early_stop1,
-                             self.v_weight_decay, self.kl_factor)
+        return self._loop_mode(ValueSettings(self.v_num_grad_steps1, self.v_lr, self.clamp_norm_factor,
+                                              self.early_stop1, self.v_weight_decay, self.kl_factor))
 
     @property
     def stage2_settings(self) -> ValueSettings:
         """Stage 2's settings (δ₂ at the edit site)."""
-        return ValueSettings(self.v_num_grad_steps2, self.v_lr2, self.clamp_norm_factor, self.early_stop2,
-                             self.v_weight_decay)
+        return self._loop_mode(ValueSettings(self.v_num_grad_steps2, self.v_lr2, self.clamp_norm_factor,
+                                              self.early_stop2, self.v_weight_decay))
 
     def with_steps(self, steps: int) -> "TopHparams":
         steps = self._check_steps(steps)

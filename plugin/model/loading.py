@@ -148,6 +148,38 @@ def resolve_backend(backend: Backend) -> Literal["hooked", "bridge"]:
     return "hooked"
 
 
+class ModelNotFoundError(ValueError):
+    """A model name that is neither the bundled model, an existing path, nor a known model."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """Absolute, relative to ``.`` or ``~``, or deeper than a hub id's ``owner/name``."""
+    return name.startswith(("/", ".", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_name(name: str | None, backend: Backend = "auto") -> None:
+    """Refuse, before anything loads, a ``name`` that is not the bundled model, not an existing
+    path and not a model the backend can know of: HookedTransformer loads only the models
+    TransformerLens names; a hub id given to the bridge is looked up when it loads."""
+    if name is None or str(name).lower() in BUNDLED_ALIASES:
+        return
+    name, chosen = str(name), resolve_backend(backend)
+    exists = Path(name).expanduser().exists()
+    if chosen == "bridge" and (exists or not _looks_like_path(name)):
+        return
+    if chosen == "hooked" and exists:
+        raise ModelNotFoundError(f"model {name!r} is a path, and HookedTransformer loads only the models "
+                                 "TransformerLens names; load a local folder with the 'bridge' backend")
+    if chosen == "hooked":
+        from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+        if name.lower() in make_model_alias_map():
+            return
+    known = "a model TransformerLens names" if chosen == "hooked" else "a Hugging Face hub id"
+    raise ModelNotFoundError(f"model {name!r} is neither an existing path nor {known} (for the bundled "
+                             f"model give no name or 'smollm2')")
+
+
 def load_model(
     name: str | None = None,
     backend: Backend = "auto",
@@ -178,6 +210,7 @@ def load_model(
             )
         _no_bos(model)
     else:
+        check_model_name(name, chosen)
         model = _load_named(str(name), chosen, dtype)
     if device is not None:
         model = model.to(device)
@@ -188,7 +221,12 @@ def _load_named(name: str, backend: str, dtype: torch.dtype):
     if backend == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(name, dtype=dtype).eval()
+        try:
+            return TransformerBridge.boot_transformers(name, dtype=dtype).eval()
+        except OSError as err:  # not on the hub (or no network) and not in the local cache
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelNotFoundError(f"model {name!r} is not an existing path, and the Hugging Face hub "
+                                     f"did not give it: {first}") from err
     from transformer_lens import HookedTransformer
 
     return HookedTransformer.from_pretrained_no_processing(name, dtype=dtype).eval()

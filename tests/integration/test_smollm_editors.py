@@ -14,9 +14,8 @@ from toplens.editors import rets, top
 from toplens.core.interventions import patch_from, set_vectors
 from toplens.editors.presets import get_preset
 from toplens.core.scoring import target_probability
-from toplens.core.weights import weight_hashes
 
-from tests.conftest import BACKENDS, SHARED_DATA
+from tests.conftest import BACKENDS, param_hash, require_shared_data
 
 pytestmark = pytest.mark.smollm
 DANIELLE = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")
@@ -33,14 +32,13 @@ def _succeeds(model, req: EditRequest) -> bool:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_top_edit_takes_and_reverts(request, backend):
     model = _model(request, backend)
-    adapter = ModelAdapter(model)
-    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    before = param_hash(model)
     hp = get_preset("top", None)
     with top.apply(model, DANIELLE, hp) as handle:
         assert _succeeds(model, DANIELLE)
         summary = handle.edits[0].details.summary()
     assert summary["la"] == hp.layers[0] + hp.rel_feat_layer and summary["stage1_steps"] >= 1
-    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    assert param_hash(model) == before
 
 
 def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
@@ -70,17 +68,15 @@ def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
 
 
 def test_rets_edit_takes_and_reverts(smollm_hooked):
-    adapter = ModelAdapter(smollm_hooked)
-    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    before = param_hash(smollm_hooked)
     with rets.apply(smollm_hooked, DANIELLE, get_preset("rets", None)):
         assert _succeeds(smollm_hooked, DANIELLE)
-    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    assert param_hash(smollm_hooked) == before
 
 
+@pytest.mark.bridge  # the CLI loads the bundled model on BACKENDS[-1], the bridge
 def test_memit_batch_from_a_requests_file(tmp_path, capsys):
-    path = SHARED_DATA / "known_1000.json"
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
+    path = require_shared_data("known_1000.json")
     rewrites = [{"prompt": r.prompt, "subject": r.subject, "target_new": {"str": r.target_new.strip()},
                  "target_true": {"str": r.target_true.strip()}} for r in known_fact_requests(path, 3)]
     file = tmp_path / "requests.json"

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
-import torch
 
 from toplens.analyses.cli import main
 from toplens.analyses.evaluation.samples import known_fact_requests
 from toplens import EditRequest, ModelAdapter, apply_edit, rome
 from toplens.editors.presets import get_preset
 from toplens.core.scoring import target_probability
-from toplens.core.weights import weight_hashes
 
-from tests.conftest import BACKENDS, SHARED_DATA
+from tests.conftest import BACKENDS, param_hash, require_shared_data
 
 pytestmark = pytest.mark.smollm
 DANIELLE = EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French")
@@ -46,12 +45,9 @@ def test_cli_edit_json(backend, capsys):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_known_facts_8_of_10(request, backend):
-    path = SHARED_DATA / "known_1000.json"
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
+    path = require_shared_data("known_1000.json")
     model = _model(request, backend)
-    adapter = ModelAdapter(model)
-    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    before = param_hash(model)
     hp = get_preset("rome", None)
     successes = []
     for req in known_fact_requests(path, 10):
@@ -59,7 +55,7 @@ def test_known_facts_8_of_10(request, backend):
             successes.append(target_probability(model, req.text, req.target_new)
                              > target_probability(model, req.text, req.target_true))
     assert sum(successes) >= 8, successes
-    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    assert param_hash(model) == before
 
 
 @pytest.mark.skipif(len(BACKENDS) < 2, reason="HookedTransformer is not in this TransformerLens")
@@ -81,8 +77,10 @@ def test_edit_generalizes_and_reverts(request, backend, danielle_edits):
     model = _model(request, backend)
     paraphrase = "Danielle Darrieux's mother tongue is"
     before = target_probability(model, paraphrase, " English")
-    snapshot = [p.detach().clone() for p in model.parameters()]
+    weights = param_hash(model)
     with apply_edit(model, danielle_edits[backend]):
         after = target_probability(model, paraphrase, " English")
-    assert after > before
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshot))
+    # the edit carries over to a paraphrase it was not optimized on: log P(o*) rises by over 1 nat
+    # (measured on the hooked backend: P 0.126 -> 0.935, +2.0 nats)
+    assert math.log(after) > math.log(before) + 1.0, (before, after)
+    assert param_hash(model) == weights

@@ -61,8 +61,9 @@ def test_parse_ints_and_methods():
 
 
 def test_help_documents_the_hparams_format_once(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(["--help"])
+    assert stop.value.code == 0
     text = capsys.readouterr().out
     assert "--hparams JSON" in text and '{"rome": {"layer": 4}' in text
     parser = build_parser()

@@ -1,11 +1,10 @@
 import json
 
 import pytest
-import torch
+
+from tests.conftest import param_hash
 
 from toplens.analyses.cli import main
-from toplens.core.weights import weight_hashes
-from toplens.model import as_adapter
 
 FAST = {"memit": {"layers": [1, 2], "v_num_grad_steps": 5, "context_lengths": [[1, 3]]},
         "rome": {"layer": 1, "v_num_grad_steps": 5, "context_lengths": [[1, 3]]}}
@@ -30,7 +29,7 @@ def _batch_file(tmp_path, items=BATCH):
 
 @pytest.mark.parametrize("method", ["memit", "rome"])
 def test_batch_edit_reports_each_request_and_reverts(method, tiny_loaded, tmp_path, capsys):
-    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    weights = param_hash(tiny_loaded)
     argv = ["edit", "--method", method, "--requests", _batch_file(tmp_path), "--hparams",
             json.dumps(FAST[method]), "--json"]
     assert main(argv) == 0
@@ -39,7 +38,7 @@ def test_batch_edit_reports_each_request_and_reverts(method, tiny_loaded, tmp_pa
     assert report["weight_edits"] == (1 if method == "memit" else 2)
     assert [r["request"]["target_new"] for r in report["requests"]] == [" Paris", " Berlin"]
     assert all(r["post"]["p_new"] > r["pre"]["p_new"] for r in report["requests"])
-    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))
+    assert param_hash(tiny_loaded) == weights
 
 
 def test_batch_table_output(tiny_loaded, tmp_path, capsys):
@@ -56,13 +55,13 @@ def test_bad_request_file_names_the_item(tiny_loaded, tmp_path, capsys):
     assert "item 1" in err and "target_new" in err
 
 
-def test_requests_excludes_single_request_flags(tmp_path):
-    with pytest.raises(SystemExit, match="--subject"):
-        main(["edit", "--requests", _batch_file(tmp_path), "--subject", "Miles Davis"])
+def test_requests_excludes_single_request_flags(tmp_path, capsys):
+    assert main(["edit", "--requests", _batch_file(tmp_path), "--subject", "Miles Davis"]) == 2
+    assert capsys.readouterr().err == "toplens edit: error: --requests cannot be combined with --subject\n"
 
 
 def test_hparams_from_a_file_and_bad_hparams_named_before_any_edit(tiny_loaded, tmp_path, capsys):
-    saved = [p.detach().clone() for p in tiny_loaded.parameters()]
+    weights = param_hash(tiny_loaded)
     path = tmp_path / "hp.json"
     path.write_text(json.dumps(FAST["rome"]))
     assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams", str(path),
@@ -73,12 +72,11 @@ def test_hparams_from_a_file_and_bad_hparams_named_before_any_edit(tiny_loaded, 
     assert main(["edit", "--method", "rome", "--requests", _batch_file(tmp_path), "--hparams",
                  '{"v_lr": -1}']) == 2
     assert "RomeHparams.v_lr" in capsys.readouterr().err
-    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_loaded.parameters()))
+    assert param_hash(tiny_loaded) == weights
 
 
 def test_single_edit_reports_before_and_after_and_reverts(tiny_loaded, tmp_path, capsys):
-    adapter = as_adapter(tiny_loaded)
-    hashes = weight_hashes(adapter, range(adapter.n_layers))
+    weights = param_hash(tiny_loaded)
     saved = tmp_path / "edit.safetensors"
     argv = ["edit", "--method", "rome", "--prompt", "{} plays the", "--subject", "Miles Davis", "--target", " Paris",
             "--target-true", " trumpet", "--hparams", json.dumps({"rome": FAST["rome"]}), "--layer", "2",
@@ -87,7 +85,7 @@ def test_single_edit_reports_before_and_after_and_reverts(tiny_loaded, tmp_path,
     report = json.loads(capsys.readouterr().out)
     assert report["layer"] == 2 and report["restored_bitexact"] is True and saved.exists()
     assert report["post"]["p_new"] > report["pre"]["p_new"] and len(report["pre"]["top5"]) == 5
-    assert weight_hashes(adapter, range(adapter.n_layers)) == hashes
+    assert param_hash(tiny_loaded) == weights
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert table.startswith("ROME edit on") and "top-5 next tokens" in table and "restored bit for bit" in table

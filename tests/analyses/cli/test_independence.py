@@ -1,16 +1,15 @@
 import json
 
-import torch
-
+from tests.conftest import param_hash
 from tests.analyses.cli.conftest import FAST, REQUEST
 
 
 def test_independence_prints_the_rows_and_writes_json(toplens, tiny_hooked, tmp_path):
-    saved = [p.detach().clone() for p in tiny_hooked.parameters()]
+    weights = param_hash(tiny_hooked)
     status, out, _ = toplens(["independence", *REQUEST, "--hparams", json.dumps(FAST), "--n-random", "2",
                               "--out", str(tmp_path)], tiny_hooked)
     assert status == 0
-    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_hooked.parameters()))
+    assert param_hash(tiny_hooked) == weights
     data = json.loads((tmp_path / "independence.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["v_init", "top_v_star", "rome_v_star", "random_0", "random_1"]
     assert (data["layer"], data["la"]) == (1, 2)  # FAST's TOP: layer 1, la = 1 + 1

@@ -1,8 +1,8 @@
 import json
 
-import torch
-
 from toplens.analyses.cli import build_parser
+
+from tests.conftest import param_hash
 
 from tests.analyses.cli.conftest import FAST, REQUEST
 
@@ -14,11 +14,11 @@ def test_defaults_are_the_danielle_darrieux_request():
 
 
 def test_trace_before_and_after_an_edit(toplens, tiny_bridge, tmp_path):
-    saved = [p.detach().clone() for p in tiny_bridge.parameters()]
+    weights = param_hash(tiny_bridge)
     status, out, _ = toplens(["trace", *REQUEST, "--kind", "mlp", "--samples", "2", "--window", "2", "--method",
                               "rome", "--hparams", json.dumps(FAST), "--out", str(tmp_path), "--json"], tiny_bridge)
     assert status == 0
-    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_bridge.parameters()))
+    assert param_hash(tiny_bridge) == weights
     report = json.loads(out)
     assert report["before"]["mlp"]["answer"] == " trumpet" and report["after"]["mlp"]["answer"] == " Paris"
     grid = json.loads((tmp_path / "trace_mlp.json").read_text())["indirect_effect"]

@@ -1,15 +1,14 @@
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_shared_data
 
 from toplens.analyses.evaluation.builder import Fact, Relation, build_records
 from toplens.analyses.evaluation.datasets import (COUNTERFACT, COUNTERFACT_RS, KNOWN_FACTS, detect_format, load_records,
                                                   read_counterfact, read_counterfact_rs, save_records)
 from toplens.analyses.evaluation.known_facts import read_known_facts
 from toplens.analyses.evaluation.records import DatasetError
-
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def rs_record(case_id=7, **changes):
@@ -130,11 +129,10 @@ def test_save_then_load_round_trip(tmp_path):
     assert load_records(path) == records
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "known_1000.json").exists(),
-                    reason=f"ROME's known facts not found at {SHARED_DATA} (the repo's sibling folder 'shared')")
 def test_known_1000_builds():
-    records = load_records(SHARED_DATA / "known_1000.json")
-    assert detect_format(json.loads((SHARED_DATA / "known_1000.json").read_text())) == KNOWN_FACTS
+    path = require_shared_data("known_1000.json")
+    records = load_records(path)
+    assert detect_format(json.loads(path.read_text())) == KNOWN_FACTS
     assert len(records) > 1150 and len({r.relation_id for r in records}) >= 32
     assert sum(len(r.paraphrase_prompts) >= 1 for r in records) / len(records) > 0.95
     assert all(r.request.target_new != r.request.target_true for r in records)

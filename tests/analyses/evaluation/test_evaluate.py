@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 
+from tests.conftest import param_hash
+
 from toplens.analyses.evaluation import evaluate as ev
 from toplens.analyses.evaluation.cases import CASES_FILE, read_cases
 from toplens.analyses.evaluation.records import Record
@@ -27,14 +29,6 @@ def _record(case_id=0, subject="trumpet", references=None) -> Record:
         generation_prompts=(f"Miles Davis plays the {subject}", f"{subject} is"),
         reference_texts=references, relation_id="P1303",
     )
-
-
-def _weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, saved) -> bool:
-    return all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 class _Shift:
@@ -76,10 +70,10 @@ def shift(monkeypatch):
 @pytest.mark.parametrize("name", ["tiny_hooked", "tiny_bridge"])
 def test_evaluate_record_edits_then_restores_weights_bit_exactly(request, name):
     model = request.getfixturevalue(name)
-    saved = _weights(model)
+    weights = param_hash(model)
     record = _record()
     case = ev.evaluate_case(model, record, "rome", FAST, generation_tokens=4)
-    assert _same(model, saved)
+    assert param_hash(model) == weights
     pre, post = case.before.efficacy.outcomes[0], case.result.efficacy.outcomes[0]
     assert post.nll_wanted < pre.nll_wanted - 0.5  # the edit took effect while applied
     assert len(case.result.generalization.outcomes) == 2 and len(case.result.s_specificity.outcomes) == 2
@@ -93,7 +87,7 @@ def test_evaluate_record_edits_then_restores_weights_bit_exactly(request, name):
 
 
 def test_weights_restored_when_measuring_fails(tiny_hooked, shift, monkeypatch):
-    saved = _weights(tiny_hooked)
+    weights = param_hash(tiny_hooked)
 
     def broken(*args, **kwargs):
         raise RuntimeError("generation failed")
@@ -101,7 +95,7 @@ def test_weights_restored_when_measuring_fails(tiny_hooked, shift, monkeypatch):
     monkeypatch.setattr(ev, "generate", broken)
     with pytest.raises(RuntimeError, match="generation failed"):
         ev.evaluate_record(tiny_hooked, _record(), "shift", None)
-    assert _same(tiny_hooked, saved)
+    assert param_hash(tiny_hooked) == weights
 
 
 def test_consistency_only_with_reference_texts_and_generation_optional(tiny_hooked, shift):

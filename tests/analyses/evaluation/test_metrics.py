@@ -40,7 +40,7 @@ def test_r_specificity_compares_pre_edit_token_with_new_target():
 def test_max_and_mean_token_nll():
     assert m.max_token_nll([-0.1, -2.5, -0.4]) == pytest.approx(2.5)
     assert m.mean_token_nll([-1.0, -2.0]) == pytest.approx(1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_token_nll: a target has at least one token"):
         m.max_token_nll([])
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.conftest import unchecked
+from tests.conftest import param_hash, unchecked
 
 from toplens.analyses.tracing.causal_trace import causal_trace, indirect_effects
 from toplens.analyses.tracing.corruption import (KINDS, answer_probs, clean_prob, corrupted_prob, embedding_std,
@@ -177,12 +177,12 @@ def test_traces_an_edited_model_and_leaves_it_as_it_was(tiny_hooked):
     request = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France")
     hp = RomeHparams(layer=1, v_num_grad_steps=8, mom2_adjustment=False)
     before = causal_trace(tiny_hooked, request.prompt, request.subject, request.target_new, kind="mlp", n_samples=2)
-    saved = [p.detach().clone() for p in tiny_hooked.parameters()]
+    weights = param_hash(tiny_hooked)
     with rome.apply(tiny_hooked, request, hp, templates=("{}",)):
         after = causal_trace(tiny_hooked, request.prompt, request.subject, request.target_new, kind="mlp",
                              n_samples=2)
     assert after.clean_prob > 2 * before.clean_prob
-    assert all(torch.equal(a, b) for a, b in zip(saved, tiny_hooked.parameters()))
+    assert param_hash(tiny_hooked) == weights
 
 
 def test_bad_inputs_name_the_field(tiny_hooked):

@@ -1,7 +1,8 @@
 import math
 
 import pytest
-import torch
+
+from tests.conftest import param_hash
 
 from toplens.analyses.tracing.independence import independence_check
 from toplens import EditRequest
@@ -21,9 +22,9 @@ TEMPLATES = ("{}", "Paris is the capital of France. {}")
 @pytest.mark.parametrize("name", ["tiny_hooked", "tiny_bridge"])
 def test_rows_are_finite_and_the_model_is_unchanged(request, name):
     model = request.getfixturevalue(name)
-    saved = [p.detach().clone() for p in model.parameters()]
+    weights = param_hash(model)
     result = independence_check(model, REQUEST, TOP, rome_hparams=ROME, n_random=3, templates=TEMPLATES)
-    assert all(torch.equal(a, b) for a, b in zip(saved, model.parameters()))
+    assert param_hash(model) == weights
     assert [r.name for r in result.rows] == ["v_init", "top_v_star", "rome_v_star", "random_0", "random_1",
                                             "random_2"]
     assert (result.layer, result.la) == (1, 2)

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from tests.conftest import param_hash
+
 from toplens.analyses.tracing.rie import RieRow, log_ratio, relative_indirect_effects, request_rie
 from toplens import EditRequest
 from toplens.editors.rome import RomeHparams
@@ -19,10 +21,10 @@ TEMPLATES = ("{}", "Paris is the capital of France. {}")
 @pytest.mark.parametrize("name", ["tiny_hooked", "tiny_bridge_llama"])
 def test_rie_is_finite_and_the_model_is_restored_bit_exactly(request, name):
     model = request.getfixturevalue(name)
-    saved = [p.detach().clone() for p in model.parameters()]
+    weights = param_hash(model)
     report = relative_indirect_effects(model, REQUESTS, ("rome", "top"), HPARAMS, n_samples=3, window=2,
                                        templates=TEMPLATES)
-    assert all(torch.equal(a, b) for a, b in zip(saved, model.parameters()))
+    assert param_hash(model) == weights
     assert [r.method for r in report.rows] == ["rome", "top"] and all(isinstance(r, RieRow) for r in report.rows)
     assert all(r.n == 2 and math.isfinite(r.subject) and math.isfinite(r.relation) for r in report.rows)
     assert len(report.details) == 4

@@ -40,7 +40,7 @@ def test_patch_from_with_leading_rows_patches_a_batch_that_has_fewer_rows_than_t
     out = fn(act, None)
     assert torch.equal(out[1, 2], source[0, 2]) and out.abs().sum() == source[0, 2].sum()
     _, strict = patch_from("x", source, mask)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"size of tensor a \(5\) must match the size of tensor b \(2\)"):
         strict(act, None)
 
 

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from tests.conftest import param_hash
+
 from toplens import EditRequest, ModelAdapter, WeightEdit, apply_edit
 from toplens.editors import memit
 from toplens.editors.memit import MemitHparams, solve_update
@@ -18,15 +20,6 @@ REQUESTS = (
 )
 FAST = MemitHparams(layers=(1, 2), v_num_grad_steps=10, mom2_adjustment=False, mom2_update_weight=0.5,
                     context_lengths=((3, 4),))
-
-
-def _weights(model):
-    adapter = ModelAdapter(model)
-    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
-
-
-def _unchanged(model, saved):
-    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
 
 
 def _objective(keys, residuals, cov, weight, delta):
@@ -60,27 +53,27 @@ def test_solve_update_with_identity_and_small_weight_writes_the_residuals():
 
 
 def test_compute_leaves_model_unchanged_and_edits_three_facts_at_once(tiny_model):
-    saved = _weights(tiny_model)
+    weights = param_hash(tiny_model)
     before = [target_probability(tiny_model, r.text, r.target_new) for r in REQUESTS]
     edit = memit.compute(tiny_model, REQUESTS, FAST)
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
     assert edit.method == "memit" and edit.layers == (1, 2) and edit.requests == REQUESTS
     summary = edit.details.summary()
     assert summary["n_requests"] == 3 and summary["remaining_after"] < summary["layers"][0]["remaining"]
     handle = apply_edit(tiny_model, edit)
     after = [target_probability(tiny_model, r.text, r.target_new) for r in REQUESTS]
     handle.revert()
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
     for b, a in zip(before, after):
         assert math.log(a) > math.log(b) + 0.5
 
 
 def test_apply_one_request_and_save_round_trip(tiny_hooked, tmp_path):
-    saved = _weights(tiny_hooked)
+    weights = param_hash(tiny_hooked)
     with memit.apply(tiny_hooked, REQUESTS[0], FAST) as handle:
         edit = handle.edits[0]
-        assert not _unchanged(tiny_hooked, saved)
-    assert _unchanged(tiny_hooked, saved)
+        assert param_hash(tiny_hooked) != weights
+    assert param_hash(tiny_hooked) == weights
     loaded = WeightEdit.load(edit.save(tmp_path / "memit.safetensors"))
     assert loaded.method == "memit" and loaded.layers == (1, 2)
     assert all(torch.equal(a.delta, b.delta) for a, b in zip(loaded.deltas, edit.deltas))
@@ -104,12 +97,12 @@ def test_second_moments_come_from_the_unedited_model(tiny_hooked, monkeypatch):
 
 
 def test_bad_input_changes_nothing(tiny_hooked):
-    saved = _weights(tiny_hooked)
+    weights = param_hash(tiny_hooked)
     with pytest.raises(ValueError, match="MemitHparams.layers=9"):
         memit.compute(tiny_hooked, REQUESTS, FAST.replace(layers=(1, 9)))
     with pytest.raises(ValueError, match="at least one EditRequest"):
         memit.compute(tiny_hooked, [], FAST)
-    assert _unchanged(tiny_hooked, saved)
+    assert param_hash(tiny_hooked) == weights
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,54 @@
 import pytest
 
+from toplens.editors import MemitHparams, RetsHparams, RomeHparams
 from toplens.editors.top import TopHparams
 from toplens.editors.presets import get_preset, methods, model_key
 
+MODELS = {"gpt2-xl": "gpt2-xl", "EleutherAI/gpt-j-6b": "gpt-j-6b", "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
+          "smollm2-135m": "smollm2-135m"}
+CLASSES = {"rome": RomeHparams, "top": TopHparams, "rets": RetsHparams, "memit": MemitHparams}
+# The values docs/presets.md publishes for each method and model (the optimizer settings shared by
+# all of them, lr 0.5 and KL weight 0.0625, are checked once below).
+PUBLISHED = {
+    ("rome", "gpt2-xl"): dict(layer=17, v_num_grad_steps=25, v_weight_decay=0.5, clamp_norm_factor=4.0,
+                              mom2_adjustment=True),
+    ("rome", "gpt-j-6b"): dict(layer=5, v_num_grad_steps=20, clamp_norm_factor=4.0, mom2_adjustment=True),
+    ("rome", "qwen2.5-7b"): dict(layer=5, v_num_grad_steps=20, mom2_adjustment=False),
+    ("rome", "smollm2-135m"): dict(layer=5, v_num_grad_steps=20, mom2_adjustment=False,
+                                   context_lengths=((5, 5), (5, 10))),
+    ("top", "gpt2-xl"): dict(layers=(17, 18), rel_feat_layer=1, v_num_grad_steps1=25, v_num_grad_steps2=25,
+                             vec_loss_factor=0.1, mom2_adjustment=True, stage2="faithful"),
+    ("top", "gpt-j-6b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
+                              vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful"),
+    ("top", "qwen2.5-7b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
+                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful"),
+    ("top", "smollm2-135m"): dict(layers=(5,), rel_feat_layer=10, v_num_grad_steps1=20, v_num_grad_steps2=40,
+                                  stage2_loss="readout", stage2_site="fold", mom2_adjustment=False),
+    ("rets", "gpt2-xl"): dict(layer=35, v_num_grad_steps=20, mom2_adjustment=True, constraint_weight=1.0),
+    ("rets", "gpt-j-6b"): dict(layer=17, mom2_adjustment=True),
+    ("rets", "qwen2.5-7b"): dict(layer=19, mom2_adjustment=False),
+    ("rets", "smollm2-135m"): dict(layer=20, v_num_grad_steps=20, mom2_adjustment=False),
+    ("memit", "gpt2-xl"): dict(layers=(13, 14, 15, 16, 17), v_num_grad_steps=20, clamp_norm_factor=0.75,
+                               mom2_update_weight=20000.0, mom2_adjustment=True),
+    ("memit", "gpt-j-6b"): dict(layers=(3, 4, 5, 6, 7, 8), v_num_grad_steps=25, clamp_norm_factor=0.75,
+                                mom2_update_weight=15000.0, mom2_adjustment=True),
+    ("memit", "qwen2.5-7b"): dict(layers=(4, 5, 6, 7, 8), v_num_grad_steps=25, v_weight_decay=1e-3,
+                                  clamp_norm_factor=4.0, mom2_update_weight=15000.0, mom2_adjustment=True),
+    ("memit", "smollm2-135m"): dict(layers=(3, 4, 5, 6, 7), v_num_grad_steps=20, mom2_update_weight=1.0,
+                                    mom2_adjustment=False),
+}
+
 
 @pytest.mark.parametrize("method", ["rome", "top", "rets", "memit"])
-@pytest.mark.parametrize("model", ["gpt2-xl", "EleutherAI/gpt-j-6b", "Qwen/Qwen2.5-7B-Instruct", "smollm2-135m"])
-def test_every_method_has_a_preset_for_every_published_model(method, model):
-    assert model_key(model) is not None
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_method_has_the_published_preset_for_every_published_model(method, model):
+    assert model_key(model) == MODELS[model]
     hp = get_preset(method, model)
-    assert hp.to_dict()  # a dataclass that serializes
+    assert type(hp) is CLASSES[method]
+    expected = PUBLISHED[method, MODELS[model]]
+    assert {name: getattr(hp, name) for name in expected} == expected
+    assert (hp.v_lr, hp.kl_factor) == (0.5, 0.0625)
+    assert type(hp).from_json(hp.to_json()) == hp
 
 
 def test_smollm_top_preset_and_the_faithful_one_beside_it():
@@ -27,7 +66,7 @@ def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
     hp = get_preset("top", "some/other-model", n_layers=6)
     assert hp.layers == (1,) and hp.layers[0] + hp.rel_feat_layer < 6
     assert get_preset("rome", "some/other-model", n_layers=60).layer == 10
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match=r"method must be one of \['memit', 'rets', 'rome', 'top'\]; got 'nope'"):
         get_preset("nope", None)
     assert set(methods()) >= {"rome", "top", "rets", "memit"}
 

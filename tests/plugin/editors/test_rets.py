@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import unchecked
+from tests.conftest import param_hash, unchecked
 
 from toplens import EditRequest, ModelAdapter, apply_edit
 from toplens.editors import rets
@@ -19,20 +19,11 @@ OTHERS = ("Miles Davis plays the guitar", "Miles Davis plays the capital", "Mile
 FAST = RetsHparams(layer=2, v_num_grad_steps=12, mom2_adjustment=False, context_lengths=((3, 4),))
 
 
-def _weights(model):
-    adapter = ModelAdapter(model)
-    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
-
-
-def _unchanged(model, saved):
-    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
-
-
 def test_compute_leaves_model_unchanged_and_apply_edits(tiny_model):
-    saved = _weights(tiny_model)
+    weights = param_hash(tiny_model)
     before = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     edit = rets.compute(tiny_model, REQUEST, FAST)
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
     assert edit.method == "rets" and edit.layers == (2,)
     summary = edit.details.summary()
     assert summary["steps"] > 0 and summary["n_constraints"] == len(rets.CONSTRAINT_SUBJECTS)
@@ -40,7 +31,7 @@ def test_compute_leaves_model_unchanged_and_apply_edits(tiny_model):
     after = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     handle.revert()
     assert math.log(after) > math.log(before) + 1.0
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
 
 
 def test_value_is_taken_at_the_last_prompt_token(tiny_hooked):
@@ -89,10 +80,10 @@ def test_own_prompt_is_dropped_from_the_constraints(tiny_hooked):
 
 
 def test_layer_out_of_range_changes_nothing(tiny_hooked):
-    saved = _weights(tiny_hooked)
+    weights = param_hash(tiny_hooked)
     with pytest.raises(ValueError, match="RetsHparams.layer=4"):
         rets.apply(tiny_hooked, REQUEST, FAST.replace(layer=4))
-    assert _unchanged(tiny_hooked, saved)
+    assert param_hash(tiny_hooked) == weights
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from tests.conftest import param_hash
+
 from toplens import EditRequest, ModelAdapter, RequestError, apply_edit, hook_name, rome
 from toplens.editors.rome import RomeHparams
 from toplens.core.hparams import HparamsError
@@ -17,25 +19,19 @@ REQUEST = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France"
 FAST = RomeHparams(layer=1, v_num_grad_steps=15, mom2_adjustment=False, context_lengths=((3, 4),))
 
 
-def _weights(model):
-    adapter = ModelAdapter(model)
-    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
-
-
-def _unchanged(model, saved):
-    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
+SECOND = EditRequest("Paris is the capital of {}", "France", " Japan")
 
 
 def test_compute_leaves_model_unchanged_and_apply_edits(tiny_model):
-    saved = _weights(tiny_model)
+    weights = param_hash(tiny_model)
     before = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     edit = rome.compute(tiny_model, REQUEST, FAST)
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
     assert edit.layers == (1,) and edit.details.value.trace.steps > 0
     with rome.apply(tiny_model, REQUEST, FAST):
         after = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     assert math.log(after) > math.log(before) + 1.0
-    assert _unchanged(tiny_model, saved)
+    assert param_hash(tiny_model) == weights
 
 
 @pytest.mark.parametrize("key_mode", ["consistent", "original"])
@@ -54,12 +50,11 @@ def test_fold_writes_v_star_for_its_key(tiny_hooked, key_mode):
 
 
 def test_mom2_and_sequential_requests(tiny_hooked):
-    saved = _weights(tiny_hooked)
-    second = EditRequest("Paris is the capital of {}", "France", " Japan")
-    handle = rome.apply(tiny_hooked, [REQUEST, second], FAST.replace(mom2_adjustment=True))
-    assert len(handle.edits) == 2
+    weights = param_hash(tiny_hooked)
+    handle = rome.apply(tiny_hooked, [REQUEST, SECOND], FAST.replace(mom2_adjustment=True))
+    assert len(handle.edits) == 2 and param_hash(tiny_hooked) != weights
     handle.revert()
-    assert _unchanged(tiny_hooked, saved)
+    assert param_hash(tiny_hooked) == weights
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -76,19 +71,39 @@ def test_malformed_requests(make, error, message):
         make()
 
 
-def test_subject_not_in_tokenized_prompt_changes_nothing(tiny_hooked):
-    saved = _weights(tiny_hooked)
+def test_subject_not_in_tokenized_prompt_after_an_applied_edit_changes_nothing(tiny_hooked):
+    """The bad request comes second: the first one's edit is already in the weights when it fails."""
+    weights = param_hash(tiny_hooked)
+    bad = EditRequest("{}is the capital of France", "Par", " Italy")
     with pytest.raises(RequestError, match="EditRequest.subject 'Par' is not found"):
-        rome.apply(tiny_hooked, EditRequest("{}is the capital of France", "Par", " Italy"), FAST)
-    assert _unchanged(tiny_hooked, saved)
+        rome.apply(tiny_hooked, [REQUEST, bad], FAST)
+    assert param_hash(tiny_hooked) == weights
 
 
-@pytest.mark.parametrize("layer", [-1, 4, 99])
-def test_layer_out_of_range_changes_nothing(tiny_hooked, layer):
-    saved = _weights(tiny_hooked)
-    with pytest.raises((ValueError, HparamsError), match="layer"):
+@pytest.mark.parametrize("layer, message", [(-1, "RomeHparams.layer must be non-negative"),
+                                            (4, "RomeHparams.layer=4"), (99, "RomeHparams.layer=99")])
+def test_layer_out_of_range_is_named(tiny_hooked, layer, message):
+    with pytest.raises(HparamsError if layer < 0 else ValueError, match=message):
         rome.apply(tiny_hooked, REQUEST, FAST.replace(layer=layer) if layer >= 0 else RomeHparams(layer=layer))
-    assert _unchanged(tiny_hooked, saved)
+
+
+@pytest.mark.parametrize("exception", [RuntimeError("injected"), KeyboardInterrupt("injected")])
+def test_a_failure_after_the_first_edit_is_applied_changes_nothing(tiny_model, monkeypatch, exception):
+    """The second request's fold fails after the first request's edit is written into W_out."""
+    weights = param_hash(tiny_model)
+    original, seen = rome.fold_at, []
+
+    def fold_at(adapter, *args, **kwargs):
+        seen.append(param_hash(adapter))
+        if len(seen) == 2:
+            raise exception
+        return original(adapter, *args, **kwargs)
+
+    monkeypatch.setattr(rome, "fold_at", fold_at)
+    with pytest.raises(type(exception), match="injected"):
+        rome.apply(tiny_model, [REQUEST, SECOND], FAST)
+    assert seen[0] == weights and seen[1] != weights  # the first edit was in the weights
+    assert param_hash(tiny_model) == weights
 
 
 def test_model_without_mlp(tiny_attn_only):
@@ -105,9 +120,10 @@ def test_bad_hparams_name_the_field():
 
 
 def test_nan_during_optimization_aborts_without_changing_weights(tiny_hooked):
-    saved = _weights(tiny_hooked)
+    weights = param_hash(tiny_hooked)
     poison = (hook_name("resid_post", 3), lambda act, hook: act * float("nan"))
+    templates = context_templates(tiny_hooked, FAST.context_lengths)  # drawn before the poison
     with tiny_hooked.hooks(fwd_hooks=[poison]):
         with pytest.raises(NonFiniteLossError, match="no weight was changed"):
-            rome.apply(tiny_hooked, REQUEST, FAST)
-    assert _unchanged(tiny_hooked, saved)
+            rome.apply(tiny_hooked, REQUEST, FAST, templates=templates)
+    assert param_hash(tiny_hooked) == weights

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from tests.conftest import unchecked
+from tests.conftest import param_hash, unchecked
 
 from toplens import EditRequest, ModelAdapter, apply_edit, hook_name
 from toplens.editors import top
@@ -19,20 +21,12 @@ from toplens.core.scoring import target_probability
 # attention (with the subject last, stage 2 would be trivial).
 REQUEST = EditRequest("{} plays the", "Miles Davis", " Paris", " trumpet")
 # In random tiny models the subject barely reaches the last token through attention, so the
-# test that needs stage 2 to converge puts the subject last (stage 2 then acts on h_r directly).
+# tests that need stage 2 to converge or the edit to take put the subject last (stage 2 then acts
+# on h_r directly).
 SUBJECT_LAST = EditRequest("Miles Davis plays the {}", "trumpet", " Paris", " France")
 TEMPLATES = ("{}", "Paris is the capital of France. {}")
 FAST = TopHparams(layers=(1,), rel_feat_layer=1, v_num_grad_steps1=15, v_num_grad_steps2=25,
                   v_lr2=1.0, mom2_adjustment=False, context_lengths=((2, 4),))
-
-
-def _weights(model):
-    adapter = ModelAdapter(model)
-    return [adapter.w_out(l).detach().clone() for l in range(adapter.n_layers)]
-
-
-def _unchanged(model, saved):
-    return all(torch.equal(a, b) for a, b in zip(_weights(model), saved))
 
 
 def _last_token_prob(model, la, h_star=None):
@@ -47,25 +41,27 @@ def _last_token_prob(model, la, h_star=None):
 
 
 @pytest.mark.parametrize("stage2", ["faithful", "all_prompts"])
-def test_two_layer_edit_applies_and_reverts_bit_exactly(tiny_hooked, stage2):
-    saved = _weights(tiny_hooked)
+def test_two_layer_edit_applies_and_reverts_bit_exactly(tiny_model, stage2):
+    adapter = ModelAdapter(tiny_model)
+    weights = param_hash(tiny_model)
+    w_out = [adapter.w_out(layer).detach().clone() for layer in (1, 2)]
     hp = FAST.replace(layers=(1, 2), stage2=stage2, v_num_grad_steps1=8, v_num_grad_steps2=8)
-    edit = top.compute(tiny_hooked, REQUEST, hp, templates=TEMPLATES)
-    assert _unchanged(tiny_hooked, saved)
+    edit = top.compute(tiny_model, SUBJECT_LAST, hp, templates=TEMPLATES)
+    assert param_hash(tiny_model) == weights
     assert edit.method == "top" and edit.layers == (1, 2)
     assert [d["la"] for d in edit.details.summary()["layers"]] == [2, 3]
-    before = target_probability(tiny_hooked, REQUEST.text, REQUEST.target_new)
-    with top.apply(tiny_hooked, REQUEST, hp, templates=TEMPLATES) as handle:
-        assert not torch.equal(ModelAdapter(tiny_hooked).w_out(1), saved[1])
-        assert not torch.equal(ModelAdapter(tiny_hooked).w_out(2), saved[2])
+    before = target_probability(tiny_model, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    with top.apply(tiny_model, SUBJECT_LAST, hp, templates=TEMPLATES) as handle:
+        assert not torch.equal(adapter.w_out(1), w_out[0]) and not torch.equal(adapter.w_out(2), w_out[1])
         assert len(handle.edits) == 1
-        after = target_probability(tiny_hooked, REQUEST.text, REQUEST.target_new)
-    assert _unchanged(tiny_hooked, saved)
-    assert after > before
+        after = target_probability(tiny_model, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    assert param_hash(tiny_model) == weights
+    # measured on the four tiny models: +2.5 to +4.8 nats
+    assert math.log(after) > math.log(before) + 1.0, (before, after)
 
 
-def test_stage1_target_predicts_the_new_object(tiny_hooked):
-    adapter = ModelAdapter(tiny_hooked)
+def test_stage1_target_predicts_the_new_object(tiny_model):
+    adapter = ModelAdapter(tiny_model)
     la = 2
     batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
     relation, _ = top.stages(FAST)
@@ -75,41 +71,46 @@ def test_stage1_target_predicts_the_new_object(tiny_hooked):
     h_star = h_init + stage1.delta
     trace = stage1.trace
     assert trace.losses[-1] < trace.losses[0]
-    assert _last_token_prob(tiny_hooked, la, h_star) > 2 * _last_token_prob(tiny_hooked, la)
+    assert _last_token_prob(tiny_model, la, h_star) > 2 * _last_token_prob(tiny_model, la)
 
 
-def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_hooked):
-    adapter = ModelAdapter(tiny_hooked)
-    hp = FAST.replace(stage2="faithful", key="original", v_num_grad_steps2=40)
-    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=("{}",))
+def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    # a weaker decay and a wider clamp than FAST's: on the bridges' small v_init the decay term
+    # would otherwise outweigh the distance and keep δ₂ near zero
+    hp = FAST.replace(stage2="faithful", key="original", v_num_grad_steps2=40, v_weight_decay=0.1,
+                      clamp_norm_factor=10.0)
+    edit = top.compute(tiny_model, SUBJECT_LAST, hp, templates=("{}",))
     info = edit.details.layers[0]
     la, start_distance = info.la, info.stage2.parts[0]["distance"]
     end_distance = info.stage2.parts[-1]["distance"]
     batch = rewrite_batch(adapter, SUBJECT_LAST, ("{}",), [hp.kl_prompt])
-    with apply_edit(tiny_hooked, edit):
+    with apply_edit(tiny_model, edit):
         # the fold writes v* for the subject's key exactly
         v_now = key_value_at(adapter, 1, [(SUBJECT_LAST.prompt, SUBJECT_LAST.subject)])[1][0]
         torch.testing.assert_close(v_now, info.v_star, atol=1e-4, rtol=1e-4)
         h_edited = relation_resid(adapter, batch, la)[0]
     folded_distance = float((h_edited - info.h_star).norm())
     assert end_distance < 0.5 * start_distance
-    # other tokens' MLP outputs move a little too (the update is rank one, not one token only)
-    assert folded_distance == pytest.approx(end_distance, rel=0.25, abs=1e-3)
+    # other tokens' MLP outputs move a little too (the update is rank one, not one token only):
+    # measured |folded - end| of 0.01 to 0.14 and folded of 0.06 to 0.35 times the start distance
+    assert abs(folded_distance - end_distance) < 0.2 * start_distance
+    assert folded_distance < 0.5 * start_distance
     if info.stage2.converged:
         assert folded_distance <= 1.25 * hp.early_stop2 / hp.vec_loss_factor
 
 
 @pytest.mark.parametrize("key", ["consistent", "original"])
-def test_stage2_through_the_fold_sees_exactly_the_folded_model(tiny_hooked, key):
+def test_stage2_through_the_fold_sees_exactly_the_folded_model(tiny_model, key):
     """With stage2_site="fold" stage 2 optimizes the rank-one update itself, so the distance it
     ends at is the folded model's distance to h*_r (the subject-only site misses the fold's
     effect on the other positions and, with a template-mean key, its scale)."""
-    adapter = ModelAdapter(tiny_hooked)
+    adapter = ModelAdapter(tiny_model)
     hp = FAST.replace(stage2_site="fold", key=key, v_num_grad_steps2=15)
-    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=TEMPLATES)
+    edit = top.compute(tiny_model, SUBJECT_LAST, hp, templates=TEMPLATES)
     info = edit.details.layers[0]
     batch = rewrite_batch(adapter, SUBJECT_LAST, TEMPLATES, [hp.kl_prompt])
-    with apply_edit(tiny_hooked, edit):
+    with apply_edit(tiny_model, edit):
         folded = float((relation_resid(adapter, batch, info.la)[0] - info.h_star).norm())
     assert info.stage2.parts[-1]["distance"] < info.stage2.parts[0]["distance"]
     # the loop reports the loss before its last step; recompute at the final δ₂
@@ -126,12 +127,12 @@ def test_bad_stage2_site_is_rejected():
         TopHparams(stage2_site="everywhere")
 
 
-def test_summary_and_round_trip(tiny_hooked):
-    edit = top.compute(tiny_hooked, REQUEST, FAST.replace(v_num_grad_steps1=3, v_num_grad_steps2=3),
+def test_summary_and_round_trip(tiny_model):
+    edit = top.compute(tiny_model, REQUEST, FAST.replace(v_num_grad_steps1=3, v_num_grad_steps2=3),
                        templates=TEMPLATES)
     (layer,) = edit.details.summary()["layers"]
     assert set(layer) >= {"la", "stage1_steps", "stage2_steps", "stage1_final_loss", "stage2_final_loss"}
-    assert edit.details.layers[0].h_star.shape == (tiny_hooked.cfg.d_model,)
+    assert edit.details.layers[0].h_star.shape == (tiny_model.cfg.d_model,)
     assert TopHparams.from_json(FAST.to_json()) == FAST
 
 
@@ -153,27 +154,28 @@ def test_bad_hparams_name_the_field(change, field):
         FAST.replace(**change)
 
 
-def test_la_beyond_the_model_is_rejected_before_any_work(tiny_hooked):
+def test_la_beyond_the_model_is_rejected_before_any_work(tiny_model):
     with pytest.raises(ValueError, match="rel_feat_layer"):
-        top.compute(tiny_hooked, REQUEST, FAST.replace(layers=(3,)), templates=TEMPLATES)
+        top.compute(tiny_model, REQUEST, FAST.replace(layers=(3,)), templates=TEMPLATES)
 
 
-def test_readout_stage2_matches_stage1_prediction(tiny_hooked):
+def test_readout_stage2_matches_stage1_prediction(tiny_model):
     """The "readout" stage 2 lowers KL(P[·|h*_r] ‖ P[·|h_r(δ₂)]) and the edit takes."""
     hp = FAST.replace(stage2_loss="readout", v_num_grad_steps2=30)
-    edit = top.compute(tiny_hooked, SUBJECT_LAST, hp, templates=("{}",))
+    edit = top.compute(tiny_model, SUBJECT_LAST, hp, templates=("{}",))
     info = edit.details.layers[0]
     kls = [p["kl"] for p in info.stage2.parts]
     assert kls[0] > 0 and min(kls) < 0.5 * kls[0]
-    before = target_probability(tiny_hooked, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
-    with apply_edit(tiny_hooked, edit):
-        after = target_probability(tiny_hooked, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
-    assert after > before
+    before = target_probability(tiny_model, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    with apply_edit(tiny_model, edit):
+        after = target_probability(tiny_model, SUBJECT_LAST.text, SUBJECT_LAST.target_new)
+    # measured on the four tiny models: +2.5 to +4.5 nats
+    assert math.log(after) > math.log(before) + 1.0, (before, after)
 
 
-def test_readout_reaches_the_prediction_only_through_h_r(tiny_hooked):
+def test_readout_reaches_the_prediction_only_through_h_r(tiny_model):
     """δ₁ = 0 gives KL 0 at δ₂ = 0; δ₂ has a gradient through h_r, and none once h_r is reset too."""
-    adapter = ModelAdapter(tiny_hooked)
+    adapter = ModelAdapter(tiny_model)
     hp = FAST.replace(stage2_loss="readout")
     batch = rewrite_batch(adapter, REQUEST, ("{}",), [hp.kl_prompt])
     la = 1 + hp.rel_feat_layer

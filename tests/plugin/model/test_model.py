@@ -2,6 +2,8 @@ import inspect
 import pytest
 import torch
 
+from tests.conftest import param_hash
+
 from toplens import ModelAdapter, hook_name
 from toplens.model import Site
 
@@ -36,15 +38,17 @@ def test_w_out_write_changes_forward_and_key_value_relation(tiny_model):
     key, value = adapter.capture(tokens, [hook_name("key", 2), hook_name("value", 2)], stop_layer=3)
     torch.testing.assert_close(adapter.mlp_output(2, key), value, atol=1e-5, rtol=1e-4)
     before = adapter.logits(tokens).detach().clone()
+    weights = param_hash(tiny_model)
     original = adapter.w_out(2).detach().clone()
     with torch.no_grad():
         adapter.w_out(2).add_(torch.randn_like(original))
     try:
         assert (adapter.logits(tokens) - before).abs().max() > 1e-3
+        assert param_hash(tiny_model) != weights
     finally:
         with torch.no_grad():
             adapter.w_out(2).copy_(original)
-    assert torch.equal(adapter.logits(tokens), before)
+    assert torch.equal(adapter.logits(tokens), before) and param_hash(tiny_model) == weights
 
 
 def test_partial_runs_match_full_forward(tiny_model):

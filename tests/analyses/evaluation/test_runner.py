@@ -1,0 +1,82 @@
+"""run_eval's bookkeeping: resume only into the same records, and bad records skipped, not fatal."""
+
+import json
+
+import pytest
+
+from toplens import EditRequest
+from toplens.analyses.evaluation.cases import CASES_FILE, read_cases
+from toplens.analyses.evaluation.records import Record
+from toplens.analyses.evaluation.runner import SKIPPED_FILE, SUMMARY_FILE, record_digest, run_eval
+from tests.analyses.evaluation.test_evaluate import FAST, ShiftHparams, _record, shift  # noqa: F401 (fixture)
+
+HP = {"shift": ShiftHparams()}
+
+
+def _run(model, records, out, **kw):
+    return run_eval(model, records, ["shift"], out, hparams=HP, generation_tokens=0, progress=False, **kw)
+
+
+def test_the_record_fingerprint_follows_the_content():
+    a, b = _record(0), _record(0, "guitar")
+    assert record_digest(a) == record_digest(_record(0)) and record_digest(a) != record_digest(b)
+
+
+def test_resuming_into_other_data_with_the_same_case_ids_is_refused(tiny_hooked, shift, tmp_path):
+    _run(tiny_hooked, [_record(0), _record(1)], tmp_path)
+    other = [_record(0, "guitar"), _record(1)]
+    with pytest.raises(ValueError, match=r"case 0 of 'shift' evaluated on other record content.*another output"):
+        _run(tiny_hooked, other, tmp_path)
+    assert shift.calls == 2 and len(read_cases(tmp_path / CASES_FILE)) == 2
+
+
+def test_lines_without_a_fingerprint_are_not_trusted(tiny_hooked, shift, tmp_path):
+    _run(tiny_hooked, [_record(0)], tmp_path)
+    path = tmp_path / CASES_FILE
+    (line,) = read_cases(path)
+    del line["record"]
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match="fingerprint None"):
+        _run(tiny_hooked, [_record(0)], tmp_path)
+
+
+def _long_record(case_id, n_words=400):
+    long = "word " * n_words
+    return Record(case_id, EditRequest(long + "Miles Davis plays the {}", "trumpet", " Paris", " France"),
+                  paraphrase_prompts=("The trumpet",), neighborhood_prompts=("Miles Davis plays the guitar",))
+
+
+def test_a_record_that_cannot_be_evaluated_is_skipped_and_listed(tiny_model, tmp_path, caplog):
+    records = [_record(0), _long_record("too-long"), _record(2, "guitar")]
+    result = run_eval(tiny_model, records, ["rome"], tmp_path, hparams={"rome": FAST}, generation_tokens=0,
+                      progress=False)
+    assert [c.case_id for c in result.cases["rome"]] == [0, 2]
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())["rome"]
+    assert summary["n"] == 2
+    (skip,) = summary["skipped"]
+    assert skip["case_id"] == "too-long" and skip["index"] == 1 and "context" in skip["reason"]
+    assert "case 'too-long' (record 1)" in caplog.text
+    assert [line["case_id"] for line in read_cases(tmp_path / SKIPPED_FILE)] == ["too-long"]
+
+
+def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, shift, tmp_path, monkeypatch):
+    from tests.analyses.evaluation import test_evaluate as helpers
+
+    original = helpers._Shift.compute
+
+    def picky(model, request, hparams):
+        if request.subject == "guitar":
+            raise ValueError("EditRequest.subject 'guitar' tokens merge with the text around it")
+        return original(model, request, hparams)
+
+    monkeypatch.setattr(helpers._Shift, "compute", picky)
+    records = [_record(0), _record(1, "guitar"), _record(2, "drums")]
+    first = _run(tiny_hooked, records, tmp_path)
+    assert [s.case_id for s in first.skipped] == [1] and [c.case_id for c in first.cases["shift"]] == [0, 2]
+    calls = []
+    monkeypatch.setattr(helpers._Shift, "compute", lambda *a: calls.append(a) or original(*a))
+    again = _run(tiny_hooked, records, tmp_path)
+    assert calls == [] and again.to_json() == first.to_json()
+    with pytest.raises(ValueError, match=r"case 1 \(record 1\): EditRequest.subject 'guitar'"):
+        monkeypatch.setattr(helpers._Shift, "compute", picky)
+        _run(tiny_hooked, records, tmp_path / "strict", strict=True)
