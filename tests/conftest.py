@@ -25,9 +25,12 @@ CORPUS = [
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
+    from toplens.model.loading import keep_dequantized
+
     os.environ["TOPLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("toplens-cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_grad_enabled(True)
+    keep_dequantized()  # the session loads the bundled model many times: dequantize it once
 
 
 def _train_tokenizer(tmp_path_factory, style: str):

@@ -28,14 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: what a bad input raises: our own checks (ValueError, TypeError), an optimization that diverged
-#: (FloatingPointError), and a file of the user's that is missing, unreadable or lacks a key
-USER_ERRORS = (ValueError, TypeError, FloatingPointError, OSError, KeyError)
+#: what a bad input raises: our own checks (ValueErrors), an optimization that diverged
+#: (FloatingPointError), and a file of the user's that is missing or unreadable (OSError); any other
+#: exception is a bug and keeps its traceback
+USER_ERRORS = (ValueError, FloatingPointError, OSError)
 
 
 def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line (a KeyError's message is the missing key)."""
-    text = f"missing key {err}" if isinstance(err, KeyError) else str(err) or type(err).__name__
+    """The message of ``err`` on one line."""
+    text = str(err) or type(err).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -218,12 +218,9 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
     start = time.perf_counter()
     edit = editor.compute(model, record.request, hparams)
     seconds = time.perf_counter() - start
-    handle = apply_edit(model, edit)
-    try:
+    with apply_edit(model, edit):  # reverted on every exit
         after = measure(model, record, before.tokens)
         texts = generate(model, record.generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
-    finally:
-        handle.revert()
     result = CaseResult(record.case_id, **after.metrics(), fluency=m.fluency(texts),
                         consistency=m.consistency(texts, record.reference_texts))
     return CaseEvaluation(result, method, before, texts, seconds)

@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from toplens import as_adapter
+from toplens import RequestError, as_adapter
+from toplens.core.cache import write_atomic
 from toplens.core.hparams import Hparams
 from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
@@ -33,13 +34,16 @@ from toplens.analyses.evaluation import metrics as m
 from toplens.analyses.evaluation.cases import (CASES_FILE, MethodSummary, case_from_dict, case_to_dict, jsonable,
                                                read_cases, summarize_lines)
 from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K, evaluate_case, measure
-from toplens.analyses.evaluation.records import Record
+from toplens.analyses.evaluation.records import DatasetError, Record
 from toplens.analyses.evaluation.results import CaseResult
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 SKIPPED_FILE = "skipped.jsonl"
+#: errors that belong to one record (a request the model cannot take: a subject whose tokens merge
+#: with their neighbours, a prompt longer than the context); any other error stops the run
+RECORD_ERRORS = (RequestError, DatasetError)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: M
 def _drop_partial_line(path: Path, lines: Sequence[Mapping[str, Any]]) -> None:
     """Rewrite cases.jsonl without a truncated last line, so appending continues cleanly."""
     if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+        text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _check_records(records: Sequence[Record]) -> None:
@@ -143,6 +148,10 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
     name = model_name or adapter.name
     given = hparams or {}
     chosen = {mt: preset_or_given(mt, given.get(mt), name, adapter.n_layers) for mt in methods}
+    for mt in methods:  # errors of the settings, not of a record: they stop the run before it starts
+        adapter.require_mlp()
+        for layer in chosen[mt].edit_layers:
+            adapter.check_layer(layer, f"{type(chosen[mt]).__name__}.{chosen[mt].layers_field}")
     _check_records(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,19 +160,21 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
                 for mt in methods}
     digests = {json.dumps(r.case_id): record_digest(r) for r in records}
     done = _resumed(out / CASES_FILE, settings, digests)
-    skipped = _resumed(out / SKIPPED_FILE, settings, digests)
+    skipped = _resumed_skips(out / SKIPPED_FILE, settings, digests, strict)
     options = dict(stop_words=stop_words, generation_tokens=generation_tokens, top_k=top_k, seed=seed)
     with open(out / CASES_FILE, "a", encoding="utf-8") as sink, \
             open(out / SKIPPED_FILE, "a", encoding="utf-8") as skips:
         for index, record in enumerate(tqdm(records, desc="eval", unit="case", disable=not progress)):
-            pending = [mt for mt in methods if _key(record.case_id, mt) not in {**done, **skipped}]
+            pending = [mt for mt in methods if _key(record.case_id, mt) not in done
+                       and _key(record.case_id, mt) not in skipped]
             for method, line in _evaluate_record(model, record, index, pending, chosen, name, options, strict):
                 line = {**settings[method], **line, "record": digests[json.dumps(record.case_id)]}
                 is_skip = "reason" in line
                 _append(skips if is_skip else sink, line)
                 (skipped if is_skip else done)[_key(record.case_id, method)] = line
     result = _result(out, records, methods, done, skipped)
-    (out / SUMMARY_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    summary = json.dumps(result.to_json(), indent=2) + "\n"
+    write_atomic(out / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(summary, encoding="utf-8"))
     return result
 
 
@@ -181,25 +192,41 @@ def _resumed(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Map
     return done
 
 
+def _resumed_skips(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str],
+                   strict: bool) -> dict:
+    """The records skipped before whose content is unchanged (a changed record is tried again);
+    ``strict`` refuses any such record of this run, as it would have refused it then."""
+    lines = read_cases(path)
+    same = [line for line in lines if digests.get(json.dumps(line["case_id"])) == line.get("record")]
+    _drop_partial_line(path, lines)
+    skipped = {_key(line["case_id"], line["method"]): line for line in same
+               if line["method"] in settings and all(line.get(k) == v for k, v in settings[line["method"]].items())}
+    if strict and skipped:
+        line = next(iter(skipped.values()))
+        raise ValueError(f"case {line['case_id']!r} was skipped by an earlier run into {path.parent}: "
+                         f"{line['reason']}")
+    return skipped
+
+
 def _evaluate_record(model, record: Record, index: int, methods: Sequence[str], chosen: Mapping[str, Hparams],
                      name: str, options: Mapping[str, Any], strict: bool):
     """Yield (method, cases.jsonl line) for each method, or (method, skipped line) for a method
     whose edit or measurement refused the record (``strict``: raise, naming the case)."""
     try:
         before = measure(model, record, stop_words=options["stop_words"]) if methods else None
-    except ValueError as err:
+    except RECORD_ERRORS as err:
         yield from ((mt, _skip(record, index, mt, err, strict)) for mt in methods)
         return
     for method in methods:
         try:
             ev = evaluate_case(model, record, method, chosen[method], before=before, **options)
-        except ValueError as err:
+        except RECORD_ERRORS as err:
             yield method, _skip(record, index, method, err, strict)
             continue
         yield method, case_to_dict(ev, model_name=name, hparams=chosen[method].to_dict())
 
 
-def _skip(record: Record, index: int, method: str, err: ValueError, strict: bool) -> dict[str, Any]:
+def _skip(record: Record, index: int, method: str, err: Exception, strict: bool) -> dict[str, Any]:
     where = f"case {record.case_id!r} (record {index})"
     if strict:
         raise ValueError(f"{where}: {err}") from err
@@ -212,7 +239,7 @@ def _result(out: Path, records: Sequence[Record], methods: Sequence[str],
             skipped: Mapping[tuple[str, str], Mapping[str, Any]]) -> EvalResult:
     """Each method's summary and cases over the evaluated ``records``, and the skipped ones."""
     lines = {mt: [done[_key(r.case_id, mt)] for r in records if _key(r.case_id, mt) in done] for mt in methods}
-    skips = tuple(SkippedCase(line["case_id"], line["index"], mt, line["reason"])
-                  for r in records for mt in methods if (line := skipped.get(_key(r.case_id, mt))))
+    skips = tuple(SkippedCase(line["case_id"], index, mt, line["reason"])
+                  for index, r in enumerate(records) for mt in methods if (line := skipped.get(_key(r.case_id, mt))))
     return EvalResult({mt: summarize_lines(lines[mt]) for mt in methods},
                       {mt: tuple(case_from_dict(line) for line in lines[mt]) for mt in methods}, out, skips)

@@ -68,7 +68,7 @@ def clear_cache() -> int:
     """Delete every cached entry; returns how many files were removed."""
     removed = 0
     for path in cache_dir().glob("*"):
-        if path.is_file():
+        if path.is_file() and not path.name.endswith(".tmp"):  # another process' entry being written
             path.unlink()
             removed += 1
     return removed

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from toplens.core.cache import cache_dir, key_digest, write_atomic
 from toplens.model import ModelAdapter, as_adapter, hook_name
-from toplens.model.identity import active_hooks, weights_digest
+from toplens.model.identity import active_hooks, tokenizer_digest, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ def key_second_moment(
 
     Returned in the model's dtype on its device. Cached on disk unless ``use_cache=False``, keyed
     by a hash of every weight the keys at ``layer`` can depend on (all but W_out of ``layer`` and
-    above), the corpus and the settings; with hooks active on the model it is computed under
-    them and not cached.
+    above), the tokenizer, the corpus and the settings. The default corpus is keyed by the weights
+    that drew it apart from the W_out matrices, so an edited model keeps the statistic of the
+    model it was edited from (as a fixed corpus would give). With hooks active on the model it is
+    computed under them and not cached.
     """
     adapter = as_adapter(model)
     adapter.check_layer(layer)
@@ -119,9 +121,11 @@ def key_second_moment(
 
 def _key(adapter: ModelAdapter, layer: int, texts: list[str] | None, sampled: SampledCorpus,
          max_tokens: int) -> dict:
-    source = {"sampled": asdict(sampled)} if texts is None else {"texts": corpus_fingerprint(texts)}
+    # the default corpus is drawn by the model: by its weights apart from the W_out that edits change
+    source = ({"sampled": asdict(sampled), "by": weights_digest(adapter, skip_w_out_from=0)} if texts is None
+              else {"texts": corpus_fingerprint(texts)})
     return {"what": "key_second_moment", "model": weights_digest(adapter, skip_w_out_from=layer), "layer": layer,
-            "corpus": source, "max_tokens": max_tokens}
+            "tokenizer": tokenizer_digest(adapter), "corpus": source, "max_tokens": max_tokens}
 
 
 def fold_covariance(

@@ -148,6 +148,7 @@ class EditHandle:
         if edit.model_digest is not None and not force:
             self._check_model(edit)
         dense = [(d, self._checked(d)) for d in edit.deltas]
+        self._check_last(edit)
         before: dict[int, tuple[Tensor, int, bool]] = {}  # each layer as this call found it
         try:
             with torch.no_grad():
@@ -184,6 +185,15 @@ class EditHandle:
                     if self in holders:
                         holders.remove(self)
 
+    def _check_last(self, edit: WeightEdit) -> None:
+        """Refuse to add to a layer that a later handle holds too: that handle's revert would
+        restore the matrix it saw, without this addition."""
+        for d in edit.deltas:
+            holders = _holders(self.adapter.model, d.layer)
+            if self in holders and holders[-1] is not self:
+                raise ValueError(f"a handle applied later also edits layer {d.layer}; add this edit to the "
+                                 "latest handle, or apply it as a new one")
+
     def _check_model(self, edit: WeightEdit) -> None:
         here = weights_digest(self.adapter)
         if here != edit.model_digest:
@@ -209,22 +219,27 @@ class EditHandle:
         later one still holds the layer subtracts its own ΔW instead; the next handle takes over
         this one's exact copy, and the ones after it have this ΔW taken out of theirs."""
         with torch.no_grad():
-            for layer, original in self._originals.items():
-                holders = _holders(self.adapter.model, layer)
-                later = holders[holders.index(self) + 1:]
-                weight = self.adapter.w_out(layer)
-                if not later:
-                    weight.copy_(original)
-                else:
-                    own = torch.stack([d.delta for d in self._added[layer]]).sum(0).to(weight.device, weight.dtype)
-                    weight.sub_(own)
-                    later[0]._originals[layer] = original
-                    for other in later[1:]:
-                        other._originals[layer].sub_(own)
-                holders.remove(self)
-        self._originals.clear()
+            for layer in list(self._originals):
+                self._revert_layer(layer)
+                del self._originals[layer]  # only once the layer is done, so an interrupted revert resumes
         self._added.clear()
         self.edits.clear()
+
+    def _revert_layer(self, layer: int) -> None:
+        holders = _holders(self.adapter.model, layer)
+        if self not in holders:  # done by an earlier, interrupted revert
+            return
+        later = holders[holders.index(self) + 1:]
+        weight = self.adapter.w_out(layer)
+        if not later:
+            weight.copy_(self._originals[layer])
+        else:
+            own = torch.stack([d.delta for d in self._added[layer]]).sum(0).to(weight.device, weight.dtype)
+            weight.sub_(own)
+            later[0]._originals[layer] = self._originals[layer]
+            for other in later[1:]:
+                other._originals[layer].sub_(own)
+        holders.remove(self)
 
     def __enter__(self) -> "EditHandle":
         return self

@@ -87,14 +87,15 @@ class Hparams:
             optimized run under bfloat16 autocast; δ, the loss, Adam's state and everything
             measured after the optimization stay in float32. Only for a float32 model.
         stop_rule: "total" (published): stop once the whole loss is below the stage's threshold;
-            "fit": once the loss without its weight-decay term is, so that the decay term alone
-            cannot keep a converged edit running to its last step.
+            "fit": once the part that fits the targets is (the NLL, where the loss has one; else
+            the loss without its weight-decay term), so that the KL and decay terms cannot keep
+            a converged edit running to its last step.
 
     Subclasses check their values in ``_check`` (run after the fields are coerced to their types).
     """
 
-    precision: str = "float32"
-    stop_rule: str = "total"
+    precision: str = dataclasses.field(default="float32", kw_only=True)
+    stop_rule: str = dataclasses.field(default="total", kw_only=True)
 
     def __post_init__(self) -> None:
         for name, value in self._typed(vars(self)).items():

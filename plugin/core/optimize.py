@@ -52,12 +52,13 @@ class LoopSettings:
     stop_rule: str = "total"
 
     def stops(self, terms: "LossTerms") -> bool:
-        """Whether the loss is below ``stop_below``: the whole loss ("total"), or without its
-        weight-decay term ("fit")."""
-        loss = float(terms.total.detach())
+        """Whether the loss is below ``stop_below``: the whole loss ("total"), or only the part
+        that fits the targets ("fit": the NLL where the loss has one, else the loss without its
+        weight-decay term), so that the regularizers cannot keep a converged edit running."""
         if self.stop_rule == "fit":
-            loss -= terms.decay or 0.0
-        return loss < self.stop_below
+            fit = terms.nll if terms.nll is not None else float(terms.total.detach()) - (terms.decay or 0.0)
+            return fit < self.stop_below
+        return float(terms.total.detach()) < self.stop_below
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from toplens.core.cache import cache_dir, key_digest, read_json, write_json
 from toplens.model import ModelAdapter, as_adapter
-from toplens.model.identity import active_hooks, weights_digest
+from toplens.model.identity import active_hooks, tokenizer_digest, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def context_templates(
     if not use_cache:
         return generate_templates(adapter, lengths, top_k, seed)
     key = {"what": "context_templates", "model": weights_digest(adapter, skip_w_out_from=0),
-           "lengths": [list(x) for x in lengths], "top_k": top_k, "seed": seed}
+           "tokenizer": tokenizer_digest(adapter), "lengths": [list(x) for x in lengths], "top_k": top_k, "seed": seed}
     digest = key_digest(key)
     if digest not in _MEMORY:
         _MEMORY[digest] = _cached(adapter, key, cache_dir() / f"templates-{digest}.json", top_k, seed)

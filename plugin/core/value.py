@@ -5,6 +5,7 @@ stop, frozen weights, and the observer of the stage."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -16,6 +17,8 @@ from toplens.core.objective import RewriteBatch, RewriteObjective
 from toplens.core.optimize import LossTerms, LoopSettings, OptimizationTrace, optimize
 from toplens.core.stages import Observer, Stage, StageResult
 from toplens.model import ModelAdapter
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,8 @@ class ValueSettings:
         weight_decay: the decay term's weight, weight_decay · ‖δ‖ / ‖start‖².
         kl_factor: the KL term's weight (objectives that have one).
         precision: "float32", or "bfloat16" for the forward passes of the loop (see Hparams).
-        stop_rule: "total" (the whole loss) or "fit" (without the decay term) is compared with
-            ``stop_below``.
+        stop_rule: "total" (the whole loss) or "fit" (its NLL, or the loss without its decay
+            term) is compared with ``stop_below``.
     """
 
     steps: int
@@ -90,10 +93,13 @@ def run_stage(
 
 def forward_precision(adapter: ModelAdapter, precision: str):
     """bfloat16 autocast on the model's device for "bfloat16" with a float32 model; else nothing."""
-    if precision == "float32" or adapter.dtype != torch.float32:
-        return contextlib.nullcontext()
-    if precision != "bfloat16":
+    if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be 'float32' or 'bfloat16'; got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if adapter.dtype != torch.float32:
+        logger.warning("precision='bfloat16' applies to float32 models; this one is %s, run as it is", adapter.dtype)
+        return contextlib.nullcontext()
     return torch.autocast(device_type=adapter.device.type, dtype=torch.bfloat16)
 
 

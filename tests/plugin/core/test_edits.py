@@ -278,3 +278,60 @@ def test_a_non_finite_edit_is_never_written(tmp_path, tiny_hooked):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="does not exist"):
         _edit(adapter).save(tmp_path / "no" / "such" / "e.safetensors")
+
+
+@pytest.mark.parametrize("order", [(1, 0, 2), (1, 2, 0), (0, 2, 1), (2, 0, 1)])
+def test_three_handles_on_one_layer_revert_in_any_order(tiny_model, order):
+    from tests.conftest import param_hash
+
+    adapter = ModelAdapter(tiny_model)
+    start, original = param_hash(tiny_model), adapter.w_out(1).detach().clone()
+    edits = [_edit(adapter, layers=(1,), scale=s, rank=r) for s, r in ((0.1, 1), (0.3, 2), (0.2, 1))]
+    handles = [apply_edit(tiny_model, e) for e in edits]
+    handles[order[0]].revert()
+    left = [edits[i].deltas[0].delta for i in range(3) if i != order[0]]
+    torch.testing.assert_close(adapter.w_out(1) - original, left[0] + left[1], atol=1e-5, rtol=1e-4)
+    handles[order[1]].revert()
+    torch.testing.assert_close(adapter.w_out(1) - original, edits[order[2]].deltas[0].delta, atol=1e-5, rtol=1e-4)
+    handles[order[2]].revert()
+    assert param_hash(tiny_model) == start
+
+
+def test_adding_to_an_older_handle_under_a_newer_one_is_refused(tiny_hooked):
+    from tests.conftest import param_hash
+
+    adapter = ModelAdapter(tiny_hooked)
+    start = param_hash(tiny_hooked)
+    older = apply_edit(tiny_hooked, _edit(adapter, layers=(1,)))
+    newer = apply_edit(tiny_hooked, _edit(adapter, layers=(1,), scale=0.2))
+    during = param_hash(tiny_hooked)
+    with pytest.raises(ValueError, match="a handle applied later also edits layer 1"):
+        older.add(_edit(adapter, layers=(1,), scale=0.3))
+    assert param_hash(tiny_hooked) == during
+    older.add(_edit(adapter, layers=(2,), scale=0.3))  # a layer no later handle holds is fine
+    newer.revert()
+    older.revert()
+    assert param_hash(tiny_hooked) == start
+
+
+def test_a_revert_interrupted_between_layers_finishes_when_called_again(tiny_hooked, monkeypatch):
+    from tests.conftest import param_hash
+    from toplens.core.edits import EditHandle
+
+    adapter = ModelAdapter(tiny_hooked)
+    start = param_hash(tiny_hooked)
+    handle = apply_edit(tiny_hooked, _edit(adapter, layers=(1, 2)))
+    real, calls = EditHandle._revert_layer, []
+
+    def interrupted(self, layer):
+        calls.append(layer)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(self, layer)
+
+    monkeypatch.setattr(EditHandle, "_revert_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        handle.revert()
+    monkeypatch.setattr(EditHandle, "_revert_layer", real)
+    handle.revert()
+    assert param_hash(tiny_hooked) == start and not handle.applied

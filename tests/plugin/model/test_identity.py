@@ -78,3 +78,25 @@ def test_active_hooks_lists_only_what_is_attached(tiny_model):
         hooked = active_hooks(tiny_model)  # the bridge names the module by its own alias
         assert len(hooked) == 1 and hooked[0].startswith("blocks.1.hook_")
     assert active_hooks(tiny_model) == []
+
+
+def test_a_plain_torch_hook_on_any_module_counts(tiny_model):
+    handle = tiny_model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out)
+    try:
+        assert len(active_hooks(tiny_model)) == 1
+    finally:
+        handle.remove()
+    glob = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: out)
+    try:
+        assert active_hooks(tiny_model) == ["<global>"]
+    finally:
+        glob.remove()
+    assert active_hooks(tiny_model) == []
+
+
+def test_the_bridges_own_wiring_is_not_a_users_hook(tiny_model):
+    from toplens import as_adapter
+
+    adapter = as_adapter(tiny_model)
+    tiny_model(adapter.to_batch([adapter.tokenize("Paris is the")]))  # the bridge wires its own hooks here
+    assert active_hooks(tiny_model) == []
