@@ -122,7 +122,9 @@ def run_method(adapter, method: str, requests, path: str = "reference") -> dict:
             "mean_p_new": statistics.mean(r["p_new"] for r in rows), "n": len(rows)}
 
 
-_EDIT = "import sys; from toplens.analyses.cli import main; sys.exit(main(['edit', '--backend', sys.argv[1]]))"
+_EDIT = ("import sys; from toplens.analyses.cli import main; sys.exit(main(['edit', '--backend', sys.argv[1], "
+         "'--prompt', 'The mother tongue of {} is', '--subject', 'Danielle Darrieux', '--target', ' English', "
+         "'--target-true', ' French']))")
 _PEAK = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
          "check=True, capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-backends", default="hooked,bridge", help="backends of the `toplens edit` RSS run")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    rss = {b: edit_command_rss_mb(b) for b in args.rss_backends.split(",") if b}  # first: a failure costs little
     requests = known_fact_requests(KNOWN, args.n)
     results = []
     for backend in args.backends.split(","):
@@ -200,7 +203,6 @@ def main(argv=None) -> int:
         context_templates(adapter, get_preset("rome", None).context_lengths)  # generated outside the timings
         results += [run_method(adapter, m, requests, path) for m in args.methods.split(",")
                     for path in args.paths.split(",")]
-    rss = {b: edit_command_rss_mb(b) for b in args.rss_backends.split(",") if b}
     meta = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "n": len(requests), "seconds": time.perf_counter() - t0, "edit_rss_mb": rss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
