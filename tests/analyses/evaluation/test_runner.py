@@ -59,7 +59,9 @@ def test_a_record_that_cannot_be_evaluated_is_skipped_and_listed(tiny_model, tmp
     assert [line["case_id"] for line in read_cases(tmp_path / SKIPPED_FILE)] == ["too-long"]
 
 
-def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, shift, tmp_path, monkeypatch):
+def _picky(monkeypatch):
+    """Make the shift editor refuse the subject "guitar" as a record error; returns (the refusing
+    computation, the original one)."""
     from tests.analyses.evaluation import test_evaluate as helpers
 
     original = helpers._Shift.compute
@@ -70,6 +72,11 @@ def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, 
         return original(model, request, hparams)
 
     monkeypatch.setattr(helpers._Shift, "compute", picky)
+    return helpers, picky, original
+
+
+def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, shift, tmp_path, monkeypatch):
+    helpers, picky, original = _picky(monkeypatch)
     records = [_record(0), _record(1, "guitar"), _record(2, "drums")]
     first = _run(tiny_hooked, records, tmp_path)
     assert [s.case_id for s in first.skipped] == [1] and [c.case_id for c in first.cases["shift"]] == [0, 2]
@@ -84,16 +91,7 @@ def test_a_resume_does_not_retry_a_skipped_record_and_strict_stops(tiny_hooked, 
 
 def test_a_changed_skipped_record_is_tried_again_and_strict_refuses_an_old_skip(tiny_hooked, shift, tmp_path,
                                                                                 monkeypatch):
-    from tests.analyses.evaluation import test_evaluate as helpers
-
-    original = helpers._Shift.compute
-
-    def picky(model, request, hparams):
-        if request.subject == "guitar":
-            raise RequestError("EditRequest.subject 'guitar' tokens merge with the text around it")
-        return original(model, request, hparams)
-
-    monkeypatch.setattr(helpers._Shift, "compute", picky)
+    _picky(monkeypatch)
     _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path)
     with pytest.raises(ValueError, match="case 1 was skipped by an earlier run"):
         _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path, strict=True)
