@@ -9,7 +9,7 @@ adds δ at one hook and position per row and returns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,13 @@ from torch import Tensor
 
 from toplens.core.interventions import add_vector
 from toplens.core.keys import Role
-from toplens.model import ModelAdapter
+from toplens.model import Hook, ModelAdapter, hook_name
 from toplens.core.optimize import LossTerms
 from toplens.core.positions import check_fits, locate, target_ids
 from toplens.core.requests import EditRequest
+
+if TYPE_CHECKING:
+    from toplens.core.fold import RankOneFold
 
 @dataclass(frozen=True)
 class RewriteBatch:
@@ -113,11 +116,16 @@ class RewriteObjective:
         with torch.no_grad():
             self.kl_init = self._logits(None)[1].log_softmax(-1)
 
+    def site_hooks(self, delta: Tensor) -> list[Hook]:
+        """δ added at ``hook`` and ``role``'s position of every row."""
+        b = self.batch
+        return [add_vector(self.hook, delta, b.rows, b.positions(self.role))]
+
     def _logits(self, delta: Tensor | None) -> tuple[Tensor, Tensor]:
         b = self.batch
         rows = torch.cat([b.target_rows, self._kl_rows])
         cols = torch.cat([b.target_cols, self._kl_cols])
-        hooks = [] if delta is None else [add_vector(self.hook, delta, b.rows, b.positions(self.role))]
+        hooks = [] if delta is None else self.site_hooks(delta)
         with self.adapter.hooks(hooks):
             logits = self.adapter.logits_at(b.tokens, rows, cols, self.start_layer, self._prefix)
         n = len(b.target_rows)
@@ -140,3 +148,43 @@ class RewriteObjective:
         logits, _ = self._logits(delta)
         logp = logits.float().log_softmax(-1).gather(1, self.batch.target_ids[:, None]).squeeze(1)
         return float((logp.exp() * self.batch.target_weight).sum())
+
+
+@dataclass
+class FoldRewriteObjective(RewriteObjective):
+    """ROME's rewriting loss for δ applied as the rank-one update the fold will make (every
+    position's MLP output at the edit layer moves by (k · û)(v_init + δ − v_cur)), rather than
+    added at one position. TOP's stage 2 uses it as an extra term (``stage2_rewrite_weight``)."""
+
+    fold: "RankOneFold" = None
+    v_init: Tensor = None
+
+    def site_hooks(self, delta: Tensor) -> list[Hook]:
+        return self.fold.hooks(lambda: self.v_init + delta)
+
+
+@dataclass
+class WeightedSum:
+    """``main(δ) + weight · extra(δ)``; the parts reported are main's, with extra's NLL."""
+
+    main: Callable[[Tensor], LossTerms]
+    extra: Callable[[Tensor], LossTerms]
+    weight: float
+
+    def __call__(self, delta: Tensor) -> LossTerms:
+        a, b = self.main(delta), self.extra(delta)
+        return LossTerms(a.total + self.weight * b.total, nll=b.nll, kl=a.kl, decay=a.decay, distance=a.distance)
+
+
+def with_rewrite_term(
+    objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, batch: RewriteBatch, layer: int,
+    v_init: Float[Tensor, " d_model"], weight: float, kl_factor: float, fold: "RankOneFold | None" = None,
+) -> Callable[[Tensor], LossTerms]:
+    """``objective`` plus ``weight`` times ROME's rewriting loss (NLL + KL, no decay) over every
+    row of ``batch`` for δ at the MLP output of ``layer`` (at the last subject token, or through
+    ``fold`` when given); ``objective`` itself when ``weight`` is 0."""
+    if not weight:
+        return objective
+    args = (adapter, batch, hook_name("value", layer), layer, "subject", kl_factor, 0.0, float(v_init.norm()))
+    rewrite = RewriteObjective(*args) if fold is None else FoldRewriteObjective(*args, fold=fold, v_init=v_init)
+    return WeightedSum(objective, rewrite, weight)

@@ -99,18 +99,26 @@ class RelationReadoutObjective(RelationFeatureObjective):
 
     target_rows: Int[Tensor, " m"] = None
     target_cols: Int[Tensor, " m"] = None
+    reset: str = "others"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         la_hook = hook_name("resid_post", self.stop_layer - 1)
         with torch.no_grad():
             (clean,) = self.adapter.capture(self.tokens, [la_hook], self.stop_layer)
-            others = torch.ones(clean.shape[:2], dtype=torch.bool, device=clean.device)
-            others[self._rows, self.last_relation] = False
-            self._keep_clean = patch_from(la_hook, clean, others)
+            self._keep_clean = patch_from(la_hook, clean, self._reset_mask(clean.shape[:2]))
             put = set_vectors(la_hook, self.targets, self._rows, self.last_relation)
             with self.adapter.hooks([put]):
                 self._want = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols).log_softmax(-1)
+
+    def _reset_mask(self, shape) -> Tensor:
+        """The positions reset to their clean residual at la: all but the last relation token
+        ("others"), also sparing the last subject token ("others_but_subject"), or none ("none")."""
+        mask = torch.ones(shape, dtype=torch.bool, device=self.tokens.device)
+        mask[self._rows, self.last_relation] = False
+        if self.reset == "others_but_subject":
+            mask[self._rows, self.last_subject] = False
+        return mask if self.reset != "none" else torch.zeros_like(mask)
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
         with self.adapter.hooks([*self.site_hooks(delta), self._keep_clean]):
@@ -125,6 +133,7 @@ def relation_objective(
     adapter: ModelAdapter, batch: RewriteBatch, rows: slice, layer: int, la: int,
     targets: Float[Tensor, "n d_model"], v_init: Float[Tensor, " d_model"], *, loss: str = "l2",
     fold: RankOneFold | None = None, vec_loss_factor: float = 0.1, weight_decay: float = 0.5,
+    reset: str = "others",
 ) -> RelationFeatureObjective:
     """The objective that moves h_r at la toward ``targets`` on ``rows`` of ``batch``, for δ at the
     MLP output of ``layer``: in L2 (``loss="l2"``) or through the prediction read from h_r
@@ -136,7 +145,8 @@ def relation_objective(
         keep = batch.target_rows < rows.stop
         return RelationReadoutObjective(adapter, batch.tokens[rows], batch.last_subject[rows], last_rel, layer,
                                         la + 1, targets, vec_loss_factor, weight_decay, v_norm, **site,
-                                        target_rows=batch.target_rows[keep], target_cols=batch.target_cols[keep])
+                                        target_rows=batch.target_rows[keep], target_cols=batch.target_cols[keep],
+                                        reset=reset)
     tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
     return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
                                     targets, vec_loss_factor, weight_decay, v_norm, **site)

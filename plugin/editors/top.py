@@ -25,6 +25,9 @@ preset (docs/top_stage2.md has the measurements):
   position's MLP output at layer l moves by (k · û)(v_init + δ₂ − v_cur)), rather than as a
   vector added at the last subject token. Stage 2 then sees exactly the model it will produce;
   with the subject-only site a stage-2 optimum can shrink or vanish once folded.
+
+Under study for generalization (docs/top_stage2.md): ``stage2_reset``, which positions the readout
+resets at la; ``stage2_rewrite_weight``, a ROME term at stage 2's site added to its loss.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from toplens.core.edits import EditHandle, WeightEdit
 from toplens.core.fold import RankOneFold, fold_at
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
-from toplens.core.objective import rewrite_batch
+from toplens.core.objective import rewrite_batch, with_rewrite_term
 from toplens.core.optimize import OptimizationTrace
 from toplens.core.relation import RelationFeatureObjective, relation_objective, relation_resid
 from toplens.core.requests import EditRequest
@@ -55,6 +58,7 @@ from toplens.model import ModelAdapter, Site
 Stage2 = Literal["faithful", "all_prompts"]
 Stage2Loss = Literal["l2", "readout"]
 Stage2Site = Literal["subject", "fold"]
+Stage2Reset = Literal["others", "others_but_subject", "none"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class TopHparams(Hparams):
     stage2: Stage2 = "faithful"
     stage2_loss: Stage2Loss = "l2"
     stage2_site: Stage2Site = "subject"
+    stage2_reset: Stage2Reset = "others"
+    stage2_rewrite_weight: float = 0.0
 
     def _check(self) -> None:
         self._layers("layers")
@@ -92,6 +98,8 @@ class TopHparams(Hparams):
         self._choice("stage2", ("faithful", "all_prompts"))
         self._choice("stage2_loss", ("l2", "readout"))
         self._choice("stage2_site", ("subject", "fold"))
+        self._choice("stage2_reset", ("others", "others_but_subject", "none"))
+        self._positive("stage2_rewrite_weight", allow_zero=True)
         self._template("kl_prompt")
         self._context_lengths()
 
@@ -167,8 +175,11 @@ def run_stages(
         rows = slice(0, 1) if hp.stage2 == "faithful" else slice(0, batch.n_rewrite)
         objective = relation_objective(adapter, batch, rows, layer, la, h_init[rows] + one.delta, v_init,
                                        loss=hp.stage2_loss, fold=fold if hp.stage2_site == "fold" else None,
-                                       vec_loss_factor=hp.vec_loss_factor, weight_decay=hp.v_weight_decay)
-        delta2, trace2 = run_stage(adapter, subject, objective, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
+                                       vec_loss_factor=hp.vec_loss_factor, weight_decay=hp.v_weight_decay,
+                                       reset=hp.stage2_reset)
+        loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor,
+                                 fold if hp.stage2_site == "fold" else None)
+        delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
                                    observe=observe, progress=progress)
     return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold)
 

@@ -12,7 +12,7 @@ from toplens.core.hparams import HparamsError
 from toplens.core.interventions import patch_from, set_vectors
 from toplens.core.keys import key_value_at
 from toplens.core.fold import fold_at
-from toplens.core.objective import rewrite_batch
+from toplens.core.objective import FoldRewriteObjective, RewriteObjective, rewrite_batch
 from toplens.core.relation import RelationReadoutObjective, relation_objective, relation_resid
 from toplens.core.value import rewrite_stage
 from toplens.core.scoring import target_probability
@@ -122,6 +122,13 @@ def test_stage2_through_the_fold_sees_exactly_the_folded_model(tiny_model, key):
     assert at_end == pytest.approx(folded, rel=1e-4, abs=1e-4)
 
 
+def test_bad_stage2_reset_and_rewrite_weight_are_rejected():
+    with unchecked(), pytest.raises(HparamsError, match="stage2_reset"):
+        TopHparams(stage2_reset="subject")
+    with unchecked(), pytest.raises(HparamsError, match="stage2_rewrite_weight"):
+        TopHparams(stage2_rewrite_weight=-1.0)
+
+
 def test_bad_stage2_site_is_rejected():
     with unchecked(), pytest.raises(HparamsError, match="stage2_site"):
         TopHparams(stage2_site="everywhere")
@@ -201,3 +208,42 @@ def test_readout_reaches_the_prediction_only_through_h_r(tiny_model):
 def test_unknown_stage2_loss_is_rejected():
     with unchecked(), pytest.raises(HparamsError, match="TopHparams.stage2_loss"):
         FAST.replace(stage2_loss="cosine")
+
+
+@pytest.mark.parametrize("reset, spared", [("others", 1), ("others_but_subject", 2), ("none", None)])
+def test_readout_reset_masks_the_stated_positions(tiny_model, reset, spared):
+    """The readout resets every position but the last relation token (and the subject's, with
+    "others_but_subject") to its clean residual at la; "none" resets nothing."""
+    adapter = ModelAdapter(tiny_model)
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
+    _, values = key_value_at(adapter, 1, [(REQUEST.prompt, REQUEST.subject)])
+    objective = relation_objective(adapter, batch, slice(0, 1), 1, 2, torch.zeros(1, tiny_model.cfg.d_model),
+                                   values[0], loss="readout", reset=reset)
+    mask = objective._reset_mask(batch.tokens[:1].shape)
+    kept = int((~mask[0]).sum())
+    assert kept == (batch.tokens.shape[1] if spared is None else spared)
+    assert not mask[0, batch.last_relation[0]]
+    assert bool(mask[0, batch.last_subject[0]]) == (reset == "others")
+
+
+@pytest.mark.parametrize("site", ["fold", "subject"])
+def test_rewrite_term_in_stage2_lowers_the_rewrite_nll(tiny_model, site):
+    """A ROME term in stage 2 (through the fold) is part of the loss: the NLL it reports falls
+    during stage 2, and the folded edit fits the rewriting prompts better than without it
+    (ROME's loss recomputed at each edit's v*, at the same site)."""
+    adapter = ModelAdapter(tiny_model)
+    hp = FAST.replace(stage2_loss="readout", stage2_site=site, v_num_grad_steps2=20)
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [hp.kl_prompt])
+    fold = fold_at(adapter, REQUEST, 1, TEMPLATES)
+    nll = []
+    for weight in (0.0, 10.0):
+        info = top.compute(tiny_model, REQUEST, hp.replace(stage2_rewrite_weight=weight),
+                           templates=TEMPLATES).details.layers[0]
+        args = (adapter, batch, hook_name("value", 1), 1, "subject", hp.kl_factor, 0.0, 1.0)
+        rewrite = (FoldRewriteObjective(*args, fold=fold, v_init=info.v_init) if site == "fold"
+                   else RewriteObjective(*args))
+        with torch.no_grad():
+            nll.append(rewrite(info.v_star - info.v_init).nll)
+    reported = [p["nll"] for p in info.stage2.parts]
+    assert reported[-1] < reported[0]
+    assert nll[1] < nll[0], nll

@@ -1,0 +1,114 @@
+"""Quality of the fast path against the reference path on built-in COUNTERFACT_RS cases: the same
+``toplens eval`` run twice on the same cases (no generations), once with the presets as they are
+(the reference path) and once with the fast path's settings (:func:`toplens.editors.presets.fast_path`).
+Reports every rate per method and path, and the fast − reference difference with a paired
+bootstrap 95% interval over cases. Writes docs/fast_path_quality.md and .json.
+
+    python bench/fast_path_quality.py [--methods rome,top] [--n 40] [--out-dir bench/out/fast_path_quality]
+
+Each eval resumes from its folder under ``--out-dir``, so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from toplens.analyses.evaluation.metrics import harmonic_mean
+from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
+from toplens.editors.presets import FAST_CONTEXT
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"precision": "bfloat16", "stop_rule": "fit", "context_lengths": [list(x) for x in FAST_CONTEXT]}
+COLUMNS = (*METRICS, "score")
+
+
+def run_eval(methods: list[str], n: int, out: Path, fast: bool) -> None:
+    """``toplens eval`` on the first ``n`` built-in cases, resuming from ``out``."""
+    cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))", "eval", "--methods", ",".join(methods), "--data", "builtin",
+           "--limit", str(n), "--no-generation", "--out", str(out), "--json"]
+    if fast:
+        cmd += ["--hparams", json.dumps({m: FAST for m in methods})]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def case_rates(out: Path, method: str) -> dict:
+    """case_id -> (the four post-edit rates, seconds) of ``method`` in ``out``/cases.jsonl."""
+    rows = {}
+    for line in (out / "cases.jsonl").read_text().splitlines():
+        case = json.loads(line)
+        if case["method"] == method:
+            rows[case["case_id"]] = ([case["post"][m]["rate"] for m in METRICS], case["seconds"])
+    return rows
+
+
+def table_values(rates: np.ndarray) -> np.ndarray:
+    """Per-metric means over cases (in %) and the Score, their harmonic mean."""
+    means = rates.mean(axis=0)
+    return np.append(means, harmonic_mean(list(means))) * 100
+
+
+def paired_interval(ref: np.ndarray, fast: np.ndarray, draws: int = 2000, seed: int = 0) -> np.ndarray:
+    """95% bootstrap interval of fast − ref for every column, resampling cases together."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ref), size=(draws, len(ref)))
+    diffs = np.stack([table_values(fast[p]) - table_values(ref[p]) for p in picks])
+    return np.percentile(diffs, [2.5, 97.5], axis=0)
+
+
+def compare(out_dir: Path, n: int, method: str) -> dict:
+    ref, fast = case_rates(out_dir / f"ref{n}", method), case_rates(out_dir / f"fast{n}", method)
+    ids = sorted(set(ref) & set(fast), key=str)
+    r = np.array([ref[i][0] for i in ids], dtype=float)
+    f = np.array([fast[i][0] for i in ids], dtype=float)
+    low, high = paired_interval(r, f)
+    seconds = {p: float(np.median([rows[i][1] for i in ids])) for p, rows in (("reference", ref), ("fast", fast))}
+    return {"method": method, "n": len(ids), "reference": table_values(r).tolist(), "fast": table_values(f).tolist(),
+            "diff_low": low.tolist(), "diff_high": high.tolist(), "median_seconds_per_case": seconds}
+
+
+def markdown(results: list[dict], n: int) -> str:
+    head = ["method", "path", "n", *(METRIC_ABBREVIATIONS.get(c, "Score") for c in COLUMNS), "s/case (median)"]
+    lines = [f"# Fast path against reference path: quality on {n} built-in cases", "",
+             "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
+             f"{n} --no-generation` on the presets (reference path) and with `--hparams` {json.dumps(FAST)} "
+             "(the fast path), the same cases. Rates in %; the last row of each method is fast − reference "
+             "with a paired bootstrap 95% interval over cases (2000 draws). s/case is the whole case "
+             "(edit and measurement) and only indicative: the two evals did not run alone on the machine.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        for path in ("reference", "fast"):
+            cells = [f"{v:.1f}" for v in r[path]]
+            lines.append(f"| {r['method']} | {path} | {r['n']} | " + " | ".join(cells)
+                         + f" | {r['median_seconds_per_case'][path]:.1f} |")
+        diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
+                zip(r["fast"], r["reference"], r["diff_low"], r["diff_high"])]
+        lines.append(f"| {r['method']} | fast − ref | {r['n']} | " + " | ".join(diff) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="rome,top")
+    parser.add_argument("--n", type=int, default=40)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "fast_path_quality")
+    parser.add_argument("--skip-eval", action="store_true", help="only tabulate what the folders hold")
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    if not args.skip_eval:
+        for fast in (True, False):
+            run_eval(methods, args.n, args.out_dir / f"{'fast' if fast else 'ref'}{args.n}", fast)
+    results = [compare(args.out_dir, args.n, m) for m in methods]
+    (ROOT / "docs" / "fast_path_quality.md").write_text(markdown(results, args.n))
+    (ROOT / "docs" / "fast_path_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results, args.n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
