@@ -13,6 +13,7 @@ from toplens.analyses.evaluation.metrics import load_stop_words
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.analyses.evaluation.runner import run_eval
 
+# the four rates with Efficacy@1 beside Efficacy (not in the Score), then the Score, Fluency, Consistency
 COLUMNS = {**METRIC_ABBREVIATIONS, "score": "Score", "fluency": "Flu", "consistency": "Cons"}
 
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """A table: one row per method, rates in percent, then the magnitudes."""
+    """A table: one row per method, rates (and Efficacy@1) in percent, then the magnitudes and
+    the pre-edit rates."""
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.1f}"
 
@@ -71,7 +73,7 @@ def format_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
     rows += ["", "magnitudes (mean P(wanted) - P(rival), x100); before the edit (rates):"]
     for method, s in summary.items():
         mags = "  ".join(f"{COLUMNS[k]} {cell(s[f'{k}_magnitude'])}" for k in METRICS)
-        pre = "  ".join(f"{COLUMNS[k]} {cell(s['pre'][k])}" for k in METRICS)
+        pre = "  ".join(f"{COLUMNS[k]} {cell(s['pre'].get(k))}" for k in METRIC_ABBREVIATIONS)
         rows.append(f"{method:10}{mags}   | pre: {pre}   | {cell(s['seconds_per_edit'])} s/edit")
     skipped = [(method, item) for method, s in summary.items() for item in s.get("skipped", ())]
     if skipped:

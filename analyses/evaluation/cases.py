@@ -1,7 +1,8 @@
 """cases.jsonl: one JSON line per (case, method) with the per-prompt outcomes, and its summaries.
 
 Each line holds the model name, the hyperparameters, the per-prompt outcomes before and after the
-edit, the prompts whose outcome flipped and the generations (see :func:`case_to_dict`).
+edit (Efficacy@1's too, except in lines written before it was measured), the prompts whose
+outcome flipped and the generations (see :func:`case_to_dict`).
 :func:`summarize_lines` turns one method's lines into its summary.json entry.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from toplens.analyses.evaluation.evaluate import CaseEvaluation
 from toplens.analyses.evaluation.metrics import MetricResult, PromptOutcome
-from toplens.analyses.evaluation.results import METRICS, CaseResult, Summary, summarize
+from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRICS, CaseResult, Summary, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +35,21 @@ def metric_from_dict(name: str, data: Mapping[str, Any]) -> MetricResult:
                                                   o["rival"]) for o in data["outcomes"]))
 
 
+def stage_to_dict(stage: Any) -> dict[str, Any]:
+    """The metrics of a CaseResult or Measurement, by name; Efficacy@1 only where it was measured."""
+    out = {name: metric_to_dict(getattr(stage, name)) for name in METRICS}
+    if stage.efficacy_at_1 is not None:
+        out[EFFICACY_AT_1] = metric_to_dict(stage.efficacy_at_1)
+    return out
+
+
 def case_to_dict(ev: CaseEvaluation, *, model_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """One cases.jsonl line."""
     r = ev.result
     return {
         "case_id": r.case_id, "method": ev.method, "model": model_name, "hparams": jsonable(hparams),
         "seconds": round(ev.seconds, 3), "score": r.score, "fluency": r.fluency, "consistency": r.consistency,
-        "post": {name: metric_to_dict(getattr(r, name)) for name in METRICS},
-        "pre": {name: metric_to_dict(getattr(ev.before, name)) for name in METRICS},
+        "post": stage_to_dict(r), "pre": stage_to_dict(ev.before),
         "flipped": ev.flipped(),
         "relation_tokens": [None if t is None else {"text": t.text, "token_id": t.token_id, "prob": t.prob}
                             for t in ev.before.tokens],
@@ -50,8 +58,11 @@ def case_to_dict(ev: CaseEvaluation, *, model_name: str, hparams: Mapping[str, A
 
 
 def case_from_dict(data: Mapping[str, Any], stage: str = "post") -> CaseResult:
-    """The CaseResult of a cases.jsonl line (``stage="pre"``: the unedited model's metrics)."""
+    """The CaseResult of a cases.jsonl line (``stage="pre"``: the unedited model's metrics); its
+    efficacy_at_1 is None for a line written before Efficacy@1 was measured."""
     metrics = {name: metric_from_dict(name, data[stage][name]) for name in METRICS}
+    at_1 = data[stage].get(EFFICACY_AT_1)
+    metrics[EFFICACY_AT_1] = None if at_1 is None else metric_from_dict(EFFICACY_AT_1, at_1)
     if stage == "pre":
         return CaseResult(data["case_id"], **metrics)
     return CaseResult(data["case_id"], **metrics, fluency=data["fluency"], consistency=data["consistency"])
@@ -101,14 +112,17 @@ class MethodSummary:
     hparams: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """summary.json's entry: rates, Fluency, Consistency and Score in percent, the magnitudes
-        (×100), the pre-edit rates, the seconds per edit, and the model and hparams."""
+        """summary.json's entry: rates (Efficacy@1's beside them, None without it), Fluency,
+        Consistency and Score in percent, the magnitudes (×100), the pre-edit rates, the seconds
+        per edit, and the model and hparams."""
         post = self.post
         out: dict[str, Any] = {"n": post.n_cases}
         out.update({name: _percent(getattr(post.rates, name)) for name in METRICS})
+        out[EFFICACY_AT_1] = _percent(post.efficacy_at_1)
         out.update(fluency=_percent(post.fluency), consistency=_percent(post.consistency), score=_percent(post.score))
         out.update({f"{name}_magnitude": _percent(getattr(post.magnitudes, name)) for name in METRICS})
         out["pre"] = {name: _percent(getattr(self.pre.rates, name)) for name in METRICS}
+        out["pre"][EFFICACY_AT_1] = _percent(self.pre.efficacy_at_1)
         out["seconds_per_edit"] = self.seconds_per_edit
         if self.model is not None:
             out.update(model=self.model, hparams=self.hparams)

@@ -1,7 +1,8 @@
 """COUNTERFACT_RS evaluation of an editing method, one record at a time.
 
 For each record: measure the model before the edit (NLLs of o* and o on the rewrite, paraphrase
-and neighborhood prompts; the top non-stop-word next token of each relation-specific prompt),
+and neighborhood prompts; the top next token at the rewrite prompt, for Efficacy@1; the top
+non-stop-word next token of each relation-specific prompt),
 compute the edit with ``get_editor(method).compute`` and fold it in, measure again, generate short
 continuations for Fluency (and Consistency where the record has reference texts), and revert in
 ``finally`` so every record is edited from the original weights. The metrics themselves are the
@@ -23,7 +24,7 @@ from torch import Tensor
 from toplens import apply_edit, as_adapter
 from toplens.editors import get_editor
 from toplens.model import ModelAdapter
-from toplens.core.positions import check_fits
+from toplens.core.positions import check_fits, target_ids
 from toplens.core.scoring import target_logprobs
 
 from toplens.analyses.evaluation import metrics as m
@@ -39,15 +40,16 @@ GENERATION_TOP_K = 5  # ROME's generate_fast samples from the top 5; 1 is greedy
 
 @dataclass(frozen=True)
 class Measurement:
-    """The four metrics on a record's prompts at one moment (before or after the edit), and the
+    """The four metrics on a record's prompts at one moment (before or after the edit), the
     relation-specific prompts' pre-edit top tokens that R-Specificity used (None where no content
-    word was among the most likely tokens; that prompt is left out)."""
+    word was among the most likely tokens; that prompt is left out), and Efficacy@1."""
 
     efficacy: MetricResult
     generalization: MetricResult
     s_specificity: MetricResult
     r_specificity: MetricResult
     tokens: tuple[ContentToken | None, ...] = ()
+    efficacy_at_1: MetricResult | None = None
 
     def metrics(self) -> dict[str, MetricResult]:
         return {name: getattr(self, name) for name in METRICS}
@@ -125,7 +127,8 @@ def check_record_fits(model, record: Record, generation_tokens: int = 0) -> None
 
 def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None = None,
             stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS) -> Measurement:
-    """The four metrics on the model as it is now, from one batched target_logprobs call.
+    """The four metrics and Efficacy@1 on the model as it is now, from one batched target_logprobs
+    call and one batched next-token call (the rewrite prompt and the relation-specific prompts).
 
     ``tokens`` are the relation-specific prompts' pre-edit top tokens (``before.tokens``); None,
     before the edit, takes them from the model now, skipping ``stop_words``.
@@ -142,11 +145,20 @@ def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None 
         "neighbor_true": neighbors,
         "rs_new": [(p, req.target_new) for p in rs_prompts],
     })
-    next_lp = next_token_logprobs(model, rs_prompts) if rs_prompts else torch.empty(0)
+    next_lp = next_token_logprobs(model, [req.text, *rs_prompts])
     if tokens is None:
-        tokens = relation_tokens(model, rs_prompts, next_lp, stop_words)
-    rs = _r_specificity(rs_prompts, tuple(tokens), next_lp, lp["rs_new"], req.target_new)
-    return Measurement(*_target_metrics(record, lp), rs, tuple(tokens))
+        tokens = relation_tokens(model, rs_prompts, next_lp[1:], stop_words)
+    rs = _r_specificity(rs_prompts, tuple(tokens), next_lp[1:], lp["rs_new"], req.target_new)
+    return Measurement(*_target_metrics(record, lp), rs, tuple(tokens),
+                       efficacy_at_1=_efficacy_at_1(model, record, next_lp[0]))
+
+
+def _efficacy_at_1(model, record: Record, log_probs: Float[Tensor, " d_vocab"]) -> MetricResult:
+    """Efficacy@1 from the rewrite prompt's next-token log-probs: is o*'s first token the top one?"""
+    adapter = as_adapter(model)
+    req = record.request
+    first = target_ids(adapter, req.text, req.target_new, field="target_new")[0]
+    return m.efficacy_at_1(req.text, log_probs.numpy(), first, decode=adapter.decode)
 
 
 def _target_metrics(record: Record, lp: Mapping[str, list[Tensor]]) -> list[MetricResult]:
@@ -222,7 +234,7 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
         after = measure(model, record, before.tokens)
         texts = generate(model, record.generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
     result = CaseResult(record.case_id, **after.metrics(), fluency=m.fluency(texts),
-                        consistency=m.consistency(texts, record.reference_texts))
+                        consistency=m.consistency(texts, record.reference_texts), efficacy_at_1=after.efficacy_at_1)
     return CaseEvaluation(result, method, before, texts, seconds)
 
 

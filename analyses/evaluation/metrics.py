@@ -3,6 +3,7 @@
 NLLs are the mean negative log-probability per target token (teacher forced), except where a
 docstring says otherwise. A prompt's outcome compares a *wanted* continuation with a *rival*:
 - Efficacy / Generalization: wanted o* (target_new), rival o (target_true);
+- Efficacy@1: wanted o*'s first token, rival the most likely other next token;
 - S-Specificity: wanted o, rival o*;
 - R-Specificity: wanted the model's top non-stop-word token before the edit, rival o*.
 """
@@ -93,6 +94,21 @@ def compare(name: str, prompts: Sequence[str], nll_wanted: Sequence[float], nll_
 def efficacy(prompt: str, nll_new: float, nll_true: float, *, new: str = "", true: str = "") -> MetricResult:
     """P(o*) > P(o) on the rewrite prompt after the edit."""
     return compare("efficacy", [prompt], [nll_new], [nll_true], wanted=new, rival=true)
+
+
+def efficacy_at_1(prompt: str, next_logprobs: Sequence[float] | np.ndarray, token_id: int,
+                  decode: Callable[[int], str] = str) -> MetricResult:
+    """Efficacy@1: o*'s first token (``token_id``) is the top next token at the rewrite prompt.
+
+    Stricter than Efficacy, which a knock-out of both P(o*) and P(o) also passes. The outcome
+    compares that token's NLL with the best other token's (a tie is not a success).
+    """
+    lp = np.asarray(next_logprobs, dtype=np.float64).reshape(-1)
+    others = lp.copy()
+    others[token_id] = -np.inf
+    rival = int(np.argmax(others))
+    return compare("efficacy_at_1", [prompt], [-lp[token_id]], [-lp[rival]], wanted=decode(token_id),
+                   rival=decode(rival))
 
 
 def generalization(prompts: Sequence[str], nll_new: Sequence[float], nll_true: Sequence[float],

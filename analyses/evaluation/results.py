@@ -12,15 +12,18 @@ from toplens.analyses.evaluation.metrics import MetricResult, harmonic_mean
 # The four COUNTERFACT_RS metrics, in the order every table, figure and file uses. They are the
 # field names of CaseResult, Rates and the la sweep's points; the labels are for figures and tables.
 METRICS = ("efficacy", "generalization", "s_specificity", "r_specificity")
-METRIC_LABELS = {"efficacy": "Efficacy", "generalization": "Generalization", "s_specificity": "S-Specificity",
-                 "r_specificity": "R-Specificity"}
-METRIC_ABBREVIATIONS = {"efficacy": "Eff", "generalization": "Gen", "s_specificity": "S-Spec",
+# Efficacy@1 (o*'s first token is the top next token) is reported beside Efficacy, not in the Score.
+EFFICACY_AT_1 = "efficacy_at_1"
+METRIC_LABELS = {"efficacy": "Efficacy", EFFICACY_AT_1: "Efficacy@1", "generalization": "Generalization",
+                 "s_specificity": "S-Specificity", "r_specificity": "R-Specificity"}
+METRIC_ABBREVIATIONS = {"efficacy": "Eff", EFFICACY_AT_1: "Eff@1", "generalization": "Gen", "s_specificity": "S-Spec",
                         "r_specificity": "R-Spec"}
 
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One record's metrics; each MetricResult keeps its per-prompt outcomes."""
+    """One record's metrics; each MetricResult keeps its per-prompt outcomes. ``efficacy_at_1`` is
+    None for cases measured before it was (cases.jsonl lines without it)."""
 
     case_id: int | str
     efficacy: MetricResult
@@ -29,9 +32,11 @@ class CaseResult:
     r_specificity: MetricResult
     fluency: float | None = None
     consistency: float | None = None
+    efficacy_at_1: MetricResult | None = None
 
     @property
     def score(self) -> float | None:
+        """Harmonic mean of the four rates (Efficacy@1 is not one of them)."""
         return harmonic_mean([getattr(self, m).rate for m in METRICS])
 
 
@@ -59,6 +64,7 @@ class Summary:
     magnitudes: Rates
     fluency: float | None
     consistency: float | None
+    efficacy_at_1: float | None = None
 
     @property
     def score(self) -> float | None:
@@ -71,8 +77,10 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(cases: Sequence[CaseResult]) -> Summary:
-    """Means over cases of each rate, magnitude, fluency and consistency."""
+    """Means over cases of each rate, magnitude, fluency, consistency and Efficacy@1 (cases
+    without Efficacy@1 left out of its mean)."""
     rates = Rates(*(_mean([getattr(c, m).rate for c in cases]) for m in METRICS))
     magnitudes = Rates(*(_mean([getattr(c, m).magnitude for c in cases]) for m in METRICS))
+    at_1 = _mean([c.efficacy_at_1.rate for c in cases if c.efficacy_at_1 is not None])
     return Summary(len(cases), rates, magnitudes, fluency=_mean([c.fluency for c in cases]),
-                   consistency=_mean([c.consistency for c in cases]))
+                   consistency=_mean([c.consistency for c in cases]), efficacy_at_1=at_1)

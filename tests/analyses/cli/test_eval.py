@@ -36,6 +36,7 @@ def test_cli_reads_counterfact_rs_and_resumes(tiny_hooked, tmp_path, monkeypatch
     assert main(argv + ["--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rome"]["n"] == 2 and summary["rome"]["consistency"] is not None
+    assert 0 <= summary["rome"]["efficacy_at_1"] <= 100 and 0 <= summary["rome"]["pre"]["efficacy_at_1"] <= 100
     lines = read_cases(out / CASES_FILE)
     assert [(line["case_id"], line["method"]) for line in lines] == [(7, "rome"), (8, "rome")]
     assert lines[0]["consistency"] is not None and lines[1]["consistency"] is None
@@ -44,6 +45,10 @@ def test_cli_reads_counterfact_rs_and_resumes(tiny_hooked, tmp_path, monkeypatch
     assert main(argv) == 0 and len(read_cases(out / CASES_FILE)) == 2
     table = capsys.readouterr().out
     assert "R-Spec" in table and table.splitlines()[1].startswith("rome")
+    head, row = table.splitlines()[0].split(), table.splitlines()[1].split()
+    assert head[2:4] == ["Eff", "Eff@1"] and len(row) == len(head)
+    assert float(row[head.index("Eff@1")]) == pytest.approx(summary["rome"]["efficacy_at_1"], abs=0.05)
+    assert f"Eff@1 {summary['rome']['pre']['efficacy_at_1']:.1f}" in table  # the pre-edit rate too
     assert main(argv + ["--no-generation"]) == 2
     assert "another output folder" in capsys.readouterr().err
 
@@ -55,3 +60,14 @@ def test_cli_names_an_unknown_method(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("toplens.analyses.cli.common.load_model", no_model)
     assert main(["eval", "--methods", "rome,bogus", "--out", str(tmp_path)]) == 2
     assert "'bogus'" in capsys.readouterr().err
+
+
+def test_the_table_shows_a_dash_for_efficacy_at_1_where_no_case_has_it():
+    from toplens.analyses.cli.eval import format_summary
+
+    rates = dict(efficacy=100.0, generalization=50.0, s_specificity=75.0, r_specificity=25.0)
+    entry = {"n": 1, **rates, "efficacy_at_1": None, "score": 50.0, "fluency": None, "consistency": None,
+             **{f"{k}_magnitude": 1.0 for k in rates}, "pre": {**rates, "efficacy_at_1": None}, "seconds_per_edit": 1.0}
+    head, row = format_summary({"rome": entry}).splitlines()[:2]
+    cells = dict(zip(head.split(), row.split()))
+    assert cells["Eff"] == "100.0" and cells["Eff@1"] == "-" and cells["Score"] == "50.0"

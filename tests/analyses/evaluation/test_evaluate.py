@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import json
 
@@ -7,10 +8,12 @@ import torch
 from tests.conftest import param_hash
 
 from toplens.analyses.evaluation import evaluate as ev
-from toplens.analyses.evaluation.cases import CASES_FILE, read_cases
+from toplens.analyses.evaluation.cases import CASES_FILE, case_from_dict, read_cases
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.runner import SUMMARY_FILE, EvalResult, run_eval
-from toplens import EditRequest, LayerDelta, WeightEdit, as_adapter
+from toplens import EditRequest, LayerDelta, WeightEdit, apply_edit, as_adapter
+from toplens.core.positions import target_ids
+from toplens.core.scoring import target_logprobs
 from toplens.core.hparams import Hparams
 from toplens.editors.base import Editor
 from toplens import editors
@@ -86,6 +89,25 @@ def test_evaluate_record_edits_then_restores_weights_bit_exactly(request, name):
     assert [o.nll_wanted for o in again.efficacy.outcomes] == pytest.approx([pre.nll_wanted], abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny_hooked", "tiny_bridge"])
+def test_efficacy_at_1_is_whether_o_stars_first_token_is_the_top_next_token(request, name, shift):
+    model = request.getfixturevalue(name)
+    adapter, record = as_adapter(model), _record()
+    req = record.request
+    first = target_ids(adapter, req.text, req.target_new)[0]
+    for edit in (None, _Shift.compute(model, req, None)):  # before and under an edit
+        with apply_edit(model, edit) if edit else contextlib.nullcontext():
+            at_1 = ev.measure(model, record).efficacy_at_1.outcomes[0]
+            probs = adapter.next_token_probs(req.text)  # a forward of its own
+            assert at_1.success == (int(probs.argmax()) == first)
+            assert at_1.nll_wanted == pytest.approx(-float(probs[first].log()), abs=1e-4)
+            assert at_1.nll_rival == pytest.approx(-float(probs[torch.arange(len(probs)) != first].max().log()),
+                                                   abs=1e-4)
+            # the same token and position as Efficacy's teacher-forced first step
+            own = target_logprobs(model, [req.text], [req.target_new])[0][0]
+            assert at_1.nll_wanted == pytest.approx(-float(own), abs=1e-4)
+
+
 def test_weights_restored_when_measuring_fails(tiny_hooked, shift, monkeypatch):
     weights = param_hash(tiny_hooked)
 
@@ -158,7 +180,7 @@ def test_summary_json_has_every_key(tiny_hooked, shift, tmp_path):
     assert [c.case_id for c in result.cases["shift"]] == [0, 1] and result.summaries["shift"].post.n_cases == 2
     keys = {"n", "efficacy", "generalization", "s_specificity", "r_specificity", "fluency", "consistency",
             "score", "efficacy_magnitude", "generalization_magnitude", "s_specificity_magnitude",
-            "r_specificity_magnitude", "pre", "seconds_per_edit", "model", "hparams"}
+            "r_specificity_magnitude", "pre", "seconds_per_edit", "model", "hparams", "efficacy_at_1"}
     s = summary["shift"]
     assert keys <= set(s) and s["n"] == 2
     assert s["consistency"] is None and s["fluency"] > 0
@@ -166,6 +188,19 @@ def test_summary_json_has_every_key(tiny_hooked, shift, tmp_path):
     line = read_cases(tmp_path / CASES_FILE)[0]
     assert {"case_id", "method", "model", "hparams", "pre", "post", "flipped", "generations"} <= set(line)
     assert line["hparams"] == ShiftHparams().to_dict()
+    at_1 = [c.efficacy_at_1.rate for c in result.cases["shift"]]
+    assert s["efficacy_at_1"] == pytest.approx(100 * sum(at_1) / 2) and s["pre"]["efficacy_at_1"] is not None
+
+
+def test_efficacy_at_1_round_trips_through_cases_jsonl(tiny_hooked, shift, tmp_path):
+    result = run_eval(tiny_hooked, [_record(0), _record(1, "guitar")], ["shift"], tmp_path,
+                      hparams={"shift": ShiftHparams()}, generation_tokens=0, progress=False)
+    lines = read_cases(tmp_path / CASES_FILE)
+    assert [case_from_dict(line) for line in lines] == list(result.cases["shift"])
+    for line, case in zip(lines, result.cases["shift"]):
+        assert case.efficacy_at_1 is not None and line["post"]["efficacy_at_1"]["rate"] == case.efficacy_at_1.rate
+        pre = case_from_dict(line, "pre").efficacy_at_1
+        assert pre is not None and pre != case.efficacy_at_1  # measured before the edit, not a copy of after
 
 
 def test_unknown_method_is_refused_before_anything_runs(tiny_hooked, tmp_path):

@@ -13,6 +13,36 @@ def test_efficacy_compares_new_against_true():
     assert m.efficacy("p", nll_new=1.0, nll_true=1.0).rate == 0.0  # a tie is not a success
 
 
+def test_efficacy_at_1_succeeds_exactly_when_o_stars_first_token_is_the_argmax():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        lp = np.log(rng.dirichlet(np.ones(12)))
+        token = int(np.argmax(lp)) if trial % 2 else int(rng.integers(12))
+        result = m.efficacy_at_1("p", lp, token)
+        assert result.rate == float(token == int(np.argmax(lp)))
+        (o,) = result.outcomes
+        assert o.nll_wanted == pytest.approx(-lp[token]) and o.wanted == str(token)
+        assert o.nll_rival == pytest.approx(-np.max(np.delete(lp, token)))  # the best other token
+
+
+def test_a_knock_out_passes_efficacy_but_not_efficacy_at_1():
+    """P(o*) 0.02 > P(o) 0.001, but a third token holds most of the mass: o* is not the top token."""
+    probs = np.full(10, 0.078 / 7)
+    probs[[3, 5, 8]] = 0.02, 0.001, 0.9  # o*'s first token 3, o 5, another word 8
+    words = {3: " Rome", 8: " the"}
+    assert m.efficacy("p", -math.log(0.02), -math.log(0.001)).rate == 1.0
+    at_1 = m.efficacy_at_1("p", np.log(probs), 3, decode=lambda i: words.get(i, "?"))
+    assert at_1.rate == 0.0 and at_1.failures[0].wanted == " Rome" and at_1.failures[0].rival == " the"
+    assert at_1.magnitude == pytest.approx(0.02 - 0.9)
+    probs[[3, 8]] = 0.9, 0.02
+    assert m.efficacy_at_1("p", np.log(probs), 3).rate == 1.0
+
+
+def test_efficacy_at_1_counts_a_tie_at_the_top_as_a_failure():
+    lp = np.log([0.4, 0.4, 0.2])
+    assert m.efficacy_at_1("p", lp, 0).rate == 0.0 and m.efficacy_at_1("p", lp, 2).rate == 0.0
+
+
 def test_generalization_keeps_which_prompts_flipped():
     result = m.generalization(["a", "b", "c", "d"], [0.1, 3.0, 0.2, 0.3], [1.0, 1.0, 1.0, 0.1],
                               new=" Rome", true=" Paris")
@@ -127,3 +157,16 @@ def test_case_results_summarize_to_means():
     assert (s.rates.efficacy, s.rates.generalization, s.rates.s_specificity) == (0.5, 0.5, 1.0)
     assert s.score == pytest.approx(4 / (2 + 2 + 1 + 1))
     assert s.fluency == 5.0 and s.consistency is None and s.n_cases == 2
+
+
+def test_efficacy_at_1_is_averaged_over_the_cases_that_have_it_and_left_out_of_the_score():
+    def case(i, at_1):
+        return CaseResult(i, m.efficacy("p", 0.5, 1.0), m.generalization(["q"], [0.5], [1.0]),
+                          m.s_specificity(["n"], [2.0], [1.0]), m.r_specificity(["r"], ["t"], [0.5], [1.0]),
+                          efficacy_at_1=None if at_1 is None else m.efficacy_at_1("p", np.log([0.3, 0.7]), at_1))
+    cases = [case(0, 1), case(1, 0), case(2, None), case(3, None)]  # success, failure, two old lines
+    assert [c.efficacy_at_1.rate if c.efficacy_at_1 else None for c in cases] == [1.0, 0.0, None, None]
+    s = summarize(cases)
+    assert s.efficacy_at_1 == 0.5  # (1 + 0) / 2, not (1 + 0) / 4
+    assert all(c.score == 1.0 for c in cases) and s.score == 1.0  # a failed Efficacy@1 does not lower the Score
+    assert summarize(cases[2:]).efficacy_at_1 is None and summarize([]).efficacy_at_1 is None

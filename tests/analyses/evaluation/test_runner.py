@@ -5,7 +5,7 @@ import json
 import pytest
 
 from toplens import EditRequest, RequestError
-from toplens.analyses.evaluation.cases import CASES_FILE, read_cases
+from toplens.analyses.evaluation.cases import CASES_FILE, case_from_dict, read_cases
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.runner import SKIPPED_FILE, SUMMARY_FILE, record_digest, run_eval
 from tests.analyses.evaluation.test_evaluate import FAST, ShiftHparams, _record, shift  # noqa: F401 (fixture)
@@ -38,6 +38,25 @@ def test_lines_without_a_fingerprint_are_not_trusted(tiny_hooked, shift, tmp_pat
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(ValueError, match="fingerprint None"):
         _run(tiny_hooked, [_record(0)], tmp_path)
+
+
+def test_a_resume_keeps_lines_written_before_efficacy_at_1(tiny_hooked, shift, tmp_path, monkeypatch):
+    """Old lines (no efficacy_at_1) load with None and are not re-edited; the mean is over new lines."""
+    _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path)
+    path = tmp_path / CASES_FILE
+    old, new = read_cases(path)
+    for stage in ("pre", "post"):
+        del old[stage]["efficacy_at_1"]
+    path.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
+    assert case_from_dict(old).efficacy_at_1 is None and case_from_dict(old, "pre").efficacy_at_1 is None
+    monkeypatch.setattr(shift, "compute", lambda *a: pytest.fail("a finished case was edited again"))
+    again = _run(tiny_hooked, [_record(0), _record(1, "guitar")], tmp_path)
+    assert [c.efficacy_at_1 for c in again.cases["shift"]][0] is None
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())["shift"]
+    assert summary["n"] == 2 and summary["efficacy_at_1"] == 100 * new["post"]["efficacy_at_1"]["rate"]
+    assert summary["pre"]["efficacy_at_1"] == 100 * new["pre"]["efficacy_at_1"]["rate"]
+    only_old = _run(tiny_hooked, [_record(0)], tmp_path)
+    assert only_old.to_json()["shift"]["efficacy_at_1"] is None and only_old.summaries["shift"].post.score is not None
 
 
 def _long_record(case_id, n_words=400):
