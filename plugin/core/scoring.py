@@ -20,20 +20,27 @@ class TopToken:
 
 @torch.no_grad()
 def target_logprobs(model, prompts: Sequence[str], targets: Sequence[str]) -> list[torch.Tensor]:
-    """log P of each target token given the prompt and the earlier target tokens (teacher forcing)."""
+    """log P of each target token given the prompt and the earlier target tokens (teacher forcing).
+
+    One batched forward; the unembedding and softmax run only at the positions that predict a
+    target token."""
     adapter: ModelAdapter = as_adapter(model)
-    seqs, spans = [], []
-    for prompt, target in zip(prompts, targets, strict=True):
+    seqs, rows, cols, ids, sizes = [], [], [], [], []
+    for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
         prompt_ids = adapter.tokenize(prompt)
-        ids = target_ids(adapter, prompt, target, field="target")
-        seqs.append(prompt_ids + ids)
-        spans.append((len(prompt_ids), ids))
-    logits = adapter.logits(adapter.to_batch(seqs)).float().log_softmax(-1)
-    out = []
-    for row, (start, ids) in enumerate(spans):
-        positions = torch.arange(start - 1, start - 1 + len(ids), device=logits.device)
-        out.append(logits[row, positions, torch.tensor(ids, device=logits.device)].cpu())
-    return out
+        target_tokens = target_ids(adapter, prompt, target, field="target")
+        seqs.append(prompt_ids + target_tokens)
+        rows += [row] * len(target_tokens)
+        cols += range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(target_tokens))
+        ids += target_tokens
+        sizes.append(len(target_tokens))
+    if not seqs:
+        return []
+    tokens = adapter.to_batch(seqs)
+    index = lambda xs: torch.tensor(xs, dtype=torch.long, device=tokens.device)  # noqa: E731
+    logp = adapter.logits_at(tokens, index(rows), index(cols)).float().log_softmax(-1)
+    picked = logp.gather(1, index(ids)[:, None]).squeeze(1).cpu()
+    return list(picked.split(sizes))
 
 
 def target_probability(model, prompt: str, target: str) -> float:

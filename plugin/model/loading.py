@@ -90,19 +90,18 @@ def _dequantized(path: Path, dtype: torch.dtype):
     return hf.eval(), tokenizer
 
 
-def _bundled_hf(dtype: torch.dtype, *, shared: bool = False):
-    """A Hugging Face model and tokenizer of the bundled checkpoint. With ``shared`` the model may
-    be the kept pristine copy itself (for a caller that only reads it); otherwise it is the
-    caller's own."""
+def _bundled_hf(dtype: torch.dtype):
+    """A Hugging Face model and tokenizer of the bundled checkpoint, the caller's own (a copy of
+    the kept pristine one where there is one): both backends take its tensors as their weights."""
     path = bundled_model_file()
     key = (str(path), dtype)
     if key in _PRISTINE:
         pristine, tokenizer = _PRISTINE[key]
-        return (pristine if shared else copy.deepcopy(pristine)), tokenizer
+        return copy.deepcopy(pristine), tokenizer
     hf, tokenizer = _dequantized(path, dtype)
     if _KEEP["dequantized"]:
         _PRISTINE[key] = (hf, tokenizer)
-        return (hf if shared else copy.deepcopy(hf)), tokenizer
+        return copy.deepcopy(hf), tokenizer
     return hf, tokenizer
 
 
@@ -126,18 +125,71 @@ def _hooked_config_from_llama(hf_config, name: str, dtype: torch.dtype):
     )
 
 
+# TransformerLens' state-dict processing as this package configures it: none (see the module doc)
+_TL_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                  "fold_value_biases": False}
+
+
 def hooked_from_llama(hf, tokenizer, name: str):
-    """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed)."""
-    from transformer_lens import HookedTransformer
+    """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed).
+
+    The HookedTransformer takes ``hf``'s tensors as its parameters, in their Hugging Face layout
+    (``W_in`` is a transposed view of ``up_proj.weight``, ...; a tied ``lm_head`` gets a copy of
+    its own): nothing is copied or randomly initialised, and TransformerLens' forward, which hands
+    ``W.T.contiguous()`` to ``F.linear``, finds the weights already contiguous there. ``hf`` must
+    not be used afterwards: a write to one model would show in the other.
+    """
+    cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
+    model = _hooked_shell(cfg, tokenizer)
+    return _assign_state(model, _checkpoint_state(hf, cfg)).eval()
+
+
+def _checkpoint_state(hf, cfg) -> dict[str, torch.Tensor]:
+    """TransformerLens' conversion of ``hf``'s weights (views of its tensors, without autograd
+    history), each on a storage of its own: an entry sharing one with an earlier entry (a tied
+    embedding's ``W_U``) is copied, in the same layout."""
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
-    cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
-        center_unembed=False, fold_value_biases=False,
-    )
-    return model.eval()
+    with torch.no_grad():
+        state = {key: tensor.detach() for key, tensor in convert_llama_weights(hf, cfg).items()}
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and storage in seen:
+            logger.debug("copying %s: it shares its storage with an earlier weight", key)
+            state[key] = tensor.clone()  # preserve_format: the same strides, a storage of its own
+        seen.add(storage)
+    return state
+
+
+def _hooked_shell(cfg, tokenizer):
+    """A HookedTransformer of ``cfg`` without TransformerLens' random initialisation: its
+    parameters stay unwritten (no memory is touched) until the checkpoint's tensors replace them.
+    ``cfg.init_weights`` is set back afterwards, so the model's config is the usual one."""
+    from transformer_lens import HookedTransformer
+
+    init = cfg.init_weights
+    cfg.init_weights = False
+    try:
+        return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    finally:
+        cfg.init_weights = init
+
+
+def _assign_state(model, state: dict[str, torch.Tensor]):
+    """Make the converted tensors ``model``'s parameters (``load_state_dict(assign=True)``: no
+    copy), after TransformerLens' own processing of the state dict, configured as
+    :data:`_TL_PROCESSING`. Every parameter must come from the checkpoint: ``model``'s own are
+    uninitialised memory."""
+    from transformer_lens.weight_processing import ProcessWeights
+
+    missing = sorted({name for name, _ in model.named_parameters()} - set(state))
+    if missing:
+        raise ValueError(f"the converted checkpoint lacks parameters {missing[:5]} ({len(missing)} in all)")
+    state = model.fill_missing_keys(state)  # the buffers, as the model computed them
+    state = ProcessWeights.process_weights(state, model.cfg, **_TL_PROCESSING)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
 
 
 def bridge_from_hf(hf, tokenizer, name: str):
@@ -225,19 +277,24 @@ def load_model(
     chosen = resolve_backend(backend)
     key = None if name is None else str(name).lower()
     if key in BUNDLED_ALIASES:
-        hf, tokenizer = _bundled_hf(dtype, shared=chosen == "hooked")  # HookedTransformer copies the weights
-        with _offline():
-            model = hooked_from_llama(hf, tokenizer, BUNDLED_NAME) if chosen == "hooked" else bridge_from_hf(
-                hf, tokenizer, BUNDLED_NAME
-            )
-        del hf
-        gc.collect()
-        _no_bos(model)
+        model = _no_bos(_bundled(chosen, dtype))
     else:
         check_model_name(name, chosen)
         model = _load_named(str(name), chosen, dtype)
     if device is not None:
         model = model.to(device)
+    return model
+
+
+def _bundled(backend: str, dtype: torch.dtype):
+    """The bundled model on ``backend``; it holds the only reference to its Hugging Face model's
+    tensors, so that nothing but the model itself outlives the load."""
+    hf, tokenizer = _bundled_hf(dtype)
+    wrap = hooked_from_llama if backend == "hooked" else bridge_from_hf
+    with _offline():
+        model = wrap(hf, tokenizer, BUNDLED_NAME)
+    del hf
+    gc.collect()
     return model
 
 

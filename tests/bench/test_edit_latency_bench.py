@@ -28,3 +28,13 @@ def test_step_clock_starts_a_stage_at_every_step_zero(monkeypatch):
 ])
 def test_optimized_layer_is_where_each_method_starts_its_steps(method, hp, layer):
     assert optimized_layer(get_editor(method), hp) == layer
+
+
+def test_each_lever_path_changes_one_setting_of_the_reference_path_and_fast_changes_all():
+    from bench.edit_latency import PATHS
+
+    base = PATHS["reference"](RomeHparams(layer=5))
+    fields = ("precision", "stop_rule", "context_lengths")
+    changed = {p: {f for f in fields if getattr(PATHS[p](base), f) != getattr(base, f)} for p in PATHS}
+    assert changed == {"reference": set(), "bf16": {"precision"}, "fit": {"stop_rule"},
+                       "rows": {"context_lengths"}, "fast": set(fields)}
