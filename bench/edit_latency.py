@@ -5,7 +5,8 @@ one bare forward+backward pass over the same layers; the peak RSS of ``toplens e
 backend. Writes docs/benchmarks.md (tables) and docs/benchmarks.json.
 
     python bench/edit_latency.py [--methods rome,top,rets,memit] [--n 10] [--backends hooked]
-                                 [--paths reference,fast] [--rss-backends hooked,bridge]
+                                 [--paths reference,fast] [--lever-methods rome]
+                                 [--rss-backends hooked,bridge]
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--backends", default="hooked")
     parser.add_argument("--paths", default="reference,fast")
+    parser.add_argument("--lever-methods", default="", help="methods also timed with each fast-path lever alone "
+                        "(paths bf16, fit, rows)")
     parser.add_argument("--rss-backends", default="hooked,bridge", help="backends of the `toplens edit` RSS run")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -212,8 +215,9 @@ def main(argv=None) -> int:
         adapter = as_adapter(load_model(backend=backend))
         for lengths in (get_preset("rome", None).context_lengths, FAST_CONTEXT):  # drawn outside the timings
             context_templates(adapter, lengths)
+        levers = set(filter(None, args.lever_methods.split(",")))
         results += [run_method(adapter, m, requests, path) for m in args.methods.split(",")
-                    for path in args.paths.split(",")]
+                    for path in args.paths.split(",") + (["bf16", "fit", "rows"] if m in levers else [])]
     meta = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "n": len(requests), "seconds": time.perf_counter() - t0, "edit_rss_mb": rss,
             "gpu_note": "GPU: none in this run (no GPU machine was available); every figure is the CPU's."

@@ -68,7 +68,10 @@ def compare(out_dir: Path, n: int, method: str) -> dict:
     f = np.array([fast[i][0] for i in ids], dtype=float)
     low, high = paired_interval(r, f)
     seconds = {p: float(np.median([rows[i][1] for i in ids])) for p, rows in (("reference", ref), ("fast", fast))}
+    every = {p: table_values(np.array([v[0] for v in rows.values()], dtype=float)).tolist() for p, rows in
+             (("reference", ref), ("fast", fast))}
     return {"method": method, "n": len(ids), "reference": table_values(r).tolist(), "fast": table_values(f).tolist(),
+            "all_cases": every, "n_all": {"reference": len(ref), "fast": len(fast)},
             "diff_low": low.tolist(), "diff_high": high.tolist(), "median_seconds_per_case": seconds}
 
 
@@ -80,6 +83,9 @@ def markdown(results: list[dict], n: int) -> str:
              "(the fast path), the same cases. Rates in %; the last row of each method is fast − reference "
              "with a paired bootstrap 95% interval over cases (2000 draws). s/case is the whole case "
              "(edit and measurement) and only indicative: the two evals did not run alone on the machine.", "",
+             *[f"**Incomplete:** only {r['n']} of the {n} cases have both paths for {r['method']} (an eval stopped "
+               "early); the comparison below stands on those and is too small to accept or reject the fast path."
+               for r in results if r["n"] < n], "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         for path in ("reference", "fast"):
@@ -89,6 +95,12 @@ def markdown(results: list[dict], n: int) -> str:
         diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
                 zip(r["fast"], r["reference"], r["diff_low"], r["diff_high"])]
         lines.append(f"| {r['method']} | fast − ref | {r['n']} | " + " | ".join(diff) + " | |")
+    lines += ["", "Each path on every case its folder holds (where one eval finished more cases than the other):", "",
+              "| method | path | n | " + " | ".join(head[3:-1]) + " |", "|" + "---|" * (len(head) - 1)]
+    for r in results:
+        for path in ("reference", "fast"):
+            cells = " | ".join(f"{v:.1f}" for v in r["all_cases"][path])
+            lines.append(f"| {r['method']} | {path} | {r['n_all'][path]} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -165,7 +165,8 @@ class FoldRewriteObjective(RewriteObjective):
 
 @dataclass
 class WeightedSum:
-    """``main(δ) + weight · extra(δ)``; the parts reported are main's, with extra's NLL."""
+    """``main(δ) + weight · extra(δ)``; the parts reported are main's, with extra's NLL as
+    ``rewrite_nll`` (so the "fit" stop compares the whole loss but its decay)."""
 
     main: Callable[[Tensor], LossTerms]
     extra: Callable[[Tensor], LossTerms]
@@ -173,7 +174,8 @@ class WeightedSum:
 
     def __call__(self, delta: Tensor) -> LossTerms:
         a, b = self.main(delta), self.extra(delta)
-        return LossTerms(a.total + self.weight * b.total, nll=b.nll, kl=a.kl, decay=a.decay, distance=a.distance)
+        return LossTerms(a.total + self.weight * b.total, nll=a.nll, kl=a.kl, decay=a.decay, distance=a.distance,
+                         rewrite_nll=b.nll)
 
 
 def with_rewrite_term(

@@ -32,10 +32,11 @@ class LossTerms:
     kl: float | None = None
     decay: float | None = None
     distance: float | None = None
+    rewrite_nll: float | None = None  # a ROME term added to another objective (TOP's stage 2)
 
     def parts(self) -> dict[str, float]:
         return {k: v for k, v in (("nll", self.nll), ("kl", self.kl), ("decay", self.decay),
-                                  ("distance", self.distance)) if v is not None}
+                                  ("distance", self.distance), ("rewrite_nll", self.rewrite_nll)) if v is not None}
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,14 @@ class ModelAdapter(PrefixCacheRuns):
         return weight
 
     def mlp_output(self, layer: int, keys: Float[Tensor, "... d_mlp"]) -> Float[Tensor, "... d_model"]:
-        """The MLP output for given keys: keys · W_out (+ b_out where the model has one)."""
-        out = keys @ self.w_out(layer).detach()
+        """The MLP output for given keys: keys · W_out (+ b_out where the model has one).
+
+        On HookedTransformer the product uses W_out in TransformerLens' own (contiguous) layout,
+        whichever layout the loader left it in (the bundled model's is the checkpoint's, a
+        transposed view): a product of few rows takes a different kernel, and other bits, on a view.
+        """
+        weight = self.w_out(layer).detach()
+        out = keys @ (weight.contiguous() if self.backend == "hooked" else weight)
         bias = getattr(self.model.blocks[layer].mlp, "b_out", None)
         return out if bias is None else out + bias.detach()
 

@@ -126,65 +126,73 @@ def _hooked_config_from_llama(hf_config, name: str, dtype: torch.dtype):
 
 
 # TransformerLens' state-dict processing as this package configures it: none (see the module doc)
-_TL_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
-                  "fold_value_biases": False}
+_TL_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
 
 
 def hooked_from_llama(hf, tokenizer, name: str):
     """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed).
 
-    The HookedTransformer takes ``hf``'s tensors as its parameters, in their Hugging Face layout
-    (``W_in`` is a transposed view of ``up_proj.weight``, ...; a tied ``lm_head`` gets a copy of
-    its own): nothing is copied or randomly initialised, and TransformerLens' forward, which hands
-    ``W.T.contiguous()`` to ``F.linear``, finds the weights already contiguous there. ``hf`` must
-    not be used afterwards: a write to one model would show in the other.
-    """
+    Its parameters are ``hf``'s own tensors in their layout (``W_in`` a transposed view of
+    ``up_proj.weight``, ...; ``W_U`` alone a copy), nothing randomly initialised; TL's forward, which
+    gives ``F.linear`` ``W.T.contiguous()``, copies no weight then (a copy the backward pass keeps
+    while an editor optimises). ``hf`` must not be used afterwards: it shares the weights."""
     cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
     model = _hooked_shell(cfg, tokenizer)
     return _assign_state(model, _checkpoint_state(hf, cfg)).eval()
 
 
 def _checkpoint_state(hf, cfg) -> dict[str, torch.Tensor]:
-    """TransformerLens' conversion of ``hf``'s weights (views of its tensors, without autograd
-    history), each on a storage of its own: an entry sharing one with an earlier entry (a tied
-    embedding's ``W_U``) is copied, in the same layout."""
+    """TransformerLens' conversion of ``hf``'s weights: views of its tensors (no autograd history),
+    but ``W_U`` copied into TransformerLens' own layout (``ModelAdapter.unembed`` multiplies by it,
+    and a tied ``lm_head`` is ``W_E``'s storage). No two entries may share a storage."""
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     with torch.no_grad():
         state = {key: tensor.detach() for key, tensor in convert_llama_weights(hf, cfg).items()}
-    seen: set[int] = set()
-    for key, tensor in state.items():
-        storage = tensor.untyped_storage().data_ptr()
-        if tensor.numel() and storage in seen:
-            logger.debug("copying %s: it shares its storage with an earlier weight", key)
-            state[key] = tensor.clone()  # preserve_format: the same strides, a storage of its own
-        seen.add(storage)
+    state["unembed.W_U"] = state["unembed.W_U"].contiguous()
+    storages = [tensor.untyped_storage().data_ptr() for tensor in state.values() if tensor.numel()]
+    if len(set(storages)) != len(storages):
+        raise ValueError("two converted weights share a storage: an edit of one would change the other")
     return state
 
 
 def _hooked_shell(cfg, tokenizer):
-    """A HookedTransformer of ``cfg`` without TransformerLens' random initialisation: its
-    parameters stay unwritten (no memory is touched) until the checkpoint's tensors replace them.
-    ``cfg.init_weights`` is set back afterwards, so the model's config is the usual one."""
+    """A HookedTransformer of ``cfg`` with its parameters on the meta device (its buffers real),
+    built without ``init_weights`` (set back after): no weight allocated, no random number drawn."""
     from transformer_lens import HookedTransformer
 
-    init = cfg.init_weights
-    cfg.init_weights = False
+    init, cfg.init_weights = cfg.init_weights, False
     try:
-        return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        with _parameters_on_meta():
+            return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     finally:
         cfg.init_weights = init
 
 
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Each parameter a module registers meanwhile is replaced by an empty one on the meta device
+    (PyTorch's public registration hook): a weight allocated only to be replaced would leave a hole
+    in the heap, which later allocations touch page by page."""
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def to_meta(module, name, param):
+        return None if param is None or param.is_meta else torch.nn.Parameter(param.to("meta"), param.requires_grad)
+
+    handle = register_module_parameter_registration_hook(to_meta)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _assign_state(model, state: dict[str, torch.Tensor]):
-    """Make the converted tensors ``model``'s parameters (``load_state_dict(assign=True)``: no
-    copy), after TransformerLens' own processing of the state dict, configured as
-    :data:`_TL_PROCESSING`. Every parameter must come from the checkpoint: ``model``'s own are
-    uninitialised memory."""
+    """Make the converted tensors ``model``'s parameters (``load_state_dict(assign=True)``, no
+    copy) after TransformerLens' state-dict processing, configured as :data:`_TL_PROCESSING`."""
     from transformer_lens.weight_processing import ProcessWeights
 
     missing = sorted({name for name, _ in model.named_parameters()} - set(state))
-    if missing:
+    if missing:  # a parameter not in the checkpoint would stay a placeholder on the meta device
         raise ValueError(f"the converted checkpoint lacks parameters {missing[:5]} ({len(missing)} in all)")
     state = model.fill_missing_keys(state)  # the buffers, as the model computed them
     state = ProcessWeights.process_weights(state, model.cfg, **_TL_PROCESSING)
@@ -287,13 +295,11 @@ def load_model(
 
 
 def _bundled(backend: str, dtype: torch.dtype):
-    """The bundled model on ``backend``; it holds the only reference to its Hugging Face model's
-    tensors, so that nothing but the model itself outlives the load."""
-    hf, tokenizer = _bundled_hf(dtype)
+    """The bundled model on ``backend``, holding the only references to its Hugging Face model's
+    tensors: nothing else outlives the load."""
     wrap = hooked_from_llama if backend == "hooked" else bridge_from_hf
     with _offline():
-        model = wrap(hf, tokenizer, BUNDLED_NAME)
-    del hf
+        model = wrap(*_bundled_hf(dtype), BUNDLED_NAME)
     gc.collect()
     return model
 

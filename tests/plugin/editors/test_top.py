@@ -244,6 +244,6 @@ def test_rewrite_term_in_stage2_lowers_the_rewrite_nll(tiny_model, site):
                    else RewriteObjective(*args))
         with torch.no_grad():
             nll.append(rewrite(info.v_star - info.v_init).nll)
-    reported = [p["nll"] for p in info.stage2.parts]
+    reported = [p["rewrite_nll"] for p in info.stage2.parts]
     assert reported[-1] < reported[0]
     assert nll[1] < nll[0], nll
