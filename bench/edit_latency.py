@@ -174,12 +174,13 @@ def write_docs(results: list[dict], meta: dict) -> None:
     """Write the tables of this run (docs/benchmarks.md) and its JSON."""
     lines = ["# Edit latency on the bundled model", "",
              f"Measured by `python bench/edit_latency.py` on {meta['machine']} (CPU), torch {meta['torch']}, "
-             f"{meta['threads']} threads, {meta['n']} facts from known_1000.json (the ten the integration "
+             f"{meta['threads']} thread(s), {meta['n']} facts from known_1000.json (the ten the integration "
              "tests use), the SmolLM2 presets (docs/presets.md), each method on the reference path (float32, "
              "the early stop on the whole loss, as published, 11 rewriting rows) and on the fast path (the "
              "optimization's forward passes in bfloat16 autocast, the early stop on the fit of the targets, "
-             f"3 rewriting rows: context lengths {list(FAST_CONTEXT)}) in the same run, on the same facts; "
-             "the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
+             f"3 rewriting rows: context lengths {list(FAST_CONTEXT)}) in the same run, on the same facts"
+             + ("; the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
+                if any(r["path"] in ("bf16", "fit", "rows") for r in results) else ". ") +
              "Success: P(o*) > P(o) after the edit; top-1 success: o*'s first token is the top next "
              "token. MEMIT is timed one request at a time, like the others. "
              f"{meta['gpu_note']}", ""]
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
                     for path in args.paths.split(",") + (["bf16", "fit", "rows"] if m in levers else [])]
     meta = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "n": len(requests), "seconds": time.perf_counter() - t0, "edit_rss_mb": rss,
-            "gpu_note": "GPU: none in this run (no GPU machine was available); every figure is the CPU's."
+            "gpu_note": "GPU: none in this run; every figure is the CPU's."
             if not torch.cuda.is_available() else f"GPU present ({torch.cuda.get_device_name()}) but not used.",
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     write_docs(results, meta)

@@ -15,16 +15,20 @@ import argparse
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from toplens.analyses.evaluation.metrics import harmonic_mean
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import FAST_CONTEXT
+from toplens.editors.presets import fast_path
+from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"precision": "bfloat16", "stop_rule": "fit", "context_lengths": [list(x) for x in FAST_CONTEXT]}
+_LEVERS = fast_path(RomeHparams())
+FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
+        "context_lengths": [list(x) for x in _LEVERS.context_lengths]}
 COLUMNS = (*METRICS, "score")
 
 
@@ -43,13 +47,17 @@ def case_rates(out: Path, method: str) -> dict:
     for line in (out / "cases.jsonl").read_text().splitlines():
         case = json.loads(line)
         if case["method"] == method:
-            rows[case["case_id"]] = ([case["post"][m]["rate"] for m in METRICS], case["seconds"])
+            rates = [case["post"][m]["rate"] for m in METRICS]  # None where a metric is undefined
+            rows[case["case_id"]] = ([np.nan if r is None else r for r in rates], case["seconds"])
     return rows
 
 
 def table_values(rates: np.ndarray) -> np.ndarray:
-    """Per-metric means over cases (in %) and the Score, their harmonic mean."""
-    means = rates.mean(axis=0)
+    """Per-metric means over the cases where the metric is defined (in %, as summary.json) and the
+    Score, their harmonic mean."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no defined rate is NaN
+        means = np.nanmean(rates, axis=0)
     return np.append(means, harmonic_mean(list(means))) * 100
 
 
@@ -58,7 +66,7 @@ def paired_interval(ref: np.ndarray, fast: np.ndarray, draws: int = 2000, seed: 
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(ref), size=(draws, len(ref)))
     diffs = np.stack([table_values(fast[p]) - table_values(ref[p]) for p in picks])
-    return np.percentile(diffs, [2.5, 97.5], axis=0)
+    return np.nanpercentile(diffs, [2.5, 97.5], axis=0)  # a draw without a defined rate is left out
 
 
 def compare(out_dir: Path, n: int, method: str) -> dict:
@@ -82,9 +90,9 @@ def markdown(results: list[dict], n: int) -> str:
              f"{n} --no-generation` on the presets (reference path) and with `--hparams` {json.dumps(FAST)} "
              "(the fast path), the same cases. Rates in %; the last row of each method is fast − reference "
              "with a paired bootstrap 95% interval over cases (2000 draws). s/case is the whole case "
-             "(edit and measurement) and only indicative: the two evals did not run alone on the machine.", "",
-             *[f"**Incomplete:** only {r['n']} of the {n} cases have both paths for {r['method']} (an eval stopped "
-               "early); the comparison below stands on those and is too small to accept or reject the fast path."
+             "(edit and measurement), wall time, and says nothing about what else ran on the machine.", "",
+             *[f"**Incomplete:** only {r['n']} of the {n} cases have both paths for {r['method']} (one eval holds "
+               "fewer cases); the comparison below stands on those and is too small to accept or reject the fast path."
                for r in results if r["n"] < n], "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:

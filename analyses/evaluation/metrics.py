@@ -100,7 +100,8 @@ def efficacy_at_1(prompt: str, next_logprobs: Sequence[float] | np.ndarray, toke
                   decode: Callable[[int], str] = str) -> MetricResult:
     """Efficacy@1: o*'s first token (``token_id``) is the top next token at the rewrite prompt.
 
-    Stricter than Efficacy, which a knock-out of both P(o*) and P(o) also passes. The outcome
+    A knock-out of both P(o*) and P(o) passes Efficacy but not this; it looks at o*'s first token
+    only (for a multi-token o* it does not imply Efficacy). The outcome
     compares that token's NLL with the best other token's (a tie is not a success).
     """
     lp = np.asarray(next_logprobs, dtype=np.float64).reshape(-1)

@@ -102,6 +102,8 @@ class RelationReadoutObjective(RelationFeatureObjective):
     reset: str = "others"
 
     def __post_init__(self) -> None:
+        if self.reset not in ("others", "others_but_subject", "none"):
+            raise ValueError(f"reset must be 'others', 'others_but_subject' or 'none'; got {self.reset!r}")
         super().__post_init__()
         la_hook = hook_name("resid_post", self.stop_layer - 1)
         with torch.no_grad():

@@ -144,6 +144,7 @@ def fast_path(hp: Hparams) -> Hparams:
 
 
 def reference_path(hp: Hparams) -> Hparams:
-    """The same settings on the published path: float32 and the stop on the whole loss (the
-    context templates stay as ``hp`` has them)."""
+    """``hp`` with the published precision and stop: float32 and the stop on the whole loss. The
+    context templates stay as ``hp`` has them, so this undoes only those two levers of
+    :func:`fast_path`; the presets themselves are the reference path."""
     return hp.replace(precision="float32", stop_rule="total")

@@ -26,8 +26,8 @@ preset (docs/top_stage2.md has the measurements):
   vector added at the last subject token. Stage 2 then sees exactly the model it will produce;
   with the subject-only site a stage-2 optimum can shrink or vanish once folded.
 
-Under study for generalization (docs/top_stage2.md): ``stage2_reset``, which positions the readout
-resets at la; ``stage2_rewrite_weight``, a ROME term at stage 2's site added to its loss.
+Under study (docs/top_stage2.md): ``stage2_reset``, the positions the readout resets at la;
+``stage2_rewrite_weight``, a ROME term at stage 2's site added to its loss.
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ def run_stages(
     la = layer + hp.rel_feat_layer
     relation, subject = stages(hp.replace(layers=(layer,)))
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
-    _, values = key_value_at(adapter, layer, [(request.prompt, request.subject)])
-    v_init = values[0]
+    v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c)
     with adapter.frozen():
@@ -202,6 +201,8 @@ def compute_one(
     """
     for layer in hp.layers:
         adapter.check_layer(layer + hp.rel_feat_layer, "TopHparams.layers + rel_feat_layer")
+    if hp.stage2_reset != "others" and hp.stage2_loss != "readout":  # here, so --hparams can set either first
+        raise HparamsError(f"TopHparams.stage2_reset={hp.stage2_reset!r} needs stage2_loss='readout'; got {hp.stage2_loss!r}")
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
     deltas, details = [], []
     with EditHandle(adapter) as handle:

@@ -134,8 +134,8 @@ def hooked_from_llama(hf, tokenizer, name: str):
 
     Its parameters are ``hf``'s own tensors in their layout (``W_in`` a transposed view of
     ``up_proj.weight``, ...; ``W_U`` alone a copy), nothing randomly initialised; TL's forward, which
-    gives ``F.linear`` ``W.T.contiguous()``, copies no weight then (a copy the backward pass keeps
-    while an editor optimises). ``hf`` must not be used afterwards: it shares the weights."""
+    gives ``F.linear`` ``W.T.contiguous()``, then copies none of the blocks' weights (a copy the
+    backward pass keeps while an editor optimises; the full unembedding still copies ``W_U``). ``hf`` must not be used afterwards: it shares the weights."""
     cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
     model = _hooked_shell(cfg, tokenizer)
     return _assign_state(model, _checkpoint_state(hf, cfg)).eval()
@@ -158,7 +158,7 @@ def _checkpoint_state(hf, cfg) -> dict[str, torch.Tensor]:
 
 def _hooked_shell(cfg, tokenizer):
     """A HookedTransformer of ``cfg`` with its parameters on the meta device (its buffers real),
-    built without ``init_weights`` (set back after): no weight allocated, no random number drawn."""
+    built without ``init_weights`` (set back after): no weight memory kept, no random number drawn."""
     from transformer_lens import HookedTransformer
 
     init, cfg.init_weights = cfg.init_weights, False

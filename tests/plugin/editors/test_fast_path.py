@@ -31,6 +31,9 @@ def test_the_fast_paths_edit_takes_and_reverts_bit_for_bit(tiny_model, editor, h
         after = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     assert math.log(after) > math.log(before) + 1.0
     assert param_hash(tiny_model) == start
+    with editor.apply(tiny_model, REQUEST, fast_path(hp)):  # the shipped rows: the edit changes W_out
+        assert param_hash(tiny_model) != start
+    assert param_hash(tiny_model) == start
 
 
 def test_the_fit_rule_stops_where_the_decay_term_would_keep_the_total_above_the_threshold(tiny_hooked):
@@ -54,7 +57,7 @@ def test_the_loop_runs_in_bfloat16_and_the_rest_in_float32(tiny_hooked):
     assert isinstance(edit.details.value.target_prob, float)
 
 
-def test_the_reference_path_is_the_published_behaviour():
+def test_the_reference_path_restores_the_published_precision_and_stop():
     hp = reference_path(fast_path(ROME))
     assert (hp.precision, hp.stop_rule) == ("float32", "total")
     assert hp == ROME.replace(context_lengths=FAST_CONTEXT)

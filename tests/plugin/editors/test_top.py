@@ -247,3 +247,11 @@ def test_rewrite_term_in_stage2_lowers_the_rewrite_nll(tiny_model, site):
     reported = [p["rewrite_nll"] for p in info.stage2.parts]
     assert reported[-1] < reported[0]
     assert nll[1] < nll[0], nll
+
+
+def test_a_reset_without_the_readout_is_refused_before_any_work(tiny_hooked):
+    """stage2_reset acts only on the readout loss; with the L2 loss it is refused by compute
+    (not by the dataclass, so a command line can override either field first)."""
+    hp = FAST.replace(stage2_reset="none")
+    with pytest.raises(HparamsError, match="stage2_reset='none' needs stage2_loss='readout'"):
+        top.compute(tiny_hooked, REQUEST, hp, templates=TEMPLATES)
