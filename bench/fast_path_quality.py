@@ -15,12 +15,11 @@ import argparse
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from toplens.analyses.evaluation.metrics import harmonic_mean
+from toplens.analyses.evaluation.intervals import paired_bootstrap, table_values
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.editors.presets import fast_path
 from toplens.editors.rome import RomeHparams
@@ -52,29 +51,13 @@ def case_rates(out: Path, method: str) -> dict:
     return rows
 
 
-def table_values(rates: np.ndarray) -> np.ndarray:
-    """Per-metric means over the cases where the metric is defined (in %, as summary.json) and the
-    Score, their harmonic mean."""
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no defined rate is NaN
-        means = np.nanmean(rates, axis=0)
-    return np.append(means, harmonic_mean(list(means))) * 100
-
-
-def paired_interval(ref: np.ndarray, fast: np.ndarray, draws: int = 2000, seed: int = 0) -> np.ndarray:
-    """95% bootstrap interval of fast − ref for every column, resampling cases together."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(ref), size=(draws, len(ref)))
-    diffs = np.stack([table_values(fast[p]) - table_values(ref[p]) for p in picks])
-    return np.nanpercentile(diffs, [2.5, 97.5], axis=0)  # a draw without a defined rate is left out
-
-
 def compare(out_dir: Path, n: int, method: str) -> dict:
     ref, fast = case_rates(out_dir / f"ref{n}", method), case_rates(out_dir / f"fast{n}", method)
     ids = sorted(set(ref) & set(fast), key=str)
     r = np.array([ref[i][0] for i in ids], dtype=float)
     f = np.array([fast[i][0] for i in ids], dtype=float)
-    low, high = paired_interval(r, f)
+    diff = paired_bootstrap(r, f)
+    low, high = diff.low, diff.high
     seconds = {p: float(np.median([rows[i][1] for i in ids])) for p, rows in (("reference", ref), ("fast", fast))}
     every = {p: table_values(np.array([v[0] for v in rows.values()], dtype=float)).tolist() for p, rows in
              (("reference", ref), ("fast", fast))}

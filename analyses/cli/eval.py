@@ -62,14 +62,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """A table: one row per method, rates (and Efficacy@1) in percent, then the magnitudes and
-    the pre-edit rates."""
+    """A table: one row per method, rates (and Efficacy@1) in percent with a row of their bootstrap
+    95% intervals over cases beneath, then the magnitudes and the pre-edit rates."""
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.1f}"
+
+    def bounds(pair: Any) -> str:
+        return "-" if pair is None else f"{pair[0]:.0f}-{pair[1]:.0f}"
 
     rows = [f"{'method':10}{'n':>5}" + "".join(f"{c:>9}" for c in COLUMNS.values())]
     for method, s in summary.items():
         rows.append(f"{method:10}{s['n']:>5}" + "".join(f"{cell(s[k]):>9}" for k in COLUMNS))
+        if s.get("intervals"):
+            ci = s["intervals"]
+            rows.append(f"{'  95% CI':15}" + "".join(f"{bounds(ci.get(k)):>9}" for k in COLUMNS))
     rows += ["", "magnitudes (mean P(wanted) - P(rival), x100); before the edit (rates):"]
     for method, s in summary.items():
         mags = "  ".join(f"{COLUMNS[k]} {cell(s[f'{k}_magnitude'])}" for k in METRICS)

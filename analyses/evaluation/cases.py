@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from toplens.analyses.evaluation.evaluate import CaseEvaluation
+from toplens.analyses.evaluation.intervals import DRAWS, SEED, Interval, bootstrap
 from toplens.analyses.evaluation.metrics import MetricResult, PromptOutcome
 from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRICS, CaseResult, Summary, summarize
 
@@ -103,6 +106,8 @@ class MethodSummary:
         post: the means after the edits; pre: the same records on the unedited model.
         seconds_per_edit: the median seconds per edit (None without cases).
         model, hparams: the model name and hyperparameters the cases were run with (None without cases).
+        intervals: the bootstrap 95% interval over cases of each post-edit rate, Efficacy@1 and the
+            Score (:func:`rate_intervals`; None without cases).
     """
 
     post: Summary
@@ -110,6 +115,7 @@ class MethodSummary:
     seconds_per_edit: float | None
     model: str | None = None
     hparams: Mapping[str, Any] | None = None
+    intervals: Interval | None = None
 
     def to_json(self) -> dict[str, Any]:
         """summary.json's entry: rates (Efficacy@1's beside them, None without it), Fluency,
@@ -123,20 +129,44 @@ class MethodSummary:
         out.update({f"{name}_magnitude": _percent(getattr(post.magnitudes, name)) for name in METRICS})
         out["pre"] = {name: _percent(getattr(self.pre.rates, name)) for name in METRICS}
         out["pre"][EFFICACY_AT_1] = _percent(self.pre.efficacy_at_1)
+        out["intervals"] = None if self.intervals is None else _interval_json(self.intervals)
         out["seconds_per_edit"] = self.seconds_per_edit
         if self.model is not None:
             out.update(model=self.model, hparams=self.hparams)
         return out
 
 
+#: the columns of :func:`rate_intervals`, in order (the Score last)
+INTERVAL_COLUMNS = (*METRICS, EFFICACY_AT_1, "score")
+
+
+def rate_intervals(cases: Sequence[CaseResult], *, draws: int = DRAWS, seed: int = SEED) -> Interval:
+    """Each rate's mean over cases, Efficacy@1's and the Score (in %, :data:`INTERVAL_COLUMNS`),
+    with a bootstrap 95% interval that resamples the cases; a case without a defined rate is left
+    out of that rate's mean, as in :func:`~toplens.analyses.evaluation.results.summarize`."""
+    def rate(case: CaseResult, name: str) -> float:
+        metric = getattr(case, name)
+        return np.nan if metric is None or metric.rate is None else metric.rate
+
+    table = np.array([[rate(c, name) for name in INTERVAL_COLUMNS[:-1]] for c in cases], dtype=float)
+    return bootstrap(table.reshape(len(cases), len(INTERVAL_COLUMNS) - 1), draws=draws, seed=seed)
+
+
+def _interval_json(interval: Interval) -> dict[str, Any]:
+    bounds = {name: None if np.isnan(lo) else [round(float(lo), 2), round(float(hi), 2)]
+              for name, lo, hi in zip(INTERVAL_COLUMNS, interval.low, interval.high)}
+    return {**bounds, "level": interval.level, "draws": interval.draws, "n": interval.n}
+
+
 def summarize_lines(lines: Sequence[Mapping[str, Any]]) -> MethodSummary:
     """One method's summary from its cases.jsonl lines (its summary.json entry is ``.to_json()``)."""
-    post = summarize([case_from_dict(line) for line in lines])
+    cases = [case_from_dict(line) for line in lines]
+    post = summarize(cases)
     pre = summarize([case_from_dict(line, "pre") for line in lines])
     seconds = round(statistics.median(line["seconds"] for line in lines), 3) if lines else None
     if not lines:
         return MethodSummary(post, pre, seconds)
-    return MethodSummary(post, pre, seconds, lines[0]["model"], lines[0]["hparams"])
+    return MethodSummary(post, pre, seconds, lines[0]["model"], lines[0]["hparams"], rate_intervals(cases))
 
 
 def summaries_from_cases(path: str | Path) -> dict[str, Summary]:

@@ -17,6 +17,9 @@ from toplens.core.objective import RewriteBatch
 from toplens.core.optimize import LossTerms
 from toplens.model import Hook, ModelAdapter, hook_name
 
+#: the positions the readout resets at la (:meth:`RelationReadoutObjective._reset_mask`)
+RESETS = ("others", "others_but_subject", "none", "both")
+
 
 def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "n d_model"]:
     """The residual after block ``la`` at the last relation token of each rewriting prompt."""
@@ -95,6 +98,8 @@ class RelationReadoutObjective(RelationFeatureObjective):
     position but the last relation token is reset to its unedited residual, so δ reaches the
     prediction only through h_r (the decomposition P[o* | h_r] · P[h_r | v]). The target is the
     next-token distribution at the target positions with h*_r in place (stage 1's prediction).
+    ``reset="both"`` averages the KL with the reset and the KL of the model as it is, so that the
+    relation-specific path and the model the fold makes both carry o*.
     """
 
     target_rows: Int[Tensor, " m"] = None
@@ -102,8 +107,8 @@ class RelationReadoutObjective(RelationFeatureObjective):
     reset: str = "others"
 
     def __post_init__(self) -> None:
-        if self.reset not in ("others", "others_but_subject", "none"):
-            raise ValueError(f"reset must be 'others', 'others_but_subject' or 'none'; got {self.reset!r}")
+        if self.reset not in RESETS:
+            raise ValueError(f"reset must be one of {list(RESETS)}; got {self.reset!r}")
         super().__post_init__()
         la_hook = hook_name("resid_post", self.stop_layer - 1)
         with torch.no_grad():
@@ -115,18 +120,26 @@ class RelationReadoutObjective(RelationFeatureObjective):
 
     def _reset_mask(self, shape) -> Tensor:
         """The positions reset to their clean residual at la: all but the last relation token
-        ("others"), also sparing the last subject token ("others_but_subject"), or none ("none")."""
+        ("others", and the reset half of "both"), also sparing the last subject token
+        ("others_but_subject"), or none ("none")."""
         mask = torch.ones(shape, dtype=torch.bool, device=self.tokens.device)
         mask[self._rows, self.last_relation] = False
         if self.reset == "others_but_subject":
             mask[self._rows, self.last_subject] = False
         return mask if self.reset != "none" else torch.zeros_like(mask)
 
-    def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
-        with self.adapter.hooks([*self.site_hooks(delta), self._keep_clean]):
+    def _kl(self, delta: Tensor, reset: bool) -> Tensor:
+        hooks = [*self.site_hooks(delta), *([self._keep_clean] if reset else [])]
+        with self.adapter.hooks(hooks):
             logits = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols, self.layer,
                                             self._prefix)
-        kl = F.kl_div(logits.float().log_softmax(-1), self._want.float(), log_target=True, reduction="batchmean")
+        return F.kl_div(logits.float().log_softmax(-1), self._want.float(), log_target=True, reduction="batchmean")
+
+    def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
+        if self.reset == "both":
+            kl = 0.5 * (self._kl(delta, True) + self._kl(delta, False))
+        else:
+            kl = self._kl(delta, self.reset != "none")
         decay = self.weight_decay * delta.norm() / self.ref_norm**2
         return LossTerms(kl + decay, kl=float(kl.detach()), decay=float(decay.detach()))
 

@@ -46,7 +46,7 @@ from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch, with_rewrite_term
 from toplens.core.optimize import OptimizationTrace
-from toplens.core.relation import RelationFeatureObjective, relation_objective, relation_resid
+from toplens.core.relation import RESETS, RelationFeatureObjective, relation_objective, relation_resid
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
 from toplens.core.templates import context_templates
@@ -58,7 +58,7 @@ from toplens.model import ModelAdapter, Site
 Stage2 = Literal["faithful", "all_prompts"]
 Stage2Loss = Literal["l2", "readout"]
 Stage2Site = Literal["subject", "fold"]
-Stage2Reset = Literal["others", "others_but_subject", "none"]
+Stage2Reset = Literal["others", "others_but_subject", "none", "both"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class TopHparams(Hparams):
         self._choice("stage2", ("faithful", "all_prompts"))
         self._choice("stage2_loss", ("l2", "readout"))
         self._choice("stage2_site", ("subject", "fold"))
-        self._choice("stage2_reset", ("others", "others_but_subject", "none"))
+        self._choice("stage2_reset", RESETS)
         self._positive("stage2_rewrite_weight", allow_zero=True)
         self._template("kl_prompt")
         self._context_lengths()

@@ -71,3 +71,19 @@ def test_the_table_shows_a_dash_for_efficacy_at_1_where_no_case_has_it():
     head, row = format_summary({"rome": entry}).splitlines()[:2]
     cells = dict(zip(head.split(), row.split()))
     assert cells["Eff"] == "100.0" and cells["Eff@1"] == "-" and cells["Score"] == "50.0"
+
+
+def test_the_table_prints_each_interval_under_its_rate():
+    from toplens.analyses.cli.eval import format_summary
+
+    rates = dict(efficacy=100.0, generalization=50.0, s_specificity=75.0, r_specificity=25.0)
+    intervals = {**{k: [v - 10, v] for k, v in rates.items()}, "efficacy_at_1": None, "score": [40.0, 60.0],
+                 "level": 0.95, "draws": 2000, "n": 4}
+    entry = {"n": 4, **rates, "efficacy_at_1": None, "score": 50.0, "fluency": None, "consistency": None,
+             **{f"{k}_magnitude": 1.0 for k in rates}, "pre": {**rates, "efficacy_at_1": None}, "seconds_per_edit": 1.0,
+             "intervals": intervals}
+    head, row, ci = format_summary({"rome": entry}).splitlines()[:3]
+    assert ci.startswith("  95% CI")
+    cells = dict(zip(head.split()[2:], ci.split()[2:]))
+    assert cells == {"Eff": "90-100", "Eff@1": "-", "Gen": "40-50", "S-Spec": "65-75", "R-Spec": "15-25",
+                     "Score": "40-60", "Flu": "-", "Cons": "-"}

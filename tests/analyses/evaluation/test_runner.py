@@ -125,3 +125,13 @@ def test_an_error_of_the_settings_stops_the_run_before_any_record(tiny_hooked, t
         run_eval(tiny_hooked, [_record(0)], ["rome"], tmp_path, hparams={"rome": FAST.replace(layer=99)},
                  generation_tokens=0, progress=False)
     assert not (tmp_path / CASES_FILE).exists() or read_cases(tmp_path / CASES_FILE) == []
+
+
+def test_summary_json_has_a_bootstrap_interval_that_holds_each_rate(tiny_hooked, shift, tmp_path):
+    _run(tiny_hooked, [_record(0), _record(1, "guitar"), _record(2)], tmp_path)
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())["shift"]
+    intervals = summary["intervals"]
+    assert intervals["n"] == 3 and intervals["level"] == 0.95 and intervals["draws"] == 2000
+    for name in ("efficacy", "generalization", "s_specificity", "r_specificity", "efficacy_at_1", "score"):
+        low, high = intervals[name]
+        assert low - 0.01 <= summary[name] <= high + 0.01, name

@@ -226,6 +226,21 @@ def test_readout_reset_masks_the_stated_positions(tiny_model, reset, spared):
     assert bool(mask[0, batch.last_subject[0]]) == (reset == "others")
 
 
+def test_readout_reset_both_averages_the_reset_and_the_plain_kl(tiny_model):
+    """reset="both" is the mean of the readout KL with the reset ("others") and without ("none")."""
+    adapter = ModelAdapter(tiny_model)
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
+    _, values = key_value_at(adapter, 1, [(REQUEST.prompt, REQUEST.subject)])
+    delta = torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    kl = {}
+    for reset in ("others", "none", "both"):
+        objective = relation_objective(adapter, batch, slice(0, 1), 1, 2, torch.zeros(1, tiny_model.cfg.d_model),
+                                       values[0], loss="readout", reset=reset)
+        kl[reset] = objective(delta).kl
+    assert kl["others"] != pytest.approx(kl["none"], rel=1e-3)
+    assert kl["both"] == pytest.approx(0.5 * (kl["others"] + kl["none"]), rel=1e-5)
+
+
 @pytest.mark.parametrize("site", ["fold", "subject"])
 def test_rewrite_term_in_stage2_lowers_the_rewrite_nll(tiny_model, site):
     """A ROME term in stage 2 (through the fold) is part of the loss: the NLL it reports falls

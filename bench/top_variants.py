@@ -1,0 +1,149 @@
+"""TOP variants against ROME on the built-in COUNTERFACT_RS cases: one ``toplens eval`` per variant
+on the same first N cases (no generations, the fast path's levers), every rate and Efficacy@1 with
+a bootstrap 95% interval over cases, the difference to a baseline variant with a paired interval,
+and the median NLL of o* on the rewrite prompt and on the paraphrases. Writes docs/top_variants.md
+and .json (the record docs/top_stage2.md reads).
+
+    python bench/top_variants.py [--variants rome,top,top-reset-both] [--n 100] [--baseline rome]
+        [--define 'name=top:{"stage2_reset": "none"}'] [--out-dir bench/out/top_variants] [--skip-eval]
+
+Each eval resumes from its folder under ``--out-dir``, so an interrupted run continues; a variant's
+settings are stored beside its folder and a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap
+from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRIC_ABBREVIATIONS, METRICS
+from toplens.editors.presets import fast_path
+from toplens.editors.rome import RomeHparams
+
+ROOT = Path(__file__).resolve().parents[1]
+_LEVERS = fast_path(RomeHparams())
+FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
+        "context_lengths": [list(x) for x in _LEVERS.context_lengths]}
+#: name -> (method, settings over the method's SmolLM2 preset and the fast path's levers)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "rome": ("rome", {}),
+    "top": ("top", {}),
+    "top-reset-none": ("top", {"stage2_reset": "none"}),
+    "top-reset-subject": ("top", {"stage2_reset": "others_but_subject"}),
+    "top-reset-both": ("top", {"stage2_reset": "both"}),
+    "top-rewrite-0.3": ("top", {"stage2_rewrite_weight": 0.3}),
+}
+COLUMNS = (*METRICS, EFFICACY_AT_1)
+HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
+
+
+def run_variant(name: str, method: str, settings: dict, n: int, out: Path) -> None:
+    """``toplens eval`` of one variant on the first ``n`` built-in cases, resuming from ``out``."""
+    hparams = {**FAST, **settings}
+    stored = out.with_suffix(".settings.json")
+    if stored.exists() and json.loads(stored.read_text()) != {"method": method, "hparams": hparams}:
+        raise SystemExit(f"{out} holds variant {name!r} with other settings ({stored}); use another --out-dir")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps({"method": method, "hparams": hparams}, indent=2))
+    cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))",
+           "eval", "--methods", method, "--data", "builtin", "--limit", str(n), "--no-generation",
+           "--out", str(out), "--json", "--hparams", json.dumps(hparams)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def case_table(out: Path) -> dict:
+    """case_id -> (per-case rates of COLUMNS with NaN where undefined, rewrite NLLs, paraphrase NLLs)."""
+    rows = {}
+    for line in (out / "cases.jsonl").read_text().splitlines():
+        post = json.loads(line)["post"]
+        rates = [np.nan if post.get(c) is None or post[c]["rate"] is None else post[c]["rate"] for c in COLUMNS]
+        nll = {m: [o["nll_wanted"] for o in post[m]["outcomes"]] for m in ("efficacy", "generalization")}
+        rows[json.loads(line)["case_id"]] = (rates, nll["efficacy"], nll["generalization"])
+    return rows
+
+
+def summarize(name: str, table: dict, ids: list, base: dict | None) -> dict:
+    rates = np.array([table[i][0] for i in ids], dtype=float)
+    whole = bootstrap(rates, score_columns=4)  # the Score from the four rates; Efficacy@1 beside them
+    row = {"variant": name, "n": len(ids), "value": whole.value.tolist(), "low": whole.low.tolist(),
+           "high": whole.high.tolist(),
+           "median_rewrite_nll": float(np.median([x for i in ids for x in table[i][1]])),
+           "median_paraphrase_nll": float(np.median([x for i in ids for x in table[i][2]]))}
+    if base is not None:
+        diff = paired_bootstrap(np.array([base[i][0] for i in ids], dtype=float), rates)
+        row["diff"] = {"value": diff.value.tolist(), "low": diff.low.tolist(), "high": diff.high.tolist()}
+    return row
+
+
+def markdown(rows: list[dict], variants: dict, baseline: str) -> str:
+    head = ["variant", "n", *HEAD, "NLL rewrite", "NLL para."]
+    lines = ["# TOP variants on the built-in benchmark", "",
+             "Written by `python bench/top_variants.py`: `toplens eval --data builtin --no-generation` per "
+             f"variant on the same first cases, each over its method's SmolLM2 preset with the fast path's levers "
+             f"{json.dumps(FAST)}. Rates in %, with a bootstrap 95% interval over cases (2000 draws); the Score is "
+             "the harmonic mean of Eff, Gen, S-Spec and R-Spec (Eff@1 is beside it). NLL columns: the median NLL of "
+             f"o* after the edit on the rewrite prompt and on the paraphrases. The rows below the first table are "
+             f"each variant minus {baseline!r} on the same cases, with a paired interval.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{v:.1f} [{lo:.1f}, {hi:.1f}]" for v, lo, hi in zip(r["value"], r["low"], r["high"])]
+        lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(cells)
+                     + f" | {r['median_rewrite_nll']:.2f} | {r['median_paraphrase_nll']:.2f} |")
+    lines += ["", f"| variant − {baseline} | n | " + " | ".join(HEAD) + " |", "|" + "---|" * (len(HEAD) + 2)]
+    for r in rows:
+        if "diff" in r and r["variant"] != baseline:
+            d = r["diff"]
+            cells = [f"{v:+.1f} [{lo:+.1f}, {hi:+.1f}]" for v, lo, hi in zip(d["value"], d["low"], d["high"])]
+            lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "Settings of each variant (over the preset and the fast path):", ""]
+    lines += [f"- `{name}`: {method} {json.dumps(settings)}" for name, (method, settings) in variants.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_define(text: str) -> tuple[str, tuple[str, dict]]:
+    name, _, rest = text.partition("=")
+    method, _, settings = rest.partition(":")
+    if not name or method not in ("rome", "top", "rets", "memit"):
+        raise SystemExit(f"--define must be NAME=METHOD:JSON with METHOD one of rome, top, rets, memit; got {text!r}")
+    return name, (method, json.loads(settings or "{}"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--define", action="append", default=[], help="NAME=METHOD:JSON, a variant of your own")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--baseline", default="rome")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "top_variants")
+    parser.add_argument("--skip-eval", action="store_true", help="only tabulate what the folders hold")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "top_variants.md")
+    args = parser.parse_args(argv)
+    known = {**VARIANTS, **dict(parse_define(d) for d in args.define)}
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {sorted(known)}")
+    chosen = {n: known[n] for n in names}
+    if not args.skip_eval:
+        for name, (method, settings) in chosen.items():
+            run_variant(name, method, settings, args.n, args.out_dir / name)
+    tables = {n: case_table(args.out_dir / n) for n in names if (args.out_dir / n / "cases.jsonl").exists()}
+    common = set.intersection(*(set(t) for t in tables.values()))
+    ids = [i for i in next(iter(tables.values())) if i in common][: args.n]  # in the benchmark's order
+    base = tables.get(args.baseline)
+    rows = [summarize(n, t, ids, base) for n, t in tables.items()]
+    text = markdown(rows, {n: chosen[n] for n in tables}, args.baseline)
+    args.doc.write_text(text)
+    args.doc.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

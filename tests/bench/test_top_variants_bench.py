@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from bench.top_variants import VARIANTS, main, parse_define, run_variant
+
+METRICS = ("efficacy", "generalization", "s_specificity", "r_specificity", "efficacy_at_1")
+
+
+def _write(folder, rows):
+    folder.mkdir(parents=True)
+    lines = []
+    for cid, rates, nll in rows:
+        post = {m: {"rate": r, "outcomes": [{"nll_wanted": nll}]} for m, r in zip(METRICS, rates)}
+        lines.append(json.dumps({"case_id": cid, "post": post}))
+    (folder / "cases.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_the_table_pairs_the_variants_cases_in_the_benchmark_order(tmp_path, capsys):
+    _write(tmp_path / "rome", [(5, [1, 1, 1, 0.5, 1], 0.1), (2, [1, 0, 1, 1, 0], 0.2), (7, [0, 0, 0, 0, 0], 3.0)])
+    _write(tmp_path / "top", [(5, [1, 1, 1, 1, 1], 1.0), (2, [1, 1, 1, 1, None], 2.0)])
+    doc = tmp_path / "doc.md"
+    assert main(["--variants", "rome,top", "--skip-eval", "--out-dir", str(tmp_path), "--doc", str(doc)]) == 0
+    rows = {r["variant"]: r for r in json.loads(doc.with_suffix(".json").read_text())}
+    assert rows["rome"]["n"] == rows["top"]["n"] == 2  # case 7 is only in one folder
+    assert rows["top"]["value"][:5] == pytest.approx([100, 100, 100, 100, 100])  # Eff@1 None left out
+    assert rows["top"]["diff"]["value"][1] == pytest.approx(50.0)  # Gen: 100 against rome's 50
+    assert rows["top"]["median_rewrite_nll"] == pytest.approx(1.5)
+    text = doc.read_text()
+    assert "| variant − rome |" in text and "| top | 2 | +0.0 [" in text  # top's row in the paired table
+
+
+def test_a_folder_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "top"
+    out.with_suffix(".settings.json").write_text(json.dumps({"method": "top", "hparams": {"v_lr": 9}}))
+    with pytest.raises(SystemExit, match="other settings"):
+        run_variant("top", "top", {}, 1, out)
+
+
+def test_definitions_name_a_method_and_settings():
+    assert parse_define('x=top:{"stage2_reset": "none"}') == ("x", ("top", {"stage2_reset": "none"}))
+    with pytest.raises(SystemExit, match="NAME=METHOD:JSON"):
+        parse_define("x=bogus:{}")
+    assert all(method in ("rome", "top") for method, _ in VARIANTS.values())
