@@ -12,6 +12,7 @@ from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_T
 from toplens.analyses.evaluation.metrics import load_stop_words
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.analyses.evaluation.runner import run_eval
+from toplens.analyses.evaluation.shards import Shard, claim_folder
 
 # the four rates with Efficacy@1 beside Efficacy (not in the Score), then the Score, Fluency, Consistency
 COLUMNS = {**METRIC_ABBREVIATIONS, "score": "Score", "fluency": "Flu", "consistency": "Cons"}
@@ -28,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--generation-tokens", type=int, default=GENERATION_TOKENS, help="new tokens per generation")
     p.add_argument("--top-k", type=int, default=GENERATION_TOP_K, help="sampling top-k (1 = greedy)")
     p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="evaluate only shard K of N (records K-1, K-1+N, ...) into --out; join them with toplens merge")
     p.add_argument("--strict", action="store_true", help="stop at a record that cannot be evaluated "
                                                          "(default: skip it, listed in summary.json)")
     add_hparams_arg(p)
@@ -42,6 +45,8 @@ def validate(args: argparse.Namespace) -> None:
     check_writable(args.out, "--out", folder=True)
     check_file(args.stopwords, "--stopwords")
     check_hparams_flag(args.hparams, parse_methods(args.methods))
+    if args.shard is not None:
+        Shard.parse(args.shard)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     records = records_from(args, args.limit)
     if not records:
         raise ValueError(f"--data {args.data!r} has no records")
+    if args.shard is not None:
+        shard = Shard.parse(args.shard)
+        claim_folder(args.out, shard, len(records))
+        records = shard.select(records)
+        if not records:
+            raise ValueError(f"--shard {args.shard}: the shard has no records ({len(records)} in --data)")
     overrides = hparams_overrides(args.hparams, methods)
     stop_words = load_stop_words(args.stopwords)
     model = load(args)
