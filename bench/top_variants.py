@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-reset-subject": ("top", {"stage2_reset": "others_but_subject"}),
     "top-reset-both": ("top", {"stage2_reset": "both"}),
     "top-rewrite-0.3": ("top", {"stage2_rewrite_weight": 0.3}),
+    "top-keep-1": ("top", {"stage2_reset": "none", "stage2_keep_weight": 1.0}),
+    "top-keep-5": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]

@@ -196,6 +196,12 @@ class Hparams:
             raise HparamsError(f"{type(self).__name__}.{name} must be [count, tokens] pairs of positive "
                                f"integers; got {value!r}")
 
+    def _positive_items(self, name: str) -> None:
+        """Every item of the tuple field ``name`` is a positive integer."""
+        value = getattr(self, name)
+        if any(v < 1 for v in value):
+            raise HparamsError(f"{type(self).__name__}.{name} must hold positive integers; got {value!r}")
+
     def _value_optimization(self, *extra_positive: str) -> None:
         """The checks of the value-optimization settings ROME, RETS and MEMIT share."""
         self._positive("v_lr", "clamp_norm_factor", "early_stop_loss", "v_num_grad_steps", *extra_positive)

@@ -33,10 +33,12 @@ class LossTerms:
     decay: float | None = None
     distance: float | None = None
     rewrite_nll: float | None = None  # a ROME term added to another objective (TOP's stage 2)
+    penalty: float | None = None  # a weighted term that holds the model in place (core.preservation)
 
     def parts(self) -> dict[str, float]:
         return {k: v for k, v in (("nll", self.nll), ("kl", self.kl), ("decay", self.decay),
-                                  ("distance", self.distance), ("rewrite_nll", self.rewrite_nll)) if v is not None}
+                                  ("distance", self.distance), ("rewrite_nll", self.rewrite_nll),
+                                  ("penalty", self.penalty)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ class LoopSettings:
     def stops(self, terms: "LossTerms") -> bool:
         """Whether the loss is below ``stop_below``: the whole loss ("total"), or only the part
         that fits the targets ("fit": the NLL where the loss has one, else the loss without its
-        weight-decay term), so that the regularizers cannot keep a converged edit running."""
+        weight-decay and penalty terms), so that the regularizers cannot keep a converged edit running."""
         if self.stop_rule == "fit":
-            fit = terms.nll if terms.nll is not None else float(terms.total.detach()) - (terms.decay or 0.0)
+            rest = (terms.decay or 0.0) + (terms.penalty or 0.0)
+            fit = terms.nll if terms.nll is not None else float(terms.total.detach()) - rest
             return fit < self.stop_below
         return float(terms.total.detach()) < self.stop_below
 

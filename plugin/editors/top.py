@@ -11,23 +11,20 @@ The prediction P[o* | v] is split into P[o* | h_r] · P[h_r | v]:
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
 
 ``stage2="faithful"`` (the default) is the published stage 2: vec_loss_factor · ‖h_r(δ₂) − h*_r‖
-on the bare prompt only. ``stage2="all_prompts"`` averages the same distance over every rewriting
-prompt (target h_r,init + δ₁ in each), aimed at generalization; it is not yet validated.
+on the bare prompt only; ``"all_prompts"`` averages it over every rewriting prompt.
 
 Two options of ours, both off by default (the published algorithm) and both on in the SmolLM2
 preset (docs/top_stage2.md has the measurements):
 
 - ``stage2_loss="readout"`` matches h*_r through what the model reads from it,
-  KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with every other position reset to its clean residual at la,
-  instead of in L2. On a small model most of h*_r − h_r,init cannot be reached from the subject;
-  the part that carries o* can.
+  KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with the positions ``stage2_reset`` names reset to their clean
+  residual at la, instead of in L2: most of h*_r − h_r,init cannot be reached from the subject.
 - ``stage2_site="fold"`` optimizes δ₂ as the rank-one update the fold will make (every
-  position's MLP output at layer l moves by (k · û)(v_init + δ₂ − v_cur)), rather than as a
-  vector added at the last subject token. Stage 2 then sees exactly the model it will produce;
-  with the subject-only site a stage-2 optimum can shrink or vanish once folded.
+  position's MLP output at layer l moves by (k · û)(v_init + δ₂ − v_cur)), so that stage 2 sees
+  exactly the model it will produce.
 
-Under study (docs/top_stage2.md): ``stage2_reset``, the positions the readout resets at la;
-``stage2_rewrite_weight``, a ROME term at stage 2's site added to its loss.
+Under study: ``stage2_rewrite_weight``, a ROME term at stage 2's site; ``stage2_keep_weight``, a KL
+that holds the model's own text about the subject in place (:mod:`toplens.core.preservation`).
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -46,6 +42,7 @@ from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch, with_rewrite_term
 from toplens.core.optimize import OptimizationTrace
+from toplens.core.preservation import with_subject_kept
 from toplens.core.relation import RESETS, RelationFeatureObjective, relation_objective, relation_resid
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
@@ -86,6 +83,8 @@ class TopHparams(Hparams):
     stage2_site: Stage2Site = "subject"
     stage2_reset: Stage2Reset = "others"
     stage2_rewrite_weight: float = 0.0
+    stage2_keep_weight: float = 0.0
+    stage2_keep_texts: tuple[int, int] = (5, 10)
 
     def _check(self) -> None:
         self._layers("layers")
@@ -99,7 +98,8 @@ class TopHparams(Hparams):
         self._choice("stage2_loss", ("l2", "readout"))
         self._choice("stage2_site", ("subject", "fold"))
         self._choice("stage2_reset", RESETS)
-        self._positive("stage2_rewrite_weight", allow_zero=True)
+        self._positive("stage2_rewrite_weight", "stage2_keep_weight", allow_zero=True)
+        self._positive_items("stage2_keep_texts")  # (count, tokens) of the subject's continuations
         self._template("kl_prompt")
         self._context_lengths()
 
@@ -141,8 +141,7 @@ def stages(hp: TopHparams) -> tuple[Stage, ...]:
 
 @dataclass(frozen=True)
 class Stages:
-    """Both optimizations at one edit layer, before the fold: δ₁ at la (stage 1), δ₂ at the edit
-    site (stage 2, through ``objective``), and the fold."""
+    """Both stages at one edit layer before the fold: δ₁ at la, δ₂ at the edit site, the fold."""
 
     la: int
     v_init: Float[Tensor, " d_model"]
@@ -166,18 +165,18 @@ def run_stages(
     v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c)
-    with adapter.frozen():
-        with torch.no_grad():
-            h_init = relation_resid(adapter, batch, la)
+    with adapter.frozen():  # the weights take no gradient: h_init builds no graph
+        h_init = relation_resid(adapter, batch, la)
         one = rewrite_stage(adapter, batch, relation, h_init[0], hp.stage1_settings, desc=f"TOP stage 1 L{la}",
                             observe=observe, progress=progress)
         rows = slice(0, 1) if hp.stage2 == "faithful" else slice(0, batch.n_rewrite)
+        site = fold if hp.stage2_site == "fold" else None
         objective = relation_objective(adapter, batch, rows, layer, la, h_init[rows] + one.delta, v_init,
-                                       loss=hp.stage2_loss, fold=fold if hp.stage2_site == "fold" else None,
-                                       vec_loss_factor=hp.vec_loss_factor, weight_decay=hp.v_weight_decay,
-                                       reset=hp.stage2_reset)
-        loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor,
-                                 fold if hp.stage2_site == "fold" else None)
+                                       loss=hp.stage2_loss, fold=site, vec_loss_factor=hp.vec_loss_factor,
+                                       weight_decay=hp.v_weight_decay, reset=hp.stage2_reset)
+        loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
+        loss = with_subject_kept(loss, adapter, request.subject, layer, v_init, hp.stage2_keep_weight,
+                                 hp.stage2_keep_texts, site)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
                                    observe=observe, progress=progress)
     return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold)

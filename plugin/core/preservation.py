@@ -1,0 +1,100 @@
+"""The subject's own text, kept: a term that holds the edited model to the unedited one on text
+the unedited model writes after the subject alone.
+
+The rows are continuations the model samples from the subject's name (no relation, no prompt of
+any dataset), so they show what the model says about the subject unprompted: its other facts,
+as the model knows them. The term is KL(unedited ‖ edited) of the next-token distributions at
+every position after the subject, for δ at the edit site (through the fold's rank-one update, or
+added at the subject's last token). Added to an objective it penalizes an edit whose o* leaks into
+what the model says about the subject elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from torch import Tensor
+
+from toplens.core.fold import RankOneFold
+from toplens.core.interventions import add_vector
+from toplens.core.optimize import LossTerms
+from toplens.model import Hook, ModelAdapter, hook_name
+
+#: sampling breadth of the subject's continuations (as ROME's context templates)
+TOP_K = 5
+
+
+def subject_texts(adapter: ModelAdapter, subject: str, count: int, n_tokens: int,
+                  seed: int = 0) -> tuple[Int[Tensor, "count pos"], int]:
+    """``count`` seeded continuations of ``n_tokens`` tokens that the model writes after
+    ``subject`` (its tokens, after BOS where the model uses one), and the subject's last position."""
+    ids = adapter.tokenize(subject)
+    rows = adapter.sample([ids] * count, n_tokens, TOP_K, seed)
+    return adapter.to_batch(rows), len(ids) - 1
+
+
+@dataclass
+class SubjectPreservation:
+    """KL(unedited ‖ edited) at every position after the subject of ``tokens``, for δ at the MLP
+    output of ``layer`` (through ``fold`` when given, else added at ``last_subject``)."""
+
+    adapter: ModelAdapter
+    tokens: Int[Tensor, "rows pos"]
+    last_subject: int
+    layer: int
+    v_init: Tensor
+    fold: RankOneFold | None = None
+
+    def __post_init__(self) -> None:
+        n, length = self.tokens.shape
+        grid = torch.arange(self.last_subject, length, device=self.tokens.device)
+        self._rows = torch.arange(n, device=self.tokens.device).repeat_interleave(len(grid))
+        self._cols = grid.repeat(n)
+        self._prefix = self.adapter.resid_before(self.tokens, self.layer)
+        with torch.no_grad():
+            self._clean = self.adapter.logits_at(self.tokens, self._rows, self._cols).float().log_softmax(-1)
+
+    def site_hooks(self, delta: Tensor) -> list[Hook]:
+        if self.fold is not None:
+            return self.fold.hooks(lambda: self.v_init + delta)
+        rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+        cols = torch.full_like(rows, self.last_subject)
+        return [add_vector(hook_name("value", self.layer), delta, rows, cols)]
+
+    def __call__(self, delta: Tensor) -> LossTerms:
+        with self.adapter.hooks(self.site_hooks(delta)):
+            logits = self.adapter.logits_at(self.tokens, self._rows, self._cols, self.layer, self._prefix)
+        kl = F.kl_div(logits.float().log_softmax(-1), self._clean, log_target=True, reduction="batchmean")
+        return LossTerms(kl, kl=float(kl.detach()))
+
+
+@dataclass
+class WithPenalty:
+    """``main(δ) + weight · penalty(δ)``, reported as main's parts with the weighted penalty as
+    ``penalty`` (so that the "fit" stop leaves it out: it holds the model in place, it fits nothing)."""
+
+    main: Callable[[Tensor], LossTerms]
+    penalty: Callable[[Tensor], LossTerms]
+    weight: float
+
+    def __call__(self, delta: Tensor) -> LossTerms:
+        a, b = self.main(delta), self.penalty(delta)
+        extra = self.weight * b.total
+        return LossTerms(a.total + extra, nll=a.nll, kl=a.kl, decay=a.decay, distance=a.distance,
+                         rewrite_nll=a.rewrite_nll, penalty=float(extra.detach()))
+
+
+def with_subject_kept(
+    objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, subject: str, layer: int, v_init: Tensor,
+    weight: float, texts: tuple[int, int], fold: RankOneFold | None = None, seed: int = 0,
+) -> Callable[[Tensor], LossTerms]:
+    """``objective`` plus ``weight`` times :class:`SubjectPreservation` on ``texts`` = (count,
+    tokens) continuations of ``subject``; ``objective`` itself when ``weight`` is 0."""
+    if not weight:
+        return objective
+    tokens, last = subject_texts(adapter, subject, *texts, seed=seed)
+    return WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), weight)

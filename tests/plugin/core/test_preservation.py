@@ -1,0 +1,70 @@
+"""The subject's own text kept: the model's continuations of the subject, a KL that is zero for
+no change and grows with δ, a penalty the "fit" stop leaves out, and a TOP stage 2 that, given
+the term, moves that text less."""
+
+import pytest
+import torch
+
+from toplens import ModelAdapter
+from toplens.core.fold import fold_at
+from toplens.core.keys import key_value_at
+from toplens.core.optimize import LoopSettings, LossTerms
+from toplens.core.preservation import SubjectPreservation, WithPenalty, subject_texts
+from toplens.editors import top
+from tests.plugin.editors.test_top import FAST, REQUEST, TEMPLATES
+
+
+def _objective(adapter, fold=None):
+    tokens, last = subject_texts(adapter, REQUEST.subject, 3, 4)
+    v_init = key_value_at(adapter, 1, [(REQUEST.prompt, REQUEST.subject)])[1][0]
+    return SubjectPreservation(adapter, tokens, last, 1, v_init, fold), v_init
+
+
+@pytest.mark.parametrize("name", ["tiny_hooked", "tiny_bridge"])
+def test_the_texts_start_with_the_subject_and_repeat_under_a_seed(request, name):
+    adapter = ModelAdapter(request.getfixturevalue(name))
+    tokens, last = subject_texts(adapter, REQUEST.subject, 3, 4, seed=1)
+    ids = adapter.tokenize(REQUEST.subject)
+    assert tokens.shape == (3, len(ids) + 4) and last == len(ids) - 1
+    assert all(row[: len(ids)].tolist() == ids for row in tokens)
+    assert torch.equal(tokens, subject_texts(adapter, REQUEST.subject, 3, 4, seed=1)[0])
+
+
+@pytest.mark.parametrize("site", ["fold", "subject"])
+def test_the_kl_is_zero_without_a_change_and_grows_with_delta(tiny_model, site):
+    adapter = ModelAdapter(tiny_model)
+    fold = fold_at(adapter, REQUEST, 1, TEMPLATES) if site == "fold" else None
+    objective, v_init = _objective(adapter, fold)
+    zero = torch.zeros_like(v_init)
+    if site == "subject":  # nothing added: the clean model (the fold moves W_out by v_init - v_cur even at δ = 0)
+        assert objective(zero).kl == pytest.approx(0.0, abs=1e-6)
+    delta = torch.randn(v_init.shape, generator=torch.Generator().manual_seed(0)) * v_init.norm()
+    kls = [objective(scale * delta).kl for scale in (0.0, 3.0)]
+    assert 0 <= kls[0] < kls[1]
+    delta.requires_grad_(True)
+    objective(delta).total.backward()
+    assert delta.grad is not None and float(delta.grad.norm()) > 0
+
+
+def test_the_penalty_adds_to_the_total_and_the_fit_stop_leaves_it_out():
+    main = lambda d: LossTerms(d.sum() * 0 + 0.01, kl=0.01)  # noqa: E731  a fit below the stop
+    penalty = lambda d: LossTerms(d.sum() * 0 + 2.0, kl=2.0)  # noqa: E731
+    terms = WithPenalty(main, penalty, 0.5)(torch.zeros(3))
+    assert float(terms.total) == pytest.approx(1.01) and terms.penalty == pytest.approx(1.0)
+    assert LoopSettings(5, 0.1, None, 0.05, stop_rule="fit").stops(terms)
+    assert not LoopSettings(5, 0.1, None, 0.05, stop_rule="total").stops(terms)
+
+
+def test_top_with_the_term_moves_the_subjects_text_less(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", v_num_grad_steps2=20)
+    fold = fold_at(adapter, REQUEST, 1, TEMPLATES)
+    objective, _ = _objective(adapter, fold)
+    kept = []
+    for weight in (0.0, 20.0):
+        info = top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_weight=weight, stage2_keep_texts=(3, 4)),
+                           templates=TEMPLATES).details.layers[0]
+        with torch.no_grad():
+            kept.append(objective(info.v_star - info.v_init).kl)
+    assert "penalty" in info.stage2.parts[-1]
+    assert kept[1] < kept[0], kept
