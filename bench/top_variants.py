@@ -48,7 +48,7 @@ HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
 def run_variant(name: str, method: str, settings: dict, n: int, out: Path) -> None:
     """``toplens eval`` of one variant on the first ``n`` built-in cases, resuming from ``out``."""
     hparams = {**FAST, **settings}
-    stored = out.with_suffix(".settings.json")
+    stored = out.parent / f"{out.name}.settings.json"
     if stored.exists() and json.loads(stored.read_text()) != {"method": method, "hparams": hparams}:
         raise SystemExit(f"{out} holds variant {name!r} with other settings ({stored}); use another --out-dir")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def test_the_table_pairs_the_variants_cases_in_the_benchmark_order(tmp_path, cap
 
 def test_a_folder_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "top"
-    out.with_suffix(".settings.json").write_text(json.dumps({"method": "top", "hparams": {"v_lr": 9}}))
+    out.parent.joinpath("top.settings.json").write_text(json.dumps({"method": "top", "hparams": {"v_lr": 9}}))
     with pytest.raises(SystemExit, match="other settings"):
         run_variant("top", "top", {}, 1, out)
 
