@@ -27,7 +27,7 @@ def table_values(rates: Float[np.ndarray, "cases columns"], score_columns: int =
     return np.append(means, _harmonic(means[None, :score_columns])[0]) * 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Interval:
     """A statistic per column (the table's values, or a difference of two tables) and the bounds
     of its percentile bootstrap interval over cases."""
@@ -38,6 +38,15 @@ class Interval:
     n: int
     level: float
     draws: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Interval):
+            return NotImplemented
+        same = all(np.array_equal(a, b, equal_nan=True) for a, b in
+                   ((self.value, other.value), (self.low, other.low), (self.high, other.high)))
+        return same and (self.n, self.level, self.draws) == (other.n, other.level, other.draws)
+
+    __hash__ = None  # arrays inside: not hashable
 
     def excludes_zero(self) -> np.ndarray:
         """Per column: whether the interval lies wholly above or wholly below zero."""

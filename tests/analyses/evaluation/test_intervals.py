@@ -67,3 +67,7 @@ def test_unpaired_shapes_and_empty_tables_are_refused():
         paired_bootstrap(RATES, RATES[:5])
     with pytest.raises(ValueError, match="at least one case"):
         bootstrap(RATES[:0])
+
+
+def test_intervals_compare_by_value():
+    assert bootstrap(RATES) == bootstrap(RATES.copy()) and bootstrap(RATES) != bootstrap(RATES, seed=1)
