@@ -42,6 +42,8 @@ def test_the_stored_notebook_ran_every_cell_without_an_error():
     for i, cell in enumerate(_code(nb)):
         assert cell.get("outputs"), f"code cell {i} has no stored output"
         assert not any(k[0] == "error" for k in _kinds(cell)), f"code cell {i} stored an error"
+        assert not any(o.get("name") == "stderr" for o in cell["outputs"]), \
+            f"code cell {i} stored stderr (progress bars, warnings naming local paths)"
     counts = [c.execution_count for c in _code(nb)]
     assert counts == list(range(1, len(counts) + 1)), "the stored outputs are not one top-to-bottom run"
     assert any(("display_data", ("image/png",)) in _kinds(c) or ("execute_result", ("image/png",)) in _kinds(c)
