@@ -27,6 +27,7 @@ from toplens.analyses.evaluation.samples import known_fact_requests
 from toplens import apply_edit, as_adapter, hook_name, load_model
 from toplens.editors import get_editor
 from toplens.core.objective import rewrite_batch
+from toplens.core.precision import native_bfloat16
 from toplens.editors.presets import FAST_CONTEXT, fast_path, get_preset, reference_path
 from toplens.core.scoring import target_probability
 from toplens.core.templates import context_templates
@@ -177,7 +178,8 @@ def write_docs(results: list[dict], meta: dict) -> None:
              f"{meta['threads']} thread(s), {meta['n']} facts from known_1000.json (the ten the integration "
              "tests use), the SmolLM2 presets (docs/presets.md), each method on the reference path (float32, "
              "the early stop on the whole loss, as published, 11 rewriting rows) and on the fast path (the "
-             "optimization's forward passes in bfloat16 autocast, the early stop on the fit of the targets, "
+             f"optimization's forward passes in {meta['auto_precision']} (precision='auto': bfloat16 autocast only where "
+             "the CPU has native bfloat16), the early stop on the fit of the targets, "
              f"3 rewriting rows: context lengths {list(FAST_CONTEXT)}) in the same run, on the same facts"
              + ("; the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
                 if any(r["path"] in ("bf16", "fit", "rows") for r in results) else ". ") +
@@ -219,7 +221,8 @@ def main(argv=None) -> int:
         levers = set(filter(None, args.lever_methods.split(",")))
         results += [run_method(adapter, m, requests, path) for m in args.methods.split(",")
                     for path in args.paths.split(",") + (["bf16", "fit", "rows"] if m in levers else [])]
-    meta = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    meta = {"auto_precision": "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32",
+            "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "n": len(requests), "seconds": time.perf_counter() - t0, "edit_rss_mb": rss,
             "gpu_note": "GPU: none in this run; every figure is the CPU's."
             if not torch.cuda.is_available() else f"GPU present ({torch.cuda.get_device_name()}) but not used.",

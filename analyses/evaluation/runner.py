@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -91,11 +91,25 @@ def _key(case_id: Any, method: str) -> tuple[str, str]:
     return json.dumps(case_id), method
 
 
+def _field_defaults(hparams: Hparams) -> dict[str, Any]:
+    """The defaults of ``hparams``' class, as JSON: a line written before a field existed holds it at its default."""
+    return jsonable({f.name: f.default for f in fields(hparams) if f.default is not MISSING})
+
+
+def _as_written(line: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]], method: str) -> dict:
+    """``line``'s settings, its hparams completed with the fields added since (at their defaults)."""
+    stored = dict(line)
+    if isinstance(stored.get("hparams"), dict):
+        stored["hparams"] = {**defaults.get(method, {}), **stored["hparams"]}
+    return stored
+
+
 def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: Mapping[str, Mapping[str, Any]],
-                  digests: Mapping[str, str], path: Path) -> None:
+                  digests: Mapping[str, str], path: Path, defaults: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse to mix: a method's finished lines must share this run's model, hparams and
     generation, and each must be of the same record content as this run's record of its case id."""
-    for (case_id, method), line in done.items():
+    for (case_id, method), written in done.items():
+        line = _as_written(written, defaults, method)
         wanted = settings.get(method)
         if wanted is None:
             continue
@@ -159,8 +173,9 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
     settings = {mt: {"model": name, "hparams": jsonable(chosen[mt].to_dict()), "generation": generation}
                 for mt in methods}
     digests = {json.dumps(r.case_id): record_digest(r) for r in records}
-    done = _resumed(out / CASES_FILE, settings, digests)
-    skipped = _resumed_skips(out / SKIPPED_FILE, settings, digests, strict)
+    defaults = {mt: _field_defaults(chosen[mt]) for mt in methods}
+    done = _resumed(out / CASES_FILE, settings, digests, defaults)
+    skipped = _resumed_skips(out / SKIPPED_FILE, settings, digests, strict, defaults)
     options = dict(stop_words=stop_words, generation_tokens=generation_tokens, top_k=top_k, seed=seed)
     with open(out / CASES_FILE, "a", encoding="utf-8") as sink, \
             open(out / SKIPPED_FILE, "a", encoding="utf-8") as skips:
@@ -183,24 +198,30 @@ def _append(sink, line: Mapping[str, Any]) -> None:
     sink.flush()
 
 
-def _resumed(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str]) -> dict:
+def _resumed(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str],
+             defaults: Mapping[str, Mapping[str, Any]]) -> dict:
     """The finished (case_id, method) lines of ``path``, checked against this run's settings."""
     lines = read_cases(path)
     _drop_partial_line(path, lines)
     done = {_key(line["case_id"], line["method"]): line for line in lines}
-    _check_resume(done, settings, digests, path)
-    return done
+    _check_resume(done, settings, digests, path, defaults)
+    current = [_as_written(line, defaults, line["method"]) if line["method"] in settings else line for line in lines]
+    if current != lines:  # lines from before a field existed: written again with it, so the folder agrees
+        text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in current)
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return {_key(line["case_id"], line["method"]): line for line in current}
 
 
 def _resumed_skips(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str],
-                   strict: bool) -> dict:
+                   strict: bool, defaults: Mapping[str, Mapping[str, Any]]) -> dict:
     """The records skipped before whose content is unchanged (a changed record is tried again);
     ``strict`` refuses any such record of this run, as it would have refused it then."""
     lines = read_cases(path)
     same = [line for line in lines if digests.get(json.dumps(line["case_id"])) == line.get("record")]
     _drop_partial_line(path, lines)
     skipped = {_key(line["case_id"], line["method"]): line for line in same
-               if line["method"] in settings and all(line.get(k) == v for k, v in settings[line["method"]].items())}
+               if line["method"] in settings
+               and all(_as_written(line, defaults, line["method"]).get(k) == v for k, v in settings[line["method"]].items())}
     if strict and skipped:
         line = next(iter(skipped.values()))
         raise ValueError(f"case {line['case_id']!r} was skipped by an earlier run into {path.parent}: "

@@ -71,7 +71,7 @@ def _field_types(cls: type) -> tuple[tuple[str, Any], ...]:
     return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 STOP_RULES = ("total", "fit")
 
 
@@ -85,7 +85,9 @@ class Hparams:
     Attributes:
         precision: "float32" (published), or "bfloat16": the model's forward passes while δ is
             optimized run under bfloat16 autocast; δ, the loss, Adam's state and everything
-            measured after the optimization stay in float32. Only for a float32 model.
+            measured after the optimization stay in float32. Only for a float32 model. "auto":
+            bfloat16 where the device multiplies in it natively, else float32
+            (:mod:`toplens.core.precision`).
         stop_rule: "total" (published): stop once the whole loss is below the stage's threshold;
             "fit": once the part that fits the targets is (the NLL, where the loss has one; else
             the loss without its weight-decay term), so that the KL and decay terms cannot keep

@@ -7,6 +7,11 @@ as the model knows them. The term is KL(unedited ‖ edited) of the next-token d
 every position after the subject, for δ at the edit site (through the fold's rank-one update, or
 added at the subject's last token). Added to an objective it penalizes an edit whose o* leaks into
 what the model says about the subject elsewhere.
+
+With ``spared`` token ids (the first tokens of o and o*), both distributions leave those tokens
+out and are renormalized over the rest: the term then holds everything the model says about the
+subject except which of the two objects it names, so a text that states the old fact does not
+pull the edit back towards it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from torch import Tensor
 from toplens.core.fold import RankOneFold
 from toplens.core.interventions import add_vector
 from toplens.core.optimize import LossTerms
+from toplens.core.positions import target_ids
+from toplens.core.requests import EditRequest
 from toplens.model import Hook, ModelAdapter, hook_name
 
 #: sampling breadth of the subject's continuations (as ROME's context templates)
@@ -48,6 +55,7 @@ class SubjectPreservation:
     layer: int
     v_init: Tensor
     fold: RankOneFold | None = None
+    spared: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n, length = self.tokens.shape
@@ -56,7 +64,16 @@ class SubjectPreservation:
         self._cols = grid.repeat(n)
         self._prefix = self.adapter.resid_before(self.tokens, self.layer)
         with torch.no_grad():
-            self._clean = self.adapter.logits_at(self.tokens, self._rows, self._cols).float().log_softmax(-1)
+            self._clean = self._log_probs(self.adapter.logits_at(self.tokens, self._rows, self._cols))
+
+    def _log_probs(self, logits: Tensor) -> Tensor:
+        """Next-token log-probabilities over the vocabulary without the spared tokens."""
+        logits = logits.float()
+        if self.spared:
+            kept = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            kept[list(self.spared)] = False
+            logits = logits[:, kept]
+        return logits.log_softmax(-1)
 
     def site_hooks(self, delta: Tensor) -> list[Hook]:
         if self.fold is not None:
@@ -68,7 +85,7 @@ class SubjectPreservation:
     def __call__(self, delta: Tensor) -> LossTerms:
         with self.adapter.hooks(self.site_hooks(delta)):
             logits = self.adapter.logits_at(self.tokens, self._rows, self._cols, self.layer, self._prefix)
-        kl = F.kl_div(logits.float().log_softmax(-1), self._clean, log_target=True, reduction="batchmean")
+        kl = F.kl_div(self._log_probs(logits), self._clean, log_target=True, reduction="batchmean")
         return LossTerms(kl, kl=float(kl.detach()))
 
 
@@ -88,13 +105,23 @@ class WithPenalty:
                          rewrite_nll=a.rewrite_nll, penalty=float(extra.detach()))
 
 
+def objects_first_tokens(adapter: ModelAdapter, request: EditRequest) -> tuple[int, ...]:
+    """The first token of o* and, when the request names it, of o, as they follow the prompt."""
+    prompt = request.prompt.replace("{}", request.subject)
+    named = [(request.target_new, "target_new"), (request.target_true, "target_true")]
+    return tuple(dict.fromkeys(target_ids(adapter, prompt, text, field)[0] for text, field in named if text))
+
+
 def with_subject_kept(
-    objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, subject: str, layer: int, v_init: Tensor,
-    weight: float, texts: tuple[int, int], fold: RankOneFold | None = None, seed: int = 0,
+    objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, request: EditRequest, layer: int,
+    v_init: Tensor, weight: float, texts: tuple[int, int], fold: RankOneFold | None = None, spare: bool = False,
+    seed: int = 0,
 ) -> Callable[[Tensor], LossTerms]:
     """``objective`` plus ``weight`` times :class:`SubjectPreservation` on ``texts`` = (count,
-    tokens) continuations of ``subject``; ``objective`` itself when ``weight`` is 0."""
+    tokens) continuations of the request's subject, leaving o and o* out when ``spare``;
+    ``objective`` itself when ``weight`` is 0."""
     if not weight:
         return objective
-    tokens, last = subject_texts(adapter, subject, *texts, seed=seed)
-    return WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), weight)
+    tokens, last = subject_texts(adapter, request.subject, *texts, seed=seed)
+    spared = objects_first_tokens(adapter, request) if spare else ()
+    return WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold, spared), weight)

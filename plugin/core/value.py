@@ -4,8 +4,6 @@ stop, frozen weights, and the observer of the stage."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -15,10 +13,9 @@ from torch import Tensor
 
 from toplens.core.objective import RewriteBatch, RewriteObjective
 from toplens.core.optimize import LossTerms, LoopSettings, OptimizationTrace, optimize
+from toplens.core.precision import forward_precision
 from toplens.core.stages import Observer, Stage, StageResult
 from toplens.model import ModelAdapter
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class ValueSettings:
         stop_below: early stop once the loss is below this.
         weight_decay: the decay term's weight, weight_decay · ‖δ‖ / ‖start‖².
         kl_factor: the KL term's weight (objectives that have one).
-        precision: "float32", or "bfloat16" for the forward passes of the loop (see Hparams).
+        precision: "float32", "bfloat16" or "auto" for the forward passes of the loop (see Hparams).
         stop_rule: "total" (the whole loss) or "fit" (its NLL, or the loss without its decay
             term) is compared with ``stop_below``.
     """
@@ -89,18 +86,6 @@ def run_stage(
     with adapter.frozen(), forward_precision(adapter, settings.precision):
         trace = optimize(objective, delta, loop, callback)
     return delta.detach(), trace
-
-
-def forward_precision(adapter: ModelAdapter, precision: str):
-    """bfloat16 autocast on the model's device for "bfloat16" with a float32 model; else nothing."""
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16'; got {precision!r}")
-    if precision == "float32":
-        return contextlib.nullcontext()
-    if adapter.dtype != torch.float32:
-        logger.warning("precision='bfloat16' applies to float32 models; this one is %s, run as it is", adapter.dtype)
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=adapter.device.type, dtype=torch.bfloat16)
 
 
 def rewrite_stage(

@@ -137,10 +137,10 @@ instead of the presets' 11)."""
 
 
 def fast_path(hp: Hparams) -> Hparams:
-    """The same settings on the fast path: the optimization's forward passes in bfloat16 autocast,
-    the early stop on the fit of the targets (``precision``, ``stop_rule`` of Hparams), and fewer
+    """The same settings on the fast path: the optimization's forward passes in bfloat16 autocast
+    where the device has native bfloat16 (``precision="auto"``; float32 elsewhere), the early stop on the fit of the targets (``precision``, ``stop_rule`` of Hparams), and fewer
     rewriting rows (:data:`FAST_CONTEXT`). docs/benchmarks.md measures each lever."""
-    return hp.replace(precision="bfloat16", stop_rule="fit", context_lengths=FAST_CONTEXT)
+    return hp.replace(precision="auto", stop_rule="fit", context_lengths=FAST_CONTEXT)
 
 
 def reference_path(hp: Hparams) -> Hparams:

@@ -24,7 +24,7 @@ preset (docs/top_stage2.md has the measurements):
   exactly the model it will produce.
 
 Under study: ``stage2_rewrite_weight``, a ROME term at stage 2's site; ``stage2_keep_weight``, a KL
-that holds the model's own text about the subject in place (:mod:`toplens.core.preservation`).
+that holds the model's text about the subject, o and o* spared or not (:mod:`toplens.core.preservation`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class TopHparams(Hparams):
     stage2_rewrite_weight: float = 0.0
     stage2_keep_weight: float = 0.0
     stage2_keep_texts: tuple[int, int] = (5, 10)
+    stage2_keep_spare: bool = False
 
     def _check(self) -> None:
         self._layers("layers")
@@ -175,8 +176,8 @@ def run_stages(
                                        loss=hp.stage2_loss, fold=site, vec_loss_factor=hp.vec_loss_factor,
                                        weight_decay=hp.v_weight_decay, reset=hp.stage2_reset)
         loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
-        loss = with_subject_kept(loss, adapter, request.subject, layer, v_init, hp.stage2_keep_weight,
-                                 hp.stage2_keep_texts, site)
+        loss = with_subject_kept(loss, adapter, request, layer, v_init, hp.stage2_keep_weight,
+                                 hp.stage2_keep_texts, site, hp.stage2_keep_spare)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
                                    observe=observe, progress=progress)
     return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold)

@@ -29,4 +29,4 @@ def test_compare_pairs_cases_skips_undefined_rates_and_brackets_the_difference(t
 
 
 def test_the_fast_settings_are_the_fast_paths():
-    assert FAST == {"precision": "bfloat16", "stop_rule": "fit", "context_lengths": [list(x) for x in FAST_CONTEXT]}
+    assert FAST == {"precision": "auto", "stop_rule": "fit", "context_lengths": [list(x) for x in FAST_CONTEXT]}

@@ -1,6 +1,7 @@
 """run_eval's bookkeeping: resume only into the same records, and bad records skipped, not fatal."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -57,6 +58,29 @@ def test_a_resume_keeps_lines_written_before_efficacy_at_1(tiny_hooked, shift, t
     assert summary["pre"]["efficacy_at_1"] == 100 * new["pre"]["efficacy_at_1"]["rate"]
     only_old = _run(tiny_hooked, [_record(0)], tmp_path)
     assert only_old.to_json()["shift"]["efficacy_at_1"] is None and only_old.summaries["shift"].post.score is not None
+
+
+@dataclass(frozen=True)
+class LaterHparams(ShiftHparams):
+    """ShiftHparams after a release that added a field."""
+
+    strength: float = 1.0
+
+
+def test_a_folder_from_before_a_new_field_resumes_when_the_field_holds_its_default(tiny_hooked, shift, tmp_path,
+                                                                                   monkeypatch):
+    _run(tiny_hooked, [_record(0)], tmp_path)
+    path = tmp_path / CASES_FILE
+    old = read_cases(path)[0]["hparams"]
+    assert "strength" not in old
+    later = dict(hparams={"shift": LaterHparams()}, generation_tokens=0, progress=False)
+    with pytest.raises(ValueError, match=r"case 0 of 'shift' run with other hparams"):
+        run_eval(tiny_hooked, [_record(0)], ["shift"], tmp_path, **{**later, "hparams": {"shift": LaterHparams(2.0)}})
+    monkeypatch.setattr(shift, "compute", lambda *a: pytest.fail("a finished case was edited again"))
+    run_eval(tiny_hooked, [_record(0)], ["shift"], tmp_path, **later)
+    assert [line["hparams"] for line in read_cases(path)] == [{**old, "strength": 1.0}]  # written again, with it
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())["shift"]
+    assert summary["n"] == 1 and summary["hparams"] == {**old, "strength": 1.0}
 
 
 def _long_record(case_id, n_words=400):

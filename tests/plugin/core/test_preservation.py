@@ -2,6 +2,8 @@
 no change and grows with δ, a penalty the "fit" stop leaves out, and a TOP stage 2 that, given
 the term, moves that text less."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,7 +11,8 @@ from toplens import ModelAdapter
 from toplens.core.fold import fold_at
 from toplens.core.keys import key_value_at
 from toplens.core.optimize import LoopSettings, LossTerms
-from toplens.core.preservation import SubjectPreservation, WithPenalty, subject_texts
+from toplens.core.positions import target_ids
+from toplens.core.preservation import SubjectPreservation, WithPenalty, objects_first_tokens, subject_texts
 from toplens.editors import top
 from tests.plugin.editors.test_top import FAST, REQUEST, TEMPLATES
 
@@ -68,3 +71,35 @@ def test_top_with_the_term_moves_the_subjects_text_less(tiny_model):
             kept.append(objective(info.v_star - info.v_init).kl)
     assert "penalty" in info.stage2.parts[-1]
     assert kept[1] < kept[0], kept
+
+
+def test_the_objects_first_tokens_are_those_that_follow_the_prompt(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    prompt = REQUEST.prompt.replace("{}", REQUEST.subject)
+    new, true = (target_ids(adapter, prompt, t)[0] for t in (REQUEST.target_new, REQUEST.target_true))
+    assert objects_first_tokens(adapter, REQUEST) == tuple(dict.fromkeys((new, true)))
+    assert objects_first_tokens(adapter, dataclasses.replace(REQUEST, target_true=None)) == (new,)
+
+
+def test_spared_tokens_leave_the_kept_distribution_and_moving_them_changes_nothing(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    objective, v_init = _objective(adapter)
+    spared = objects_first_tokens(adapter, REQUEST)
+    kept = SubjectPreservation(adapter, objective.tokens, objective.last_subject, 1, v_init, spared=spared)
+    logits = torch.randn(4, adapter.embedding_matrix().shape[0], generator=torch.Generator().manual_seed(0))
+    moved = logits.clone()
+    moved[:, list(spared)] += 5.0  # more of o*, less of everything else: only the spared columns change
+    a, b = kept._log_probs(logits), kept._log_probs(moved)
+    assert a.shape == (4, logits.shape[1] - len(spared)) and torch.allclose(a.exp().sum(-1), torch.ones(4))
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(objective._log_probs(logits),
+                                                                 objective._log_probs(moved))
+    assert kept(torch.zeros_like(v_init)).kl == pytest.approx(0.0, abs=1e-6)  # no change: no KL, spared or not
+
+
+def test_top_spares_o_and_o_star_when_asked(tiny_model):
+    hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", stage2_keep_weight=5.0,
+                      stage2_keep_texts=(3, 4))
+    plain, spared = (top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_spare=s), templates=TEMPLATES)
+                     for s in (False, True))
+    assert "penalty" in spared.details.layers[0].stage2.parts[-1]
+    assert not torch.equal(plain.deltas[0].v, spared.deltas[0].v)  # the spared term is another objective

@@ -51,7 +51,7 @@ def test_the_loop_runs_in_bfloat16_and_the_rest_in_float32(tiny_hooked):
         seen.append(act.dtype)
 
     with tiny_hooked.hooks(fwd_hooks=[("blocks.2.hook_mlp_out", record)]):  # a product: bfloat16 under autocast
-        edit = rome.compute(tiny_hooked, REQUEST, fast_path(ROME))
+        edit = rome.compute(tiny_hooked, REQUEST, fast_path(ROME).replace(precision="bfloat16"))
     assert torch.bfloat16 in seen
     assert edit.deltas[0].u.dtype == torch.float32 and edit.deltas[0].v.dtype == torch.float32
     assert isinstance(edit.details.value.target_prob, float)
