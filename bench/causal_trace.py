@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from toplens.analyses.tracing.causal_trace import indirect_effects
-from toplens.analyses.tracing.corruption import MAX_ROWS, corrupted_prob, make_corruption
+from toplens.core.corruption import MAX_ROWS, corrupted_prob, make_corruption
 from toplens import EditRequest, as_adapter, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

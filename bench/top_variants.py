@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-rewrite-0.3": ("top", {"stage2_rewrite_weight": 0.3}),
     "top-keep-1": ("top", {"stage2_reset": "none", "stage2_keep_weight": 1.0}),
     "top-keep-5": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0}),
+    "top-keep-5-rewrite-1": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_rewrite_weight": 1.0}),
+    "top-keep-5-spare": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]

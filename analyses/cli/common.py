@@ -22,7 +22,7 @@ from toplens.analyses.cli.checks import (UsageError, check_at_least, check_file,
 from toplens.analyses.evaluation.datasets import load_dataset
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.samples import DEFAULT_REQUEST
-from toplens.analyses.tracing.corruption import DEFAULT_SAMPLES, DEFAULT_WINDOW
+from toplens.core.corruption import DEFAULT_SAMPLES, DEFAULT_WINDOW
 
 logger = logging.getLogger(__name__)
 

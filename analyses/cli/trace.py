@@ -10,7 +10,7 @@ from toplens.analyses.cli.common import (add_hparams_arg, add_model_args, add_ou
                                          trace_options)
 from toplens.analyses.outputs import save_traces
 from toplens.analyses.tracing.causal_trace import TraceResult, trace_edit
-from toplens.analyses.tracing.corruption import KINDS
+from toplens.core.corruption import KINDS
 
 
 def add_parser(sub) -> None:

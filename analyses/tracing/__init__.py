@@ -5,7 +5,7 @@ use ``from toplens.analyses.tracing.causal_trace import causal_trace``.
 """
 
 from toplens.analyses.tracing.causal_trace import EditTrace, TraceResult, causal_traces, indirect_effects, trace_edit
-from toplens.analyses.tracing.corruption import KINDS, Corruption, make_corruption
+from toplens.core.corruption import KINDS, Corruption, make_corruption
 from toplens.analyses.tracing.independence import IndependenceResult, SubjectFeatureRow, independence_check
 from toplens.analyses.tracing.maps import ROLES, LayerPositionMap, position_roles
 from toplens.analyses.tracing.rie import RieReport, RieRow, relative_indirect_effects

@@ -1,6 +1,6 @@
 """Causal tracing (Meng et al., 2022), as the paper uses it to locate where a fact is recalled.
 
-Corrupt the subject (:mod:`toplens.analyses.tracing.corruption`). Then restore one clean activation
+Corrupt the subject (:mod:`toplens.core.corruption`). Then restore one clean activation
 m_{l,i} — the residual after block l (``"resid"``), or the MLP output (``"mlp"``) or attention
 output (``"attn"``) of a window of layers around l, as ROME's tracing does — at one token
 position i, and measure
@@ -30,7 +30,7 @@ from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
 from toplens.model import as_adapter
 
-from toplens.analyses.tracing.corruption import (DEFAULT_SAMPLES, DEFAULT_WINDOW, KINDS, MAX_ROWS, NOISE_FACTOR,
+from toplens.core.corruption import (DEFAULT_SAMPLES, DEFAULT_WINDOW, KINDS, MAX_ROWS, NOISE_FACTOR,
                                                  Corruption, TraceKind, check_kind, clean_prob, corrupted_prob,
                                                  make_corruption)
 from toplens.analyses.tracing.grid import batched_probs, reference_probs

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from toplens.core.interventions import capture, patch_from, set_vectors
 from toplens.model import ModelAdapter, PrefixCache, hook_name
 
-from toplens.analyses.tracing.corruption import (HOOK_KINDS, Corruption, answer_probs, clean_states, noise_hook,
+from toplens.core.corruption import (HOOK_KINDS, Corruption, answer_probs, clean_states, noise_hook,
                                                  window_layers)
 
 @dataclass(frozen=True)

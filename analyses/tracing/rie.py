@@ -38,7 +38,7 @@ from toplens.editors.presets import preset_or_given
 from toplens.model import ModelAdapter, as_adapter
 
 from toplens.analyses.tracing.causal_trace import indirect_effects
-from toplens.analyses.tracing.corruption import (DEFAULT_SAMPLES, DEFAULT_WINDOW, NOISE_FACTOR, embedding_std,
+from toplens.core.corruption import (DEFAULT_SAMPLES, DEFAULT_WINDOW, NOISE_FACTOR, embedding_std,
                                                  make_corruption, subject_token_ids)
 
 logger = logging.getLogger(__name__)

@@ -183,7 +183,7 @@ def gradient_saliency(
     adapter = as_adapter(model)
     adapter.require_mlp()
     editor = get_editor(method)
-    hp = resolve_hparams(adapter, method, hparams, steps)
+    hp = editor.settle(adapter, request, resolve_hparams(adapter, method, hparams, steps))
     all_stages = editor.stages(hp)
     for stage in all_stages:
         adapter.check_layer(stage.site.layer, f"{method} {stage.name}-stage layer")

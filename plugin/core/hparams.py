@@ -15,8 +15,9 @@ import functools
 import json
 import math
 import numbers
+import types
 import typing
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Literal, Mapping, TypeVar
 
 T = TypeVar("T", bound="Hparams")
 
@@ -55,6 +56,12 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
         return float(value)
     if hint is str and not isinstance(value, str):
         raise HparamsError(f"{where} must be a string; got {value!r}")
+    if origin in (typing.Union, types.UnionType):  # e.g. int | Literal["auto"]: a named choice, else the type
+        named = [a for a in args if typing.get_origin(a) is Literal]
+        if any(value in typing.get_args(a) for a in named):
+            return value
+        plain = [a for a in args if a not in named]
+        return _coerce(where, plain[0], value) if len(plain) == 1 else value
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
             raise HparamsError(f"{where} must be a list; got {value!r}")

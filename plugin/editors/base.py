@@ -43,6 +43,8 @@ class Editor:
         describe: the optimization stages the editor runs under some hyperparameters.
         batched: whether one computation edits every request together (MEMIT); otherwise a
             sequence is edited one request after the other, each seeing the earlier edits.
+        settle_for: ``(adapter, request, hparams) -> hparams`` with every per-request choice made
+            (TOP's ``rel_feat_layer="auto"``); None when the settings need none.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Editor:
     compute_edit: Callable[..., WeightEdit]
     describe: Callable[[Any], tuple[Stage, ...]]
     batched: bool = False
+    settle_for: Callable[[ModelAdapter, EditRequest, Any], Hparams] | None = None
 
     def compute(self, model, requests: Requests, hparams: Hparams | None = None, *,
                 observe: Observer | None = None, **options) -> WeightEdit:
@@ -86,6 +89,12 @@ class Editor:
         except BaseException:
             handle.revert()
             raise
+
+    def settle(self, model, request: EditRequest, hparams: Hparams | None = None) -> Hparams:
+        """The hyperparameters as they run for ``request`` (per-request choices made, such as
+        TOP's automatic la), so that ``stages`` can describe them."""
+        hp = self._checked(hparams)
+        return hp if self.settle_for is None else self.settle_for(as_adapter(model), request, hp)
 
     def stages(self, hparams: Hparams | None = None) -> tuple[Stage, ...]:
         """The stages ``compute`` runs, in order, as data (for each edit layer where it has several)."""

@@ -1,30 +1,21 @@
-"""TOP (arXiv 2506.04042): a ROME-style edit whose value is found in two stages.
+"""TOP (arXiv 2506.04042): a ROME-style edit whose value is found in two stages,
+P[o* | v] = P[o* | h_r] · P[h_r | v]:
 
-The prediction P[o* | v] is split into P[o* | h_r] · P[h_r | v]:
-
-1. Stage 1 (the relation feature): optimize δ₁ added to the residual after block
-   la = l + rel_feat_layer at the last relation token (the last prompt token) of every
-   rewriting prompt, with ROME's loss (NLL + KL + decay). h*_r = h_r,init + δ₁.
-2. Stage 2 (the subject feature): optimize δ₂ added to the MLP output of block l at the last
-   subject token, so that the residual at la, last relation token, reaches h*_r. Only blocks
-   l..la run. v* = v_init + δ₂.
+1. Stage 1 (the relation feature): δ₁ on the residual after block la = l + rel_feat_layer at the
+   last prompt token of every rewriting prompt, ROME's loss (NLL + KL + decay); h*_r = h_r,init + δ₁.
+   ``rel_feat_layer="auto"`` picks la per request (:mod:`toplens.core.auto_la`).
+2. Stage 2 (the subject feature): δ₂ on the MLP output of block l at the last subject token, so
+   that the residual at la, last token, reaches h*_r (blocks l..la run); v* = v_init + δ₂.
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
 
-``stage2="faithful"`` (the default) is the published stage 2: vec_loss_factor · ‖h_r(δ₂) − h*_r‖
-on the bare prompt only; ``"all_prompts"`` averages it over every rewriting prompt.
-
-Two options of ours, both off by default (the published algorithm) and both on in the SmolLM2
-preset (docs/top_stage2.md has the measurements):
-
-- ``stage2_loss="readout"`` matches h*_r through what the model reads from it,
-  KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with the positions ``stage2_reset`` names reset to their clean
-  residual at la, instead of in L2: most of h*_r − h_r,init cannot be reached from the subject.
-- ``stage2_site="fold"`` optimizes δ₂ as the rank-one update the fold will make (every
-  position's MLP output at layer l moves by (k · û)(v_init + δ₂ − v_cur)), so that stage 2 sees
-  exactly the model it will produce.
-
-Under study: ``stage2_rewrite_weight``, a ROME term at stage 2's site; ``stage2_keep_weight``, a KL
-that holds the model's text about the subject, o and o* spared or not (:mod:`toplens.core.preservation`).
+``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
+bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours, off by default and on
+in the SmolLM2 preset (docs/top_stage2.md): ``stage2_loss="readout"`` matches h*_r through what the
+model reads from it, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with the positions ``stage2_reset`` names
+reset to their clean residual at la; ``stage2_site="fold"`` optimizes δ₂ as the rank-one update
+the fold will make, so stage 2 sees exactly the model it produces. Under study:
+``stage2_rewrite_weight`` (a ROME term at stage 2's site) and ``stage2_keep_weight`` (a KL that
+holds the model's text about the subject, o and o* spared or not; :mod:`toplens.core.preservation`).
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ from typing import Callable, Literal, Sequence
 from jaxtyping import Float
 from torch import Tensor
 
+from toplens.core.auto_la import settle
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditHandle, WeightEdit
 from toplens.core.fold import RankOneFold, fold_at
@@ -63,7 +55,7 @@ class TopHparams(Hparams):
     """TOP's hyperparameters; the defaults are the published GPT2-XL values."""
 
     layers: tuple[int, ...] = (17, 18)
-    rel_feat_layer: int = 1
+    rel_feat_layer: int | Literal["auto"] = 1
     v_num_grad_steps1: int = 25
     v_num_grad_steps2: int = 25
     v_lr: float = 0.5
@@ -91,7 +83,8 @@ class TopHparams(Hparams):
         self._layers("layers")
         if list(self.layers) != sorted(set(self.layers)):
             raise HparamsError(f"TopHparams.layers must be strictly increasing; got {self.layers!r}")
-        self._positive("rel_feat_layer", "v_num_grad_steps1", "v_num_grad_steps2")
+        self._positive(*(["rel_feat_layer"] if self.rel_feat_layer != "auto" else []), "v_num_grad_steps1",
+                       "v_num_grad_steps2")
         self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
         self._choice("key", KEY_MODES)
@@ -126,7 +119,8 @@ class TopHparams(Hparams):
 
     def relayered(self, scale: Callable[[int], int], n_layers: int) -> "TopHparams":
         layers = tuple(sorted({scale(layer) for layer in self.layers}))
-        gap = max(1, min(n_layers - 1 - max(layers), scale(self.rel_feat_layer)))
+        gap = "auto" if self.rel_feat_layer == "auto" else max(1, min(n_layers - 1 - max(layers),
+                                                                      scale(self.rel_feat_layer)))
         return self.replace(layers=layers, rel_feat_layer=gap)
 
 
@@ -134,6 +128,9 @@ def stages(hp: TopHparams) -> tuple[Stage, ...]:
     """Per edit layer l: stage 1 (δ₁ on the residual after la = l + rel_feat_layer at the last
     relation token, the rewriting objective), then stage 2 (δ₂ on the MLP output of l at the last
     subject token, reaching h*_r in L2 or through its readout)."""
+    if hp.rel_feat_layer == "auto":
+        raise HparamsError("TopHparams.rel_feat_layer='auto' is chosen per request: settle it first "
+                           "(toplens.editors.top.EDITOR.settle(model, request, hparams))")
     objective = "relation_readout" if hp.stage2_loss == "readout" else "relation_l2"
     return tuple(s for layer in hp.layers for s in (
         Stage("relation", Site("resid_post", layer + hp.rel_feat_layer), "relation", "rewrite"),
@@ -199,6 +196,7 @@ def compute_one(
     removed again before returning). ``covariance`` (one C for every layer) overrides the
     corpus statistic.
     """
+    hp, choice = settle(adapter, request, hp)
     for layer in hp.layers:
         adapter.check_layer(layer + hp.rel_feat_layer, "TopHparams.layers + rel_feat_layer")
     if hp.stage2_reset != "others" and hp.stage2_loss != "readout":  # here, so --hparams can set either first
@@ -216,10 +214,10 @@ def compute_one(
                                         v_star, st.prob1, reached))
             if layer != hp.layers[-1]:
                 handle.add(WeightEdit("top", (request,), (deltas[-1],)))
-    summary = TopDetails(tuple(details), hp.stage2, hp.key)
+    summary = TopDetails(tuple(details), hp.stage2, hp.key, choice)
     return WeightEdit("top", (request,), tuple(deltas), hp.to_dict(), summary)
 
 
-EDITOR = Editor("top", TopHparams, compute_one, stages)
+EDITOR = Editor("top", TopHparams, compute_one, stages, settle_for=lambda *a: settle(*a)[0])
 compute = EDITOR.compute
 apply = EDITOR.apply

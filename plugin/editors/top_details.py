@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from jaxtyping import Float
 from torch import Tensor
 
+from toplens.core.auto_la import LaChoice
 from toplens.core.edits import EditDetails
 from toplens.core.optimize import OptimizationTrace
 
@@ -42,12 +43,13 @@ class TopDetails(EditDetails):
     layers: tuple[LayerDetails, ...]
     stage2_mode: str
     key_mode: str
+    la_choice: LaChoice | None = None  # the measurement behind rel_feat_layer="auto", when it chose la
 
     def summary(self) -> dict:
         """JSON-able numbers for reports, per edit layer."""
         las = [d.la for d in self.layers]
         return {"stage2_mode": self.stage2_mode, "key_mode": self.key_mode,
-                "la": las[0] if len(las) == 1 else las,
+                "la": las[0] if len(las) == 1 else las, "la_auto": self.la_choice is not None,
                 "stage1_steps": sum(d.stage1.steps for d in self.layers),
                 "stage2_steps": sum(d.stage2.steps for d in self.layers),
                 "steps": sum(d.stage1.steps + d.stage2.steps for d in self.layers), "layers": [

@@ -4,7 +4,7 @@ import torch
 from tests.conftest import param_hash, unchecked
 
 from toplens.analyses.tracing.causal_trace import causal_trace, indirect_effects
-from toplens.analyses.tracing.corruption import (KINDS, answer_probs, clean_prob, corrupted_prob, embedding_std,
+from toplens.core.corruption import (KINDS, answer_probs, clean_prob, corrupted_prob, embedding_std,
                                                  make_corruption, window_layers)
 from toplens.analyses.tracing.grid import entry_layer, position_chunks
 from toplens import EditRequest, ModelAdapter, hook_name, rome

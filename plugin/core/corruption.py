@@ -1,4 +1,6 @@
 """The corrupted run of causal tracing: the seeded subject noise and the answer's probability.
+It lives in core because an editor uses it too (TOP's ``rel_feat_layer="auto"``,
+:mod:`toplens.core.auto_la`), beside the analyses that trace with it.
 
 Corrupt the subject: add seeded Gaussian noise to the subject's token embeddings (``hook_embed``),
 std = ``noise_factor`` (3) × the std of the embedding rows of the subject tokens. Every traced
