@@ -41,6 +41,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-keep-1": ("top", {"stage2_reset": "none", "stage2_keep_weight": 1.0}),
     "top-keep-5": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0}),
     "top-keep-5-rewrite-1": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_rewrite_weight": 1.0}),
+    "top-auto": ("top", {"rel_feat_layer": "auto"}),
+    "top-auto-none": ("top", {"rel_feat_layer": "auto", "stage2_reset": "none"}),
+    "top-auto-keep-5": ("top", {"rel_feat_layer": "auto", "stage2_keep_weight": 5.0}),
     "top-keep-5-spare": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
