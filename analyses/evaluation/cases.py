@@ -56,7 +56,7 @@ def case_to_dict(ev: CaseEvaluation, *, model_name: str, hparams: Mapping[str, A
         "flipped": ev.flipped(),
         "relation_tokens": [None if t is None else {"text": t.text, "token_id": t.token_id, "prob": t.prob}
                             for t in ev.before.tokens],
-        "generations": list(ev.generations),
+        "generations": list(ev.generations), "as_run": dict(ev.as_run),
     }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -64,6 +66,9 @@ class CaseEvaluation:
     before: Measurement
     generations: tuple[str, ...]
     seconds: float
+    #: the hyperparameters the edit ran with where they differ from those asked for (precision="auto"
+    #: resolved on this device, TOP's rel_feat_layer="auto" settled for this request)
+    as_run: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     def flipped(self) -> dict[str, list[str]]:
         """Per metric, the prompts whose outcome changed with the edit."""
@@ -224,6 +229,7 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
         generation_tokens, top_k, seed: the Fluency/Consistency generations (0 tokens: none).
     """
     editor = get_editor(method)
+    asked = editor.hparams_type() if hparams is None else hparams
     check_record_fits(model, record, generation_tokens)
     if before is None:
         before = measure(model, record, stop_words=stop_words)
@@ -235,7 +241,13 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
         texts = generate(model, record.generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
     result = CaseResult(record.case_id, **after.metrics(), fluency=m.fluency(texts),
                         consistency=m.consistency(texts, record.reference_texts), efficacy_at_1=after.efficacy_at_1)
-    return CaseEvaluation(result, method, before, texts, seconds)
+    return CaseEvaluation(result, method, before, texts, seconds, as_run(asked.to_dict(), edit.hparams))
+
+
+def as_run(asked: Mapping[str, object], ran: Mapping[str, object]) -> dict[str, object]:
+    """The fields of the edit's hyperparameters (``ran``) that differ from those asked for, as JSON."""
+    asked, ran = json.loads(json.dumps(dict(asked))), json.loads(json.dumps(dict(ran)))
+    return {key: value for key, value in ran.items() if asked.get(key) != value}
 
 
 def evaluate_record(model, record: Record, method: str, hparams, *,

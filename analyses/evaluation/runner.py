@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from toplens import RequestError, as_adapter
 from toplens.core.cache import write_atomic
 from toplens.core.hparams import Hparams
+from toplens.core.precision import resolve_precision
 from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
 
@@ -93,7 +94,8 @@ def _key(case_id: Any, method: str) -> tuple[str, str]:
 
 def _field_defaults(hparams: Hparams) -> dict[str, Any]:
     """The defaults of ``hparams``' class, as JSON: a line written before a field existed holds it at its default."""
-    return jsonable({f.name: f.default for f in fields(hparams) if f.default is not MISSING})
+    return jsonable({f.name: f.default if f.default is not MISSING else f.default_factory()
+                     for f in fields(hparams) if f.default is not MISSING or f.default_factory is not MISSING})
 
 
 def _as_written(line: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]], method: str) -> dict:
@@ -105,14 +107,20 @@ def _as_written(line: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any
 
 
 def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: Mapping[str, Mapping[str, Any]],
-                  digests: Mapping[str, str], path: Path, defaults: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse to mix: a method's finished lines must share this run's model, hparams and
-    generation, and each must be of the same record content as this run's record of its case id."""
+                  digests: Mapping[str, str], path: Path, defaults: Mapping[str, Mapping[str, Any]],
+                  precisions: Mapping[str, str]) -> None:
+    """Refuse to mix: a method's finished lines must share this run's model, hparams, generation
+    and the precision "auto" resolved to, and each must be of the same record content as this
+    run's record of its case id."""
     for (case_id, method), written in done.items():
         line = _as_written(written, defaults, method)
         wanted = settings.get(method)
         if wanted is None:
             continue
+        ran = (line.get("as_run") or {}).get("precision")
+        if ran is not None and ran != precisions[method]:
+            raise ValueError(f"{path} holds case {case_id} of {method!r} run in precision {ran!r} (precision='auto' "
+                             f"on another device); here it runs in {precisions[method]!r}; use another output folder")
         if case_id in digests and line.get("record") != digests[case_id]:
             raise ValueError(f"{path} holds case {case_id} of {method!r} evaluated on other record content "
                              f"(fingerprint {line.get('record')!r}, this data's is {digests[case_id]!r}); "
@@ -174,7 +182,8 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
                 for mt in methods}
     digests = {json.dumps(r.case_id): record_digest(r) for r in records}
     defaults = {mt: _field_defaults(chosen[mt]) for mt in methods}
-    done = _resumed(out / CASES_FILE, settings, digests, defaults)
+    precisions = {mt: resolve_precision(adapter, chosen[mt].precision) for mt in methods}
+    done = _resumed(out / CASES_FILE, settings, digests, defaults, precisions)
     skipped = _resumed_skips(out / SKIPPED_FILE, settings, digests, strict, defaults)
     options = dict(stop_words=stop_words, generation_tokens=generation_tokens, top_k=top_k, seed=seed)
     with open(out / CASES_FILE, "a", encoding="utf-8") as sink, \
@@ -199,17 +208,25 @@ def _append(sink, line: Mapping[str, Any]) -> None:
 
 
 def _resumed(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str],
-             defaults: Mapping[str, Mapping[str, Any]]) -> dict:
+             defaults: Mapping[str, Mapping[str, Any]], precisions: Mapping[str, str]) -> dict:
     """The finished (case_id, method) lines of ``path``, checked against this run's settings."""
     lines = read_cases(path)
     _drop_partial_line(path, lines)
     done = {_key(line["case_id"], line["method"]): line for line in lines}
-    _check_resume(done, settings, digests, path, defaults)
+    _check_resume(done, settings, digests, path, defaults, precisions)
+    current = _completed(path, lines, settings, defaults)
+    return {_key(line["case_id"], line["method"]): line for line in current}
+
+
+def _completed(path: Path, lines: list[dict[str, Any]], settings: Mapping[str, Mapping[str, Any]],
+               defaults: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``lines`` with the Hparams fields added since they were written, at their defaults; the
+    file is written again with them when any was missing, so the folder agrees with itself."""
     current = [_as_written(line, defaults, line["method"]) if line["method"] in settings else line for line in lines]
-    if current != lines:  # lines from before a field existed: written again with it, so the folder agrees
+    if current != lines:
         text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in current)
         write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return {_key(line["case_id"], line["method"]): line for line in current}
+    return current
 
 
 def _resumed_skips(path: Path, settings: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str],
@@ -217,11 +234,11 @@ def _resumed_skips(path: Path, settings: Mapping[str, Mapping[str, Any]], digest
     """The records skipped before whose content is unchanged (a changed record is tried again);
     ``strict`` refuses any such record of this run, as it would have refused it then."""
     lines = read_cases(path)
-    same = [line for line in lines if digests.get(json.dumps(line["case_id"])) == line.get("record")]
     _drop_partial_line(path, lines)
+    lines = _completed(path, lines, settings, defaults)
+    same = [line for line in lines if digests.get(json.dumps(line["case_id"])) == line.get("record")]
     skipped = {_key(line["case_id"], line["method"]): line for line in same
-               if line["method"] in settings
-               and all(_as_written(line, defaults, line["method"]).get(k) == v for k, v in settings[line["method"]].items())}
+               if line["method"] in settings and all(line.get(k) == v for k, v in settings[line["method"]].items())}
     if strict and skipped:
         line = next(iter(skipped.values()))
         raise ValueError(f"case {line['case_id']!r} was skipped by an earlier run into {path.parent}: "

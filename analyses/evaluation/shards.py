@@ -102,13 +102,18 @@ def _check_split(shards: Sequence[tuple[Shard, int]], folders: Sequence[Path]) -
 
 
 def _check_settings(lines_by_folder: Sequence[tuple[Path, list[dict[str, Any]]]]) -> None:
-    """Every method's lines share their model, hparams and generation settings across the shards."""
+    """Every method's lines share their model, hparams and generation settings across the shards,
+    and the precision "auto" resolved to where the lines record it."""
     first: dict[str, tuple[Path, dict]] = {}
+    ran: dict[str, tuple[Path, str]] = {}
     for folder, lines in lines_by_folder:
         for line in lines:
             wanted = {k: line.get(k) for k in SHARED_SETTINGS}
             seen = first.setdefault(line["method"], (folder, wanted))
             differ = [k for k in SHARED_SETTINGS if seen[1][k] != wanted[k]]
+            precision = (line.get("as_run") or {}).get("precision")
+            if precision is not None and ran.setdefault(line["method"], (folder, precision))[1] != precision:
+                seen, differ = (ran[line["method"]][0], None), ["precision (as run)"]
             if differ:
                 raise ValueError(f"{line['method']!r} ran with other {', '.join(differ)} in {str(folder)!r} than in "
                                  f"{str(seen[0])!r}; shards of one run must share their settings")

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.corruption import Corruption, answer_probs, clean_prob, make_corruption
+from toplens.core.corruption import MAX_ROWS, Corruption, answer_probs, clean_prob, make_corruption
 from toplens.core.interventions import patch_from
 from toplens.core.requests import EditRequest
 from toplens.core.scoring import top_tokens
@@ -52,7 +52,13 @@ class LaChoice:
 def restored_last_token(adapter: ModelAdapter, corruption: Corruption,
                         layers: tuple[int, ...]) -> Float[Tensor, " layer"]:
     """P(answer) with the subject corrupted and the last token's clean residual restored after
-    each of ``layers`` (one copy of the noise samples per layer, in one forward), averaged over samples."""
+    each of ``layers`` (one copy of the noise samples per layer, batched in forwards of at most
+    ``MAX_ROWS`` rows), averaged over samples."""
+    per = max(1, MAX_ROWS // corruption.n_samples)
+    return torch.cat([_restored(adapter, corruption, layers[i:i + per]) for i in range(0, len(layers), per)])
+
+
+def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...]) -> Float[Tensor, " layer"]:
     c = corruption
     names = [hook_name("resid_post", layer) for layer in layers]
     clean = adapter.capture(c.tokens, names, stop_layer=max(layers) + 1)
@@ -88,8 +94,14 @@ def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, f
     reached = [layer for layer, s in zip(layers, share) if s >= fraction]
     if gap <= MIN_GAP * high:  # the subject barely moves P(o): nothing to read, the middle layer
         la = layers[len(layers) // 2]
+        logger.warning("rel_feat_layer='auto' for %r: corrupting the subject moves P(%r) only from %.3g to %.3g, "
+                       "too little to place la; la = %d, the middle candidate", request.text, answer, high, low, la)
+    elif reached:
+        la = reached[0]
     else:
-        la = reached[0] if reached else layers[max(range(len(layers)), key=share.__getitem__)]
+        la = layers[max(range(len(layers)), key=share.__getitem__)]
+        logger.warning("rel_feat_layer='auto' for %r: no layer recovers %.0f%% of P(%r)'s gap; la = %d, the layer "
+                       "that recovers most (%.2f)", request.text, 100 * fraction, answer, la, max(share))
     return LaChoice(la, layers, tuple(share), high, low, answer)
 
 
@@ -99,6 +111,6 @@ def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaCho
     if hp.rel_feat_layer != "auto":
         return hp, None
     choice = choose_la(adapter, request, hp.layers[-1])
-    logger.info("rel_feat_layer='auto': la = %d for %r (share of the gap recovered there: %.2f)", choice.la,
-                request.text, choice.recovered[choice.layers.index(choice.la)])
+    logger.info("rel_feat_layer='auto': la = %d for %r (share of the gap recovered there: %s)", choice.la,
+                request.text, f"{choice.recovered[choice.layers.index(choice.la)]:.2f}")
     return hp.replace(rel_feat_layer=choice.la - hp.layers[-1]), choice

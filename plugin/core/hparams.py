@@ -61,7 +61,13 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
         if any(value in typing.get_args(a) for a in named):
             return value
         plain = [a for a in args if a not in named]
-        return _coerce(where, plain[0], value) if len(plain) == 1 else value
+        if len(plain) != 1:
+            return value
+        try:
+            return _coerce(where, plain[0], value)
+        except HparamsError as err:
+            choices = [c for a in named for c in typing.get_args(a)]
+            raise HparamsError(f"{str(err).split('; got ')[0]} or one of {choices}; got {value!r}") from None
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
             raise HparamsError(f"{where} must be a list; got {value!r}")

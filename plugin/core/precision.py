@@ -3,7 +3,7 @@ autocast, or "auto", which takes bfloat16 only where the hardware multiplies in 
 
 bfloat16 pays only with hardware support: CUDA devices that report it, and CPUs with
 AVX512-BF16 or AMX tiles. Elsewhere torch emulates it, and a matmul is far slower than in
-float32 (docs/benchmarks.md measures both on CPUs with and without it), so "auto" keeps float32
+float32 (docs/precision.md measures both in one run), so "auto" keeps float32
 there and an explicit "bfloat16" is run as asked, with a warning.
 """
 
@@ -20,10 +20,11 @@ from toplens.model import ModelAdapter
 
 logger = logging.getLogger(__name__)
 
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 in hardware (so autocast to it saves time)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # compute capability 8 (Ampere) and later multiply bfloat16 natively
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return _cpu_bfloat16()
     return False

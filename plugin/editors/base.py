@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from toplens.core.edits import EditHandle, LayerDelta, SequenceDetails, WeightEdit, apply_sequentially
 from toplens.core.hparams import Hparams
+from toplens.core.precision import resolve_precision
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
 from toplens.model import ModelAdapter, as_adapter
@@ -58,10 +59,13 @@ class Editor:
                 observe: Observer | None = None, **options) -> WeightEdit:
         """The edit of ``requests``; the model is left unchanged (any temporary application is
         reverted on every exit). ``observe(stage, event)`` sees every optimization step. The edit
-        records the hash of the model's weights, which applying it checks."""
+        records the hash of the model's weights, which applying it checks, and its hparams as they
+        ran (``precision="auto"`` resolved for this device, TOP's automatic la settled)."""
         adapter, items, hp = self._prepare(model, requests, hparams)
         digest = weights_digest(adapter)
-        return replace(self._compute(adapter, items, hp, observe, options), model_digest=digest)
+        edit = self._compute(adapter, items, hp, observe, options)
+        ran = {**edit.hparams, "precision": resolve_precision(adapter, hp.precision)}
+        return replace(edit, model_digest=digest, hparams=ran)
 
     def _compute(self, adapter: ModelAdapter, items: tuple[EditRequest, ...], hp: Hparams,
                  observe: Observer | None, options: dict[str, Any]) -> WeightEdit:

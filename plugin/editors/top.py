@@ -9,13 +9,11 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
 
 ``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
-bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours, off by default and on
-in the SmolLM2 preset (docs/top_stage2.md): ``stage2_loss="readout"`` matches h*_r through what the
-model reads from it, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with the positions ``stage2_reset`` names
-reset to their clean residual at la; ``stage2_site="fold"`` optimizes δ₂ as the rank-one update
-the fold will make, so stage 2 sees exactly the model it produces. Under study:
-``stage2_rewrite_weight`` (a ROME term at stage 2's site) and ``stage2_keep_weight`` (a KL that
-holds the model's text about the subject, o and o* spared or not; :mod:`toplens.core.preservation`).
+bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (docs/top_stage2.md):
+``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with
+the ``stage2_reset`` positions reset to their clean residual; ``stage2_site="fold"`` optimizes δ₂ as
+the fold's rank-one update; ``stage2_rewrite_weight`` adds a ROME term at stage 2's site and
+``stage2_keep_weight`` a KL holding the model's text about the subject (:mod:`toplens.core.preservation`).
 """
 
 from __future__ import annotations
@@ -190,17 +188,11 @@ def compute_one(
     covariance: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = False,
 ) -> WeightEdit:
-    """The TOP edit of ``request``: a rank-one ΔW_out per edit layer, and ``TopDetails``.
-
-    With several edit layers each is computed with the earlier layers' updates applied (and
-    removed again before returning). ``covariance`` (one C for every layer) overrides the
-    corpus statistic.
-    """
+    """The TOP edit of ``request``: a rank-one ΔW_out per edit layer, each computed with the earlier
+    layers' updates applied (removed again before returning), and ``TopDetails``. ``covariance``
+    (one C for every layer) overrides the corpus statistic."""
+    _check_together(adapter, hp)
     hp, choice = settle(adapter, request, hp)
-    for layer in hp.layers:
-        adapter.check_layer(layer + hp.rel_feat_layer, "TopHparams.layers + rel_feat_layer")
-    if hp.stage2_reset != "others" and hp.stage2_loss != "readout":  # here, so --hparams can set either first
-        raise HparamsError(f"TopHparams.stage2_reset={hp.stage2_reset!r} needs stage2_loss='readout'; got {hp.stage2_loss!r}")
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
     deltas, details = [], []
     with EditHandle(adapter) as handle:
@@ -216,6 +208,16 @@ def compute_one(
                 handle.add(WeightEdit("top", (request,), (deltas[-1],)))
     summary = TopDetails(tuple(details), hp.stage2, hp.key, choice)
     return WeightEdit("top", (request,), tuple(deltas), hp.to_dict(), summary)
+
+
+def _check_together(adapter: ModelAdapter, hp: TopHparams) -> None:
+    """The checks across fields, made here (not in ``_check``) so that --hparams may set them in any order."""
+    for layer in hp.layers if hp.rel_feat_layer != "auto" else ():
+        adapter.check_layer(layer + hp.rel_feat_layer, "TopHparams.layers + rel_feat_layer")
+    if hp.stage2_reset != "others" and hp.stage2_loss != "readout":
+        raise HparamsError(f"TopHparams.stage2_reset={hp.stage2_reset!r} needs stage2_loss='readout'; got {hp.stage2_loss!r}")
+    if hp.stage2_keep_spare and hp.stage2_keep_weight == 0:
+        raise HparamsError("TopHparams.stage2_keep_spare=True needs stage2_keep_weight > 0; got 0.0")
 
 
 EDITOR = Editor("top", TopHparams, compute_one, stages, settle_for=lambda *a: settle(*a)[0])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from toplens import EditRequest, RequestError
+from toplens.core import precision
 from toplens.analyses.evaluation.cases import CASES_FILE, case_from_dict, read_cases
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.runner import SKIPPED_FILE, SUMMARY_FILE, record_digest, run_eval
@@ -81,6 +82,18 @@ def test_a_folder_from_before_a_new_field_resumes_when_the_field_holds_its_defau
     assert [line["hparams"] for line in read_cases(path)] == [{**old, "strength": 1.0}]  # written again, with it
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())["shift"]
     assert summary["n"] == 1 and summary["hparams"] == {**old, "strength": 1.0}
+
+
+def test_auto_precision_is_recorded_as_run_and_a_resume_on_another_device_is_refused(tiny_hooked, shift, tmp_path,
+                                                                                     monkeypatch):
+    kw = dict(hparams={"shift": ShiftHparams(precision="auto")}, generation_tokens=0, progress=False)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: False)
+    run_eval(tiny_hooked, [_record(0)], ["shift"], tmp_path, **kw)
+    line = read_cases(tmp_path / CASES_FILE)[0]
+    assert line["hparams"]["precision"] == "auto" and line["as_run"] == {"precision": "float32"}
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)  # the same folder on a bfloat16 device
+    with pytest.raises(ValueError, match=r"case 0 of 'shift' run in precision 'float32'.*here it runs in 'bfloat16'"):
+        run_eval(tiny_hooked, [_record(0), _record(1)], ["shift"], tmp_path, **kw)
 
 
 def _long_record(case_id, n_words=400):

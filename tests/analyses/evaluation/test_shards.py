@@ -78,6 +78,15 @@ def test_shards_with_other_settings_are_refused(tiny_hooked, shift, tmp_path):
         merge_shards([one, two], tmp_path / "merged")
 
 
+def test_shards_whose_auto_precision_resolved_differently_are_refused(tiny_hooked, shift, tmp_path):
+    folders = _sharded(tiny_hooked, tmp_path, 2)
+    for folder, ran in zip(folders, ("float32", "bfloat16")):  # precision="auto" on two kinds of device
+        lines = [{**line, "as_run": {"precision": ran}} for line in read_cases(folder / CASES_FILE)]
+        (folder / CASES_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ValueError, match=r"other precision \(as run\)"):
+        merge_shards(folders, tmp_path / "merged")
+
+
 def test_a_folder_is_claimed_for_one_split(tmp_path):
     claim_folder(tmp_path / "a", Shard(1, 2), 10)
     claim_folder(tmp_path / "a", Shard(1, 2), 10)  # the same shard resumes

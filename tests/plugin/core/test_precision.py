@@ -2,6 +2,8 @@
 elsewhere; an explicit "bfloat16" without native support runs as asked and warns once."""
 
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,13 +31,14 @@ def test_auto_takes_bfloat16_only_with_native_support(tiny_hooked, monkeypatch, 
     assert resolve_precision(adapter, "float32") == "float32" and resolve_precision(adapter, "bfloat16") == "bfloat16"
     assert fast_path(ROME).precision == "auto"
     assert (torch.bfloat16 in _dtypes_seen(tiny_hooked, fast_path(ROME))) == native
+    ran = rome.compute(tiny_hooked, REQUEST, fast_path(ROME)).hparams["precision"]
+    assert ran == ("bfloat16" if native else "float32")  # the edit records the precision it ran in
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU flags are read from Linux's /proc/cpuinfo")
 def test_this_machines_answer_follows_its_cpu_flags():
-    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else None
-    if flags is None:
-        pytest.skip("no /proc/cpuinfo to compare with")
-    assert native_bfloat16(torch.device("cpu")) == bool({"avx512_bf16", "amx_tile"} & set(flags))
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert native_bfloat16(torch.device("cpu")) == bool({"avx512_bf16", "amx_tile"} & flags)
 
 
 def test_emulated_bfloat16_warns_once_and_a_bad_precision_names_the_value(tiny_hooked, monkeypatch, caplog):

@@ -12,6 +12,7 @@ from toplens.core.fold import fold_at
 from toplens.core.keys import key_value_at
 from toplens.core.optimize import LoopSettings, LossTerms
 from toplens.core.positions import target_ids
+from toplens.core import preservation
 from toplens.core.preservation import SubjectPreservation, WithPenalty, objects_first_tokens, subject_texts
 from toplens.editors import top
 from tests.plugin.editors.test_top import FAST, REQUEST, TEMPLATES
@@ -96,10 +97,21 @@ def test_spared_tokens_leave_the_kept_distribution_and_moving_them_changes_nothi
     assert kept(torch.zeros_like(v_init)).kl == pytest.approx(0.0, abs=1e-6)  # no change: no KL, spared or not
 
 
-def test_top_spares_o_and_o_star_when_asked(tiny_model):
+def test_top_spares_o_and_o_star_when_asked(tiny_model, monkeypatch):
     hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", stage2_keep_weight=5.0,
                       stage2_keep_texts=(3, 4))
+    built = []
+
+    class Recorded(SubjectPreservation):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.spared)
+
+    monkeypatch.setattr(preservation, "SubjectPreservation", Recorded)
     plain, spared = (top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_spare=s), templates=TEMPLATES)
                      for s in (False, True))
+    adapter = ModelAdapter(tiny_model)
+    o_star = target_ids(adapter, REQUEST.text, REQUEST.target_new)[0]
+    assert built[0] == () and o_star in built[1] and set(built[1]) == set(objects_first_tokens(adapter, REQUEST))
     assert "penalty" in spared.details.layers[0].stage2.parts[-1]
     assert not torch.equal(plain.deltas[0].v, spared.deltas[0].v)  # the spared term is another objective
