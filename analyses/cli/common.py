@@ -62,7 +62,7 @@ def add_out_arg(p: argparse.ArgumentParser, what: str, required: bool = False) -
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="builtin", help='"builtin" or a CounterFact / COUNTERFACT_RS / known-facts '
+    p.add_argument("--data", default="builtin", help='"builtin", "builtin-questions" (the same facts asked as questions) or a CounterFact / COUNTERFACT_RS / known-facts '
                                                      "JSON file")
 
 

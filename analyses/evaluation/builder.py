@@ -173,10 +173,19 @@ def _data(name: str) -> Any:
     return json.loads(resources.files(__package__).joinpath("data", name).read_text(encoding="utf-8"))
 
 
-def builtin_relations() -> dict[str, Relation]:
-    """The built-in relations (analyses/evaluation/data/relations.json)."""
+#: the forms of the built-in benchmark: statements ("The capital of {} is"), or questions with an
+#: answer cue ("Q: What is the capital of {}? A:"), whose last token carries little of the relation
+FORMS = ("statement", "question")
+
+
+def builtin_relations(form: str = "statement") -> dict[str, Relation]:
+    """The built-in relations (analyses/evaluation/data/relations.json), their templates as
+    statements or, ``form="question"``, as questions."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {list(FORMS)}; got {form!r}")
     data = _data("relations.json")
-    return {rid: Relation(rid, tuple(r["templates"]), r.get("name", "")) for rid, r in data["relations"].items()}
+    key = "templates" if form == "statement" else "questions"
+    return {rid: Relation(rid, tuple(r[key]), r.get("name", "")) for rid, r in data["relations"].items()}
 
 
 def builtin_facts() -> tuple[Fact, ...]:
@@ -184,11 +193,13 @@ def builtin_facts() -> tuple[Fact, ...]:
     return tuple(Fact(r["subject"], r["relation"], r["object"], r["kind"]) for r in _data("builtin_facts.json"))
 
 
-def builtin_records(limit: int | None = None, seed: int = 0) -> tuple[Record, ...]:
+def builtin_records(limit: int | None = None, seed: int = 0, form: str = "statement") -> tuple[Record, ...]:
     """The built-in COUNTERFACT_RS benchmark: built from all facts, ordered round-robin over
-    relations, then cut to ``limit``; ``case_id`` is the fact's index in builtin_facts.json."""
+    relations, then cut to ``limit``; ``case_id`` is the fact's index in builtin_facts.json. With
+    ``form="question"`` every prompt (rewrite, paraphrases, neighborhood, relation-specific) is
+    a question with an answer cue; the facts, targets and neighbors are the same."""
     generation = {k: tuple(v) for k, v in _data("relations.json")["generation_templates"].items()}
-    records = build_records(builtin_facts(), builtin_relations(),
+    records = build_records(builtin_facts(), builtin_relations(form),
                             options=BuildOptions(seed=seed, generation_templates=generation))
     records = interleave_relations(records)
     return records if limit is None else records[:limit]

@@ -106,14 +106,15 @@ def save_records(records: Iterable[Record], path: str | Path) -> None:
 
 
 def load_dataset(source: str | Path, *, limit: int | None = None, seed: int = 0) -> tuple[Record, ...]:
-    """The records of ``source``: ``"builtin"`` (the built-in benchmark) or a file in any of the
-    three formats (:func:`load_records`), cut to the first ``limit``."""
+    """The records of ``source``: ``"builtin"`` (the built-in benchmark), ``"builtin-questions"``
+    (the same facts in question form) or a file in any of the three formats (:func:`load_records`),
+    cut to the first ``limit``."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1; got {limit}")
-    if str(source) == "builtin":
-        return builtin_records(limit, seed=seed)
+    if str(source) in ("builtin", "builtin-questions"):
+        return builtin_records(limit, seed=seed, form="statement" if str(source) == "builtin" else "question")
     if not Path(source).is_file():
-        raise ValueError(f"the data must be 'builtin' or a JSON file; {str(source)!r} is not a file")
+        raise ValueError(f"the data must be 'builtin', 'builtin-questions' or a JSON file; {str(source)!r} is not a file")
     records = load_records(source, seed=seed)
     return records if limit is None else records[:limit]
 

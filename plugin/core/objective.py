@@ -21,6 +21,7 @@ from toplens.core.keys import Role
 from toplens.model import Hook, ModelAdapter, hook_name
 from toplens.core.optimize import LossTerms
 from toplens.core.positions import check_fits, locate, target_ids
+from toplens.core.relation_positions import relation_position
 from toplens.core.requests import EditRequest
 
 if TYPE_CHECKING:
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RewriteBatch:
-    """Rewriting prompts (rows ``[0, n_rewrite)``; row 0 is the bare prompt) then KL prompts."""
+    """Rewriting prompts (rows ``[0, n_rewrite)``; row 0 is the bare prompt) then KL prompts.
+    ``last_relation`` is each row's last prompt token (it predicts the target); ``relation_at``
+    the position of the relation feature (the last token unless another strategy chose,
+    :mod:`toplens.core.relation_positions`)."""
 
     tokens: Int[Tensor, "batch pos"]
     n_rewrite: int
@@ -38,9 +42,10 @@ class RewriteBatch:
     target_cols: Int[Tensor, " m"]
     target_ids: Int[Tensor, " m"]
     target_weight: Float[Tensor, " m"]
+    relation_at: Int[Tensor, " batch"]
 
     def positions(self, role: Role) -> Int[Tensor, " batch"]:
-        return self.last_subject if role == "subject" else self.last_relation
+        return self.last_subject if role == "subject" else self.relation_at
 
     @property
     def rows(self) -> Int[Tensor, " batch"]:
@@ -59,12 +64,14 @@ def check_rewrite_lengths(
 
 
 def rewrite_batch(
-    adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str]
+    adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str],
+    relation_at: str = "last",
 ) -> RewriteBatch:
-    """Tokenize the rewriting and KL prompts of ``request`` and locate every position (refused
-    first when a row would be longer than the model's context)."""
+    """Tokenize the rewriting and KL prompts of ``request`` and locate every position, the
+    relation feature's by the ``relation_at`` strategy (refused first when a row would be longer
+    than the model's context)."""
     check_rewrite_lengths(adapter, request, templates, kl_prompts)
-    seqs, subj, rel, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], []
+    seqs, subj, rel, at, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], [], []
     for row, template in enumerate(templates):
         prompt = template.replace("{}", request.prompt)
         pos = locate(adapter, prompt, request.subject)
@@ -72,6 +79,7 @@ def rewrite_batch(
         seqs.append(list(pos.tokens) + target[:-1])
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
+        at.append(relation_position(adapter, pos, relation_at))
         for j, tid in enumerate(target):
             t_rows.append(row), t_cols.append(pos.last_relation + j), t_ids.append(tid)
             t_w.append(1.0 / (len(target) * len(templates)))
@@ -80,10 +88,11 @@ def rewrite_batch(
         seqs.append(list(pos.tokens))
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
+        at.append(relation_position(adapter, pos, relation_at))
     device = adapter.device
     long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
     return RewriteBatch(adapter.to_batch(seqs), len(templates), long(subj), long(rel), long(t_rows),
-                        long(t_cols), long(t_ids), torch.tensor(t_w, device=device))
+                        long(t_cols), long(t_ids), torch.tensor(t_w, device=device), long(at))
 
 
 @dataclass

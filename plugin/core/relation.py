@@ -22,10 +22,11 @@ RESETS = ("others", "others_but_subject", "none", "both")
 
 
 def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "n d_model"]:
-    """The residual after block ``la`` at the last relation token of each rewriting prompt."""
+    """The residual after block ``la`` at the relation feature's position (``batch.relation_at``,
+    the last token by default) of each rewriting prompt."""
     (resid,) = adapter.capture(batch.tokens, [hook_name("resid_post", la)], la + 1)
     rows = torch.arange(batch.n_rewrite, device=resid.device)
-    return resid[rows, batch.last_relation[: batch.n_rewrite]].detach()
+    return resid[rows, batch.relation_at[: batch.n_rewrite]].detach()
 
 
 
@@ -39,7 +40,7 @@ class RelationFeatureObjective:
     Args:
         adapter: the model.
         tokens: the prompts, one per row.
-        last_subject, last_relation: positions per row.
+        last_subject, last_relation: per row, δ's position and h_r's (``RewriteBatch.relation_at``).
         layer: the edit layer (δ goes on its ``hook_mlp_out``); stop_layer: la + 1.
         targets: h*_r per row.
         vec_loss_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
@@ -153,7 +154,7 @@ def relation_objective(
     """The objective that moves h_r at la toward ``targets`` on ``rows`` of ``batch``, for δ at the
     MLP output of ``layer``: in L2 (``loss="l2"``) or through the prediction read from h_r
     (``"readout"``); δ acts at the last subject token, or through ``fold`` when given."""
-    last_rel = batch.last_relation[rows]
+    last_rel = batch.relation_at[rows]  # where h_r is read
     site = {"fold": fold, "v_init": v_init}
     v_norm = float(v_init.norm())
     if loss == "readout":

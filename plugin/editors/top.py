@@ -3,7 +3,7 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 
 1. Stage 1 (the relation feature): δ₁ on the residual after block la = l + rel_feat_layer at the
    last prompt token of every rewriting prompt, ROME's loss (NLL + KL + decay); h*_r = h_r,init + δ₁.
-   ``rel_feat_layer="auto"`` picks la per request (:mod:`toplens.core.auto_la`).
+   ``rel_feat_layer="auto"`` picks la per request (core.auto_la); ``relation_position`` the token (core.relation_positions).
 2. Stage 2 (the subject feature): δ₂ on the MLP output of block l at the last subject token, so
    that the residual at la, last token, reaches h*_r (blocks l..la run); v* = v_init + δ₂.
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
@@ -19,7 +19,7 @@ the fold's rank-one update; ``stage2_rewrite_weight`` adds a ROME term at stage 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 from jaxtyping import Float
 from torch import Tensor
@@ -33,6 +33,7 @@ from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch, with_rewrite_term
 from toplens.core.optimize import OptimizationTrace
 from toplens.core.preservation import with_subject_kept
+from toplens.core.relation_positions import RELATION_POSITIONS, RelationPosition
 from toplens.core.relation import RESETS, RelationFeatureObjective, relation_objective, relation_resid
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
@@ -76,6 +77,7 @@ class TopHparams(Hparams):
     stage2_keep_weight: float = 0.0
     stage2_keep_texts: tuple[int, int] = (5, 10)
     stage2_keep_spare: bool = False
+    relation_position: RelationPosition = "last"
 
     def _check(self) -> None:
         self._layers("layers")
@@ -85,11 +87,9 @@ class TopHparams(Hparams):
                        "v_num_grad_steps2")
         self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
-        self._choice("key", KEY_MODES)
-        self._choice("stage2", ("faithful", "all_prompts"))
-        self._choice("stage2_loss", ("l2", "readout"))
-        self._choice("stage2_site", ("subject", "fold"))
-        self._choice("stage2_reset", RESETS)
+        for name, allowed in (("key", KEY_MODES), ("stage2", get_args(Stage2)), ("stage2_loss", get_args(Stage2Loss)),
+                              ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS), ("relation_position", RELATION_POSITIONS)):
+            self._choice(name, allowed)
         self._positive("stage2_rewrite_weight", "stage2_keep_weight", allow_zero=True)
         self._positive_items("stage2_keep_texts")  # (count, tokens) of the subject's continuations
         self._template("kl_prompt")
@@ -157,7 +157,7 @@ def run_stages(
     """Stage 1 then stage 2 at ``layer``; the model is not changed. h_r,init is computed once."""
     la = layer + hp.rel_feat_layer
     relation, subject = stages(hp.replace(layers=(layer,)))
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], hp.relation_position)
     v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c)

@@ -1,6 +1,8 @@
 import pytest
 
-from toplens.analyses.evaluation.builder import BuildOptions, Fact, Relation, build_records, interleave_relations
+from toplens.analyses.evaluation.builder import (BuildOptions, Fact, Relation, build_records, builtin_records,
+                                                 interleave_relations)
+from toplens.analyses.evaluation.datasets import load_dataset
 from toplens.analyses.evaluation.records import DatasetError
 
 RELATIONS = [
@@ -108,3 +110,17 @@ def test_relation_with_one_object_is_skipped():
 def test_interleave_relations_mixes_prefixes():
     records = interleave_relations(build_records(FACTS, RELATIONS))
     assert len({r.relation_id for r in records[:5]}) == 5
+
+
+def test_the_question_form_asks_the_same_facts_as_questions():
+    statements, questions = builtin_records(12), builtin_records(12, form="question")
+    assert [r.case_id for r in statements] == [r.case_id for r in questions]
+    for s, q in zip(statements, questions):
+        assert (q.request.subject, q.request.target_new, q.request.target_true) == \
+               (s.request.subject, s.request.target_new, s.request.target_true)
+        prompts = (q.request.prompt, *q.paraphrase_prompts, *q.neighborhood_prompts,
+                   *(p for p in q.relation_specific_prompts))
+        assert all(p.startswith("Q: ") and p.endswith("? A:") for p in prompts)
+    assert load_dataset("builtin-questions", limit=3) == questions[:3]
+    with pytest.raises(ValueError, match="form.*'quiz'"):
+        builtin_records(3, form="quiz")
