@@ -45,12 +45,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-auto-none": ("top", {"rel_feat_layer": "auto", "stage2_reset": "none"}),
     "top-auto-keep-5": ("top", {"rel_feat_layer": "auto", "stage2_keep_weight": 5.0}),
     "top-keep-5-spare": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
+    "top-content": ("top", {"relation_position": "last_content"}),
+    "top-auto-content": ("top", {"rel_feat_layer": "auto", "relation_position": "last_content"}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
 
 
-def run_variant(name: str, method: str, settings: dict, n: int, out: Path) -> None:
+def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data: str = "builtin") -> None:
     """``toplens eval`` of one variant on the first ``n`` built-in cases, resuming from ``out``."""
     hparams = {**FAST, **settings}
     stored = out.parent / f"{out.name}.settings.json"
@@ -59,7 +61,7 @@ def run_variant(name: str, method: str, settings: dict, n: int, out: Path) -> No
     out.parent.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps({"method": method, "hparams": hparams}, indent=2))
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))",
-           "eval", "--methods", method, "--data", "builtin", "--limit", str(n), "--no-generation",
+           "eval", "--methods", method, "--data", data, "--limit", str(n), "--no-generation",
            "--out", str(out), "--json", "--hparams", json.dumps(hparams)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
@@ -88,10 +90,11 @@ def summarize(name: str, table: dict, ids: list, base: dict | None) -> dict:
     return row
 
 
-def markdown(rows: list[dict], variants: dict, baseline: str) -> str:
+def markdown(rows: list[dict], variants: dict, baseline: str, data: str = "builtin") -> str:
     head = ["variant", "n", *HEAD, "NLL rewrite", "NLL para."]
-    lines = ["# TOP variants on the built-in benchmark", "",
-             "Written by `python bench/top_variants.py`: `toplens eval --data builtin --no-generation` per "
+    form = "" if data == "builtin" else " in question form"
+    lines = [f"# TOP variants on the built-in benchmark{form}", "",
+             f"Written by `python bench/top_variants.py`: `toplens eval --data {data} --no-generation` per "
              f"variant on the same first cases, each over its method's SmolLM2 preset with the fast path's levers "
              f"{json.dumps(FAST)}. Rates in %, with a bootstrap 95% interval over cases (2000 draws); the Score is "
              "the harmonic mean of Eff, Gen, S-Spec and R-Spec (Eff@1 is beside it). NLL columns: the median NLL of "
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "top_variants")
     parser.add_argument("--skip-eval", action="store_true", help="only tabulate what the folders hold")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "top_variants.md")
+    parser.add_argument("--data", default="builtin", choices=("builtin", "builtin-questions"),
+                        help="the built-in benchmark as statements, or the same facts asked as questions")
     args = parser.parse_args(argv)
     known = {**VARIANTS, **dict(parse_define(d) for d in args.define)}
     names = args.variants.split(",")
@@ -139,13 +144,13 @@ def main(argv=None) -> int:
     chosen = {n: known[n] for n in names}
     if not args.skip_eval:
         for name, (method, settings) in chosen.items():
-            run_variant(name, method, settings, args.n, args.out_dir / name)
+            run_variant(name, method, settings, args.n, args.out_dir / name, args.data)
     tables = {n: case_table(args.out_dir / n) for n in names if (args.out_dir / n / "cases.jsonl").exists()}
     common = set.intersection(*(set(t) for t in tables.values()))
     ids = [i for i in next(iter(tables.values())) if i in common][: args.n]  # in the benchmark's order
     base = tables.get(args.baseline)
     rows = [summarize(n, t, ids, base) for n, t in tables.items()]
-    text = markdown(rows, {n: chosen[n] for n in tables}, args.baseline)
+    text = markdown(rows, {n: chosen[n] for n in tables}, args.baseline, args.data)
     args.doc.write_text(text)
     args.doc.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print(text)
