@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-keep-5-spare": ("top", {"stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
     "top-content": ("top", {"relation_position": "last_content"}),
     "top-auto-content": ("top", {"rel_feat_layer": "auto", "relation_position": "last_content"}),
+    "top-auto-after": ("top", {"rel_feat_layer": "auto", "relation_position": "after_subject"}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]

@@ -11,12 +11,11 @@ pure functions of ``toplens.analyses.evaluation.metrics``; this module only feed
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
-import dataclasses
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -68,7 +67,7 @@ class CaseEvaluation:
     seconds: float
     #: the hyperparameters the edit ran with where they differ from those asked for (precision="auto"
     #: resolved on this device, TOP's rel_feat_layer="auto" settled for this request)
-    as_run: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    as_run: Mapping[str, object] = field(default_factory=dict)
 
     def flipped(self) -> dict[str, list[str]]:
         """Per metric, the prompts whose outcome changed with the edit."""

@@ -117,10 +117,6 @@ def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: M
         wanted = settings.get(method)
         if wanted is None:
             continue
-        ran = (line.get("as_run") or {}).get("precision")
-        if ran is not None and ran != precisions[method]:
-            raise ValueError(f"{path} holds case {case_id} of {method!r} run in precision {ran!r} (precision='auto' "
-                             f"on another device); here it runs in {precisions[method]!r}; use another output folder")
         if case_id in digests and line.get("record") != digests[case_id]:
             raise ValueError(f"{path} holds case {case_id} of {method!r} evaluated on other record content "
                              f"(fingerprint {line.get('record')!r}, this data's is {digests[case_id]!r}); "
@@ -129,6 +125,10 @@ def _check_resume(done: Mapping[tuple[str, str], Mapping[str, Any]], settings: M
         if differ:
             raise ValueError(f"{path} holds case {case_id} of {method!r} run with other {', '.join(differ)} "
                              f"({', '.join(f'{k}={line.get(k)!r}' for k in differ)}); use another output folder")
+        ran = (line.get("as_run") or {}).get("precision")
+        if ran is not None and ran != precisions[method]:
+            raise ValueError(f"{path} holds case {case_id} of {method!r} run in precision {ran!r} (precision='auto' "
+                             f"on another device); here it runs in {precisions[method]!r}; use another output folder")
 
 
 def _drop_partial_line(path: Path, lines: Sequence[Mapping[str, Any]]) -> None:

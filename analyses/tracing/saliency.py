@@ -190,7 +190,7 @@ def gradient_saliency(
     numbers = chosen_stages(all_stages, stages)
     chosen = [all_stages[i - 1] for i in numbers]
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], getattr(hp, "relation_position", "last"))
     probe = SaliencyProbe(adapter, batch, prompt_alignment(adapter, request, templates))
     recorder = _Recorder(probe, batch, chosen)
     editor.compute(adapter, request, hp, observe=recorder, templates=templates, progress=progress)

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from toplens.core.corruption import MAX_ROWS, Corruption, answer_probs, clean_prob, make_corruption
 from toplens.core.interventions import patch_from
+from toplens.core.positions import locate
+from toplens.core.relation_positions import relation_position
 from toplens.core.requests import EditRequest
 from toplens.core.scoring import top_tokens
 from toplens.model import ModelAdapter, hook_name
@@ -49,16 +51,17 @@ class LaChoice:
     answer: str
 
 
-def restored_last_token(adapter: ModelAdapter, corruption: Corruption,
-                        layers: tuple[int, ...]) -> Float[Tensor, " layer"]:
-    """P(answer) with the subject corrupted and the last token's clean residual restored after
-    each of ``layers`` (one copy of the noise samples per layer, batched in forwards of at most
-    ``MAX_ROWS`` rows), averaged over samples."""
+def restored_last_token(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...],
+                        position: int | None = None) -> Float[Tensor, " layer"]:
+    """P(answer) with the subject corrupted and the clean residual of the last token (or of
+    ``position``, where h_r is read) restored after each of ``layers`` (one copy of the noise
+    samples per layer, batched in forwards of at most ``MAX_ROWS`` rows), averaged over samples."""
+    at = corruption.last if position is None else position
     per = max(1, MAX_ROWS // corruption.n_samples)
-    return torch.cat([_restored(adapter, corruption, layers[i:i + per]) for i in range(0, len(layers), per)])
+    return torch.cat([_restored(adapter, corruption, layers[i:i + per], at) for i in range(0, len(layers), per)])
 
 
-def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...]) -> Float[Tensor, " layer"]:
+def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...], at: int) -> Float[Tensor, " layer"]:
     c = corruption
     names = [hook_name("resid_post", layer) for layer in layers]
     clean = adapter.capture(c.tokens, names, stop_layer=max(layers) + 1)
@@ -66,15 +69,16 @@ def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, 
     patches = []
     for i, (name, state) in enumerate(zip(names, clean)):
         mask = torch.zeros(len(layers) * n, c.n_positions, dtype=torch.bool)
-        mask[i * n:(i + 1) * n, c.last] = True
+        mask[i * n:(i + 1) * n, at] = True
         patches.append(patch_from(name, state.detach().expand(len(layers) * n, -1, -1), mask))
     return answer_probs(adapter, c, patches, repeats=len(layers)).view(len(layers), n).mean(-1)
 
 
 def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, fraction: float = FRACTION,
-              n_samples: int = SAMPLES, seed: int = 0) -> LaChoice:
+              n_samples: int = SAMPLES, seed: int = 0, relation_at: str = "last") -> LaChoice:
     """la for ``request`` edited at ``edit_layer``: the first layer in edit_layer+1 .. n_layers−1
-    whose last-token restoration recovers ``fraction`` of the gap for o (the request's
+    whose restoration at h_r's token (the ``relation_at`` strategy of
+    :mod:`toplens.core.relation_positions`) recovers ``fraction`` of the gap for o (the request's
     target_true, else the model's top next token); the layer that recovers most when none does;
     the middle candidate, with NaN shares, when corrupting the subject moves P(o) by less than
     ``MIN_GAP`` of its clean value."""
@@ -88,7 +92,8 @@ def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, f
     corruption = make_corruption(adapter, request.prompt, request.subject, answer, n_samples=n_samples, seed=seed)
     with torch.no_grad():
         high, low = clean_prob(adapter, corruption), float(answer_probs(adapter, corruption).mean())
-        restored = restored_last_token(adapter, corruption, layers)
+        at = relation_position(adapter, locate(adapter, request.prompt, request.subject), relation_at)
+        restored = restored_last_token(adapter, corruption, layers, at)
     gap = high - low
     share = ((restored - low) / gap).tolist() if gap > MIN_GAP * high else [float("nan")] * len(layers)
     reached = [layer for layer, s in zip(layers, share) if s >= fraction]
@@ -110,7 +115,7 @@ def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaCho
     edit layer to the la :func:`choose_la` picks (earlier edit layers keep the same gap)."""
     if hp.rel_feat_layer != "auto":
         return hp, None
-    choice = choose_la(adapter, request, hp.layers[-1])
+    choice = choose_la(adapter, request, hp.layers[-1], relation_at=hp.relation_position)
     logger.info("rel_feat_layer='auto': la = %d for %r (share of the gap recovered there: %s)", choice.la,
                 request.text, f"{choice.recovered[choice.layers.index(choice.la)]:.2f}")
     return hp.replace(rel_feat_layer=choice.la - hp.layers[-1]), choice

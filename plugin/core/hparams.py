@@ -40,6 +40,9 @@ def _as_int(where: str, value: Any) -> int:
     raise HparamsError(f"{where} must be an integer; got {value!r}")
 
 
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _coerce(where: str, hint: Any, value: Any) -> Any:
     """``value`` as the type ``hint`` (int, float, bool, str, tuples of them); Literal and other
     hints are left to the editor's own checks."""
@@ -65,9 +68,10 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
             return value
         try:
             return _coerce(where, plain[0], value)
-        except HparamsError as err:
+        except HparamsError:
             choices = [c for a in named for c in typing.get_args(a)]
-            raise HparamsError(f"{str(err).split('; got ')[0]} or one of {choices}; got {value!r}") from None
+            kind = _KINDS.get(plain[0], getattr(plain[0], "__name__", str(plain[0])))
+            raise HparamsError(f"{where} must be {kind} or one of {choices}; got {value!r}") from None
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
             raise HparamsError(f"{where} must be a list; got {value!r}")

@@ -1,6 +1,7 @@
-"""Objectives on the relation feature h_r, the residual after block la at the last relation token
-(TOP's stage 2): reach a target h*_r from an edit site at layer l < la, in L2 or through the
-prediction the model reads from h_r. Only blocks l..la run."""
+"""Objectives on the relation feature h_r, the residual after block la at its token (the last
+prompt token unless ``relation_position`` chose another; TOP's stage 2): reach a target h*_r from
+an edit site at layer l < la, in L2 or through the prediction the model reads from h_r. Only
+blocks l..la run."""
 
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float
 class RelationFeatureObjective:
     """vec_loss_factor · mean ‖h_r(δ) − h*_r‖ + decay, for δ added to the MLP output of ``layer``.
 
-    h_r is the residual after block ``stop_layer - 1`` at the last relation token of each row;
+    h_r is the residual after block ``stop_layer - 1`` at each row's ``relation_at`` position;
     only blocks ``layer .. stop_layer - 1`` run (the residual entering ``layer`` is computed once).
 
     Args:
         adapter: the model.
         tokens: the prompts, one per row.
-        last_subject, last_relation: per row, δ's position and h_r's (``RewriteBatch.relation_at``).
+        last_subject, relation_at: per row, δ's position and h_r's (``RewriteBatch.relation_at``).
         layer: the edit layer (δ goes on its ``hook_mlp_out``); stop_layer: la + 1.
         targets: h*_r per row.
         vec_loss_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
@@ -49,7 +50,7 @@ class RelationFeatureObjective:
     adapter: ModelAdapter
     tokens: Int[Tensor, "batch pos"]
     last_subject: Int[Tensor, " batch"]
-    last_relation: Int[Tensor, " batch"]
+    relation_at: Int[Tensor, " batch"]
     layer: int
     stop_layer: int
     targets: Float[Tensor, "batch d_model"]
@@ -75,7 +76,7 @@ class RelationFeatureObjective:
         hooks = [] if delta is None else self.site_hooks(delta)
         with self.adapter.hooks(hooks):
             resid = self.adapter.final_resid(self.tokens, self.layer, self._prefix, self.stop_layer)
-        return resid[self._rows, self.last_relation]
+        return resid[self._rows, self.relation_at]
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
         distance = (self.resid(delta) - self.targets).norm(dim=-1).mean()
@@ -96,7 +97,7 @@ class RelationReadoutObjective(RelationFeatureObjective):
     """KL(P[· | h*_r] ‖ P[· | h_r(δ)]) + decay: stage 2 matched through what the model reads from h_r.
 
     δ is added to the MLP output of ``layer`` at the last subject token; at block ``la`` every
-    position but the last relation token is reset to its unedited residual, so δ reaches the
+    position but h_r's is reset to its unedited residual, so δ reaches the
     prediction only through h_r (the decomposition P[o* | h_r] · P[h_r | v]). The target is the
     next-token distribution at the target positions with h*_r in place (stage 1's prediction).
     ``reset="both"`` averages the KL with the reset and the KL of the model as it is, so that the
@@ -115,16 +116,16 @@ class RelationReadoutObjective(RelationFeatureObjective):
         with torch.no_grad():
             (clean,) = self.adapter.capture(self.tokens, [la_hook], self.stop_layer)
             self._keep_clean = patch_from(la_hook, clean, self._reset_mask(clean.shape[:2]))
-            put = set_vectors(la_hook, self.targets, self._rows, self.last_relation)
+            put = set_vectors(la_hook, self.targets, self._rows, self.relation_at)
             with self.adapter.hooks([put]):
                 self._want = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols).log_softmax(-1)
 
     def _reset_mask(self, shape) -> Tensor:
-        """The positions reset to their clean residual at la: all but the last relation token
+        """The positions reset to their clean residual at la: all but h_r's
         ("others", and the reset half of "both"), also sparing the last subject token
         ("others_but_subject"), or none ("none")."""
         mask = torch.ones(shape, dtype=torch.bool, device=self.tokens.device)
-        mask[self._rows, self.last_relation] = False
+        mask[self._rows, self.relation_at] = False
         if self.reset == "others_but_subject":
             mask[self._rows, self.last_subject] = False
         return mask if self.reset != "none" else torch.zeros_like(mask)

@@ -1,11 +1,18 @@
 """Where in a prompt TOP reads the relation feature h_r (the paper's open question 2).
 
 The published rule reads it at the last prompt token, which predicts the object. Some prompts'
-last token carries little of the relation: a question ending in "?", a trailing "Answer:", a chat
-template's closing tokens. ``"last_content"`` reads h_r instead at the last token of the prompt
-outside the subject that is a word and not a function word ("capital" in "Q: What is the capital
-of {}? A:"); where the prompt has none it is the last token. Either way the target is still
-predicted at the last token, which reaches the chosen position through attention.
+last token carries little of the relation: a trailing "Answer:", a question mark, a chat
+template's closing tokens. h_r must come after the subject, since stage 2 reaches it from the
+subject's last token and a causal model reads only backwards. So the other strategies choose
+among the tokens after the subject:
+
+- ``"last_content"``: the last of them that is a word and not a function word (" play" in
+  "Q: Which instrument does {} play? A:"); the last token when there is none;
+- ``"after_subject"``: the first of them, the earliest token that has read the subject and every
+  relation word before it ("?" in "Q: What is the capital of {}? A:").
+
+Either way the target is still predicted at the last token, which reads the chosen one through
+attention.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ from typing import Literal
 from toplens.core.positions import PromptPositions
 from toplens.model import ModelAdapter
 
-RelationPosition = Literal["last", "last_content"]
-RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content")
+RelationPosition = Literal["last", "last_content", "after_subject"]
+RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content", "after_subject")
 
 #: English function words that carry no relation: articles, pronouns, prepositions, auxiliaries,
 #: question words and the answer cues of question prompts
@@ -35,16 +42,17 @@ def is_content(text: str) -> bool:
 
 
 def relation_position(adapter: ModelAdapter, pos: PromptPositions, strategy: str) -> int:
-    """The position of h_r in the prompt ``pos`` locates: its last token (``"last"``), or its last
-    content token outside the subject (``"last_content"``; the last token where there is none)."""
+    """The position of h_r in the prompt ``pos`` locates, by ``strategy`` (see the module): always
+    after the subject, the last token where a strategy finds nothing."""
     if strategy not in RELATION_POSITIONS:
         raise ValueError(f"relation_position must be one of {list(RELATION_POSITIONS)}; got {strategy!r}")
-    if strategy == "last":
+    after = pos.relation_span  # last_subject + 1 .. last_relation
+    if strategy == "last" or not after:
         return pos.last_relation
-    first = 1 if adapter.prepend_bos else 0
-    special = set(getattr(adapter.tokenizer, "all_special_ids", ()))  # BOS, padding, unknown
-    for i in range(pos.last_relation, first - 1, -1):
-        token = pos.tokens[i]
-        if i not in pos.subject_span and token not in special and is_content(adapter.decode(token)):
+    if strategy == "after_subject":
+        return after[0]
+    special = set(getattr(adapter.tokenizer, "all_special_ids", ()))  # padding, unknown pieces
+    for i in reversed(after):
+        if pos.tokens[i] not in special and is_content(adapter.decode(pos.tokens[i])):
             return i
     return pos.last_relation

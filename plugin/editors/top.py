@@ -1,11 +1,11 @@
 """TOP (arXiv 2506.04042): a ROME-style edit whose value is found in two stages,
 P[o* | v] = P[o* | h_r] · P[h_r | v]:
 
-1. Stage 1 (the relation feature): δ₁ on the residual after block la = l + rel_feat_layer at the
-   last prompt token of every rewriting prompt, ROME's loss (NLL + KL + decay); h*_r = h_r,init + δ₁.
-   ``rel_feat_layer="auto"`` picks la per request (core.auto_la); ``relation_position`` the token (core.relation_positions).
+1. Stage 1 (the relation feature): δ₁ on the residual after block la = l + rel_feat_layer at h_r's
+   token of every rewriting prompt (the last; ``relation_position``: core.relation_positions), ROME's
+   loss; h*_r = h_r,init + δ₁. ``rel_feat_layer="auto"`` picks la per request (core.auto_la).
 2. Stage 2 (the subject feature): δ₂ on the MLP output of block l at the last subject token, so
-   that the residual at la, last token, reaches h*_r (blocks l..la run); v* = v_init + δ₂.
+   that the residual at la, h_r's token, reaches h*_r (blocks l..la run); v* = v_init + δ₂.
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
 
 ``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
@@ -88,7 +88,8 @@ class TopHparams(Hparams):
         self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
         for name, allowed in (("key", KEY_MODES), ("stage2", get_args(Stage2)), ("stage2_loss", get_args(Stage2Loss)),
-                              ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS), ("relation_position", RELATION_POSITIONS)):
+                              ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS),
+                              ("relation_position", RELATION_POSITIONS)):
             self._choice(name, allowed)
         self._positive("stage2_rewrite_weight", "stage2_keep_weight", allow_zero=True)
         self._positive_items("stage2_keep_texts")  # (count, tokens) of the subject's continuations
@@ -123,9 +124,8 @@ class TopHparams(Hparams):
 
 
 def stages(hp: TopHparams) -> tuple[Stage, ...]:
-    """Per edit layer l: stage 1 (δ₁ on the residual after la = l + rel_feat_layer at the last
-    relation token, the rewriting objective), then stage 2 (δ₂ on the MLP output of l at the last
-    subject token, reaching h*_r in L2 or through its readout)."""
+    """Per edit layer l: stage 1 (δ₁ on the residual after la = l + rel_feat_layer at h_r's token,
+    the rewriting objective), then stage 2 (δ₂ on the MLP output of l at the last subject token)."""
     if hp.rel_feat_layer == "auto":
         raise HparamsError("TopHparams.rel_feat_layer='auto' is chosen per request: settle it first "
                            "(toplens.editors.top.EDITOR.settle(model, request, hparams))")

@@ -38,7 +38,7 @@ def test_restoration_in_chunks_equals_one_forward(tiny_model, monkeypatch):
 def test_the_fallbacks_warn_naming_the_request(tiny_model, monkeypatch, caplog):
     monkeypatch.setattr(auto_la, "clean_prob", lambda adapter, c: 0.6)
     monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, *a, **k: torch.full((c.n_samples,), 0.1))
-    monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers: torch.tensor([0.12, 0.2, 0.15]))
+    monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers, *at: torch.tensor([0.12, 0.2, 0.15]))
     with caplog.at_level("WARNING", logger="toplens.core.auto_la"):
         assert choose_la(ModelAdapter(tiny_model), REQUEST, 0, n_samples=4).la == 2  # the layer recovering most
     assert REQUEST.text in caplog.text and "recovers most" in caplog.text
@@ -50,7 +50,7 @@ def test_la_is_the_first_layer_that_recovers_the_share(tiny_model, monkeypatch, 
     0.12, 0.3, 0.6 (shares 0.04, 0.4, 1.0), la is the first layer at or above the share."""
     monkeypatch.setattr(auto_la, "clean_prob", lambda adapter, c: 0.6)
     monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, *a, **k: torch.full((c.n_samples,), 0.1))
-    monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers: torch.tensor([0.12, 0.3, 0.6]))
+    monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers, *at: torch.tensor([0.12, 0.3, 0.6]))
     choice = choose_la(ModelAdapter(tiny_model), REQUEST, 0, fraction=fraction, n_samples=4)
     assert choice.layers == (1, 2, 3) and choice.recovered == pytest.approx((0.04, 0.4, 1.0))
     assert choice.la == la and choice.answer == REQUEST.target_true
