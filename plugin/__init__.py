@@ -17,6 +17,7 @@ from toplens.core.edits import EditDetails, EditHandle, LayerDelta, WeightEdit, 
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.positions import PromptPositions, locate, target_ids
 from toplens.core.requests import EditRequest, RequestError
+from toplens.core.row_edits import per_row_edits
 from toplens.core.stages import Stage, StageResult
 from toplens.editors import Editor, editor_names, get_editor, memit, rets, rome, top
 from toplens.editors.presets import get_preset
@@ -27,6 +28,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "EditDetails", "EditHandle", "EditRequest", "Editor", "Hparams", "HparamsError", "LayerDelta", "ModelAdapter",
     "PromptPositions", "RequestError", "Site", "Stage", "StageResult", "WeightEdit", "apply_edit", "as_adapter",
-    "editor_names", "get_editor", "get_preset", "hook_name", "load_model", "locate", "memit", "rets", "rome",
-    "target_ids", "top",
+    "editor_names", "get_editor", "get_preset", "hook_name", "load_model", "locate", "memit", "per_row_edits", "rets",
+    "rome", "target_ids", "top",
 ]
