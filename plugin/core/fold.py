@@ -21,6 +21,7 @@ from torch import Tensor
 from toplens.core.edits import LayerDelta
 from toplens.core.interventions import rank_one_update
 from toplens.core.keys import KeyMode, Role, key_value_at, mean_key
+from toplens.core.nullspace import NullSpace, projected_direction
 from toplens.core.requests import EditRequest
 from toplens.model import Hook, ModelAdapter, hook_name
 
@@ -71,12 +72,19 @@ def fold_at(
     role: Role = "subject",
     key_mode: KeyMode = "consistent",
     covariance: Tensor | None = None,
+    space: NullSpace | None = None,
 ) -> RankOneFold:
     """The fold of ``request`` at ``layer``: k* at ``role``'s token averaged over ``templates``,
-    u = C⁻¹k*, normalized against k* and W k* ("consistent") or the bare prompt's key and value
-    ("original")."""
+    u = C⁻¹k* (projected onto ``space``, the preserved keys' null space, when given), normalized
+    against k* and W k* ("consistent") or the bare prompt's key and value ("original")."""
     k_star = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
     u = solve_u(k_star, covariance)
+    if space is not None:
+        u = projected_direction(u, space)
+        if abs(float(torch.dot(k_star.double(), u.double()))) <= 1e-6 * float(k_star.double().norm() * u.double().norm()):
+            raise FloatingPointError(f"the edited key at layer {layer} lies in the preserved keys' span: the null-space "
+                                     f"projection leaves it no direction (nullspace_threshold={space.threshold}); "
+                                     "raise the threshold or edit another layer")
     if key_mode == "original":
         keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
         return rank_one_fold(layer, keys[0], u, values[0])

@@ -90,6 +90,7 @@ def _field_types(cls: type) -> tuple[tuple[str, Any], ...]:
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 STOP_RULES = ("total", "fit")
+PROJECTIONS = ("none", "nullspace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +110,30 @@ class Hparams:
             "fit": once the part that fits the targets is (the NLL, where the loss has one; else
             the loss without its weight-decay term), so that the KL and decay terms cannot keep
             a converged edit running to its last step.
+        project: "none" (published), or "nullspace": the update's key direction is projected
+            onto the null space of the preserved keys' second moment, so that ordinary text's
+            MLP outputs at the edited layer barely move (after AlphaEdit;
+            :mod:`toplens.core.nullspace`).
+        nullspace_threshold: the eigenvalues of that second moment, as a share of the largest,
+            at or below which a direction counts as free to edit.
 
     Subclasses check their values in ``_check`` (run after the fields are coerced to their types).
     """
 
     precision: str = dataclasses.field(default="float32", kw_only=True)
     stop_rule: str = dataclasses.field(default="total", kw_only=True)
+    project: str = dataclasses.field(default="none", kw_only=True)
+    nullspace_threshold: float = dataclasses.field(default=1e-2, kw_only=True)
 
     def __post_init__(self) -> None:
         for name, value in self._typed(vars(self)).items():
             object.__setattr__(self, name, value)
         self._choice("precision", PRECISIONS)
         self._choice("stop_rule", STOP_RULES)
+        self._choice("project", PROJECTIONS)
+        if not 0 < self.nullspace_threshold < 1:
+            raise HparamsError(f"{type(self).__name__}.nullspace_threshold must be in (0, 1); "
+                               f"got {self.nullspace_threshold!r}")
         self._check()
         self._finite_floats()
 

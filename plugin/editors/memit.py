@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toplens.core.covariance import fold_covariance
+from toplens.core.nullspace import NullSpace, nullspace_for
 from toplens.core.edits import EditDetails, EditHandle, LayerDelta, WeightEdit
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import mean_key
@@ -142,6 +143,7 @@ def solve_update(
     residuals: Float[Tensor, "n d_model"],
     covariance: Float[Tensor, "d_mlp d_mlp"] | None,
     weight: float,
+    space: NullSpace | None = None,
 ) -> tuple[Float[Tensor, "d_mlp n"], Float[Tensor, "n d_model"]]:
     """ΔW = (λC + KᵀK)⁻¹ KᵀR as factors U = (λC + KᵀK)⁻¹Kᵀ and V = R (C = I when ``covariance``
     is None), solved in float64 and returned in the keys' dtype.
@@ -150,13 +152,12 @@ def solve_update(
         f(Δ) = ‖K Δ − R‖² + λ tr(Δᵀ C Δ)
     has gradient 2Kᵀ(KΔ − R) + 2λCΔ, zero exactly at (KᵀK + λC) Δ = KᵀR: MEMIT's update (the
     reference code's R Kᵀ(λC + K Kᵀ)⁻¹ with keys as columns, transposed). Its rank is at most n.
+    With ``space`` (``project="nullspace"``) f is minimized over Δ = P X (:meth:`NullSpace.solve`).
     """
     k = keys.double()
-    if covariance is None:
-        c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device)
-    else:
-        c = covariance.double().to(k.device)
-    u = torch.linalg.solve(weight * c + k.T @ k, k.T)
+    c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if covariance is None else \
+        covariance.double().to(k.device)
+    u = torch.linalg.solve(weight * c + k.T @ k, k.T) if space is None else space.solve(weight * c + k.T @ k, k.T)
     return u.to(keys.dtype), residuals.to(keys.dtype)
 
 
@@ -177,7 +178,7 @@ def update_layer(
     keys = layer_keys(adapter, requests, layer, templates)
     remaining = z - subject_resid(adapter, requests, hp.layers[-1])
     residuals = remaining / (len(hp.layers) - index)
-    u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight)
+    u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight, nullspace_for(adapter, layer, hp))
     step = LayerStep(layer, float(remaining.norm(dim=-1).mean()), float(residuals.norm(dim=-1).mean()))
     dtype = torch.promote_types(adapter.dtype, torch.float32)  # factors keep at least float32 precision
     return LayerDelta(layer, u.to(dtype), v.to(dtype)), step

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditDetails, WeightEdit
+from toplens.core.nullspace import nullspace_for
 from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
@@ -154,7 +155,8 @@ def compute_one(
     value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"RETS value L{hp.layer}",
                           observe=observe, progress=progress)
     c = constrained_second_moment(adapter, hp, constraints, covariance)
-    fold = fold_at(adapter, request, hp.layer, templates, role="relation", key_mode=hp.key, covariance=c)
+    fold = fold_at(adapter, request, hp.layer, templates, role="relation", key_mode=hp.key, covariance=c,
+                   space=nullspace_for(adapter, hp.layer, hp))
     details = RetsDetails(value, hp.key, constraints)
     return WeightEdit("rets", (request,), (fold.delta(value.optimized),), hp.to_dict(), details)
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditDetails, WeightEdit
+from toplens.core.nullspace import nullspace_for
 from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
@@ -90,7 +91,8 @@ def compute_one(
     value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"ROME value L{hp.layer}",
                           observe=observe, progress=progress)
     c = fold_covariance(adapter, hp.layer, hp.mom2_adjustment, covariance)
-    fold = fold_at(adapter, request, hp.layer, templates, key_mode=hp.key, covariance=c)
+    fold = fold_at(adapter, request, hp.layer, templates, key_mode=hp.key, covariance=c,
+                   space=nullspace_for(adapter, hp.layer, hp))
     return WeightEdit("rome", (request,), (fold.delta(value.optimized),), hp.to_dict(), RomeDetails(value, hp.key))
 
 

@@ -10,11 +10,10 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 
 ``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
 bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (docs/top_stage2.md):
-``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), with
-the ``stage2_reset`` positions reset to their clean residual; ``stage2_site="fold"`` optimizes δ₂ as
-the fold's rank-one update; ``stage2_rewrite_weight`` adds a ROME term at stage 2's site and
-``stage2_keep_weight`` a KL holding the model's text about the subject (:mod:`toplens.core.preservation`).
-"""
+``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), the
+``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected
+with ``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL
+holding the model's text about the subject (:mod:`toplens.core.preservation`)."""
 
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from torch import Tensor
 from toplens.core.auto_la import settle
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditHandle, WeightEdit
+from toplens.core.nullspace import nullspace_for
 from toplens.core.fold import RankOneFold, fold_at
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
@@ -113,8 +113,7 @@ class TopHparams(Hparams):
                                               self.early_stop2, self.v_weight_decay))
 
     def with_steps(self, steps: int) -> "TopHparams":
-        steps = self._check_steps(steps)
-        return self.replace(v_num_grad_steps1=steps, v_num_grad_steps2=steps)
+        return self.replace(**dict.fromkeys(("v_num_grad_steps1", "v_num_grad_steps2"), self._check_steps(steps)))
 
     def relayered(self, scale: Callable[[int], int], n_layers: int) -> "TopHparams":
         layers = tuple(sorted({scale(layer) for layer in self.layers}))
@@ -160,7 +159,8 @@ def run_stages(
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], hp.relation_position)
     v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
-    fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c)
+    fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c,
+                   space=nullspace_for(adapter, layer, hp))
     with adapter.frozen():  # the weights take no gradient: h_init builds no graph
         h_init = relation_resid(adapter, batch, la)
         one = rewrite_stage(adapter, batch, relation, h_init[0], hp.stage1_settings, desc=f"TOP stage 1 L{la}",

@@ -1,0 +1,87 @@
+"""project="nullspace": the update's key direction lies in the null space of the preserved keys'
+second moment, so ordinary text's outputs at the edited layer barely move (within the bound the
+eigenvalue threshold gives), the edited key is still mapped, and earlier edits' keys exactly not."""
+
+import pytest
+import torch
+
+from toplens import ModelAdapter
+from toplens.core import nullspace
+from toplens.core.covariance import key_second_moment, sample_corpus
+from toplens.core.hparams import HparamsError
+from toplens.core.nullspace import null_space, projected_direction
+from toplens.editors import memit, rets, rome, top
+from toplens.model import hook_name
+from tests.plugin.editors.test_memit import FAST as MEMIT
+from tests.plugin.editors.test_rets import FAST as RETS
+from tests.plugin.editors.test_rome import FAST as ROME
+from tests.plugin.editors.test_top import FAST as TOP, REQUEST
+
+THRESHOLD = 0.05
+
+
+def _corpus_keys(adapter, layer):
+    """K₀: the MLP keys at ``layer`` of every token of the default corpus (what C is built from)."""
+    keys = []
+    for text in sample_corpus(adapter):
+        tokens = adapter.to_batch([adapter.tokenize(text)[:128]])
+        keys.append(adapter.capture(tokens, [hook_name("key", layer)], stop_layer=layer + 1)[0][0])
+    return torch.cat(keys).double()
+
+
+def test_the_basis_spans_the_small_eigenvalues_and_projects(tiny_hooked):
+    moment = key_second_moment(tiny_hooked, 1).float()
+    space = null_space(moment, 1, THRESHOLD)
+    b = space.basis.double()
+    assert torch.allclose(b.T @ b, torch.eye(b.shape[1], dtype=torch.float64), atol=1e-5)
+    values = torch.linalg.eigvalsh(moment.double())
+    assert b.shape[1] == int((values <= THRESHOLD * values.max()).sum()) and 0 < space.kept_fraction < 1
+    x = torch.randn(moment.shape[0])
+    assert torch.allclose(space.project(space.project(x)), space.project(x), atol=1e-5)
+    earlier = torch.randn(3, moment.shape[0])
+    u = projected_direction(x, space, earlier)
+    assert (earlier.double() @ u.double()).abs().max() < 1e-5 * float(earlier.norm() * u.norm())
+    with pytest.raises(ValueError, match="nullspace_threshold.*1.5"):
+        null_space(moment, 1, 1.5)
+    with pytest.raises(HparamsError, match="project.*'alpha'"):
+        ROME.replace(project="alpha")
+
+
+#: a corpus of fewer tokens than d_mlp: its keys leave an exact null space at every layer
+TEXTS = ["The weather was cold.", "She read a book."]
+
+
+def _text_keys(adapter, layer):
+    tokens = [adapter.to_batch([adapter.tokenize(t)]) for t in TEXTS]
+    return torch.cat([adapter.capture(t, [hook_name("key", layer)], stop_layer=layer + 1)[0][0] for t in tokens]).double()
+
+
+@pytest.mark.parametrize("editor, hp", [(rome, ROME), (top, TOP), (rets, RETS), (memit, MEMIT)],
+                         ids=["rome", "top", "rets", "memit"])
+def test_preserved_keys_outputs_do_not_move_under_every_editor(tiny_hooked, monkeypatch, editor, hp):
+    """With C from a corpus of rank < d_mlp and a threshold that keeps only its exact null space,
+    ‖K₀ ΔW‖ ≤ 1e-4 ‖K₀ W‖ (float error of keys of norm ~1 against directions they do not span),
+    against a change of the order of ‖K₀ W‖ itself without the projection; the edit still rewrites."""
+    monkeypatch.setattr(nullspace, "key_second_moment", lambda adapter, layer: key_second_moment(adapter, layer, TEXTS))
+    adapter = ModelAdapter(tiny_hooked)
+    hp = hp.replace(nullspace_threshold=1e-6)
+    plain, projected = (editor.compute(tiny_hooked, REQUEST, hp.replace(project=p)) for p in ("none", "nullspace"))
+    for d_plain, d in zip(plain.deltas, projected.deltas):
+        k0 = _text_keys(adapter, d.layer)
+        assert len(k0) < adapter.d_mlp
+        out = float((k0 @ adapter.w_out(d.layer).double()).norm())
+        assert float((k0 @ d.delta.double()).norm()) <= 1e-4 * out
+        assert float((k0 @ d_plain.delta.double()).norm()) > 0.05 * out
+        assert float(d.delta.norm()) > 0  # the projected edit is not empty
+
+
+@pytest.mark.parametrize("editor, hp", [(rome, ROME), (memit, MEMIT)], ids=["rome", "memit"])
+def test_with_a_full_rank_corpus_the_change_stays_within_the_thresholds_bound(tiny_hooked, editor, hp):
+    """‖K₀ ΔW‖ ≤ √(threshold · λ_max · n) ‖U‖ ‖V‖: Û keeps only eigenvalues up to threshold · λ_max."""
+    adapter = ModelAdapter(tiny_hooked)
+    hp = hp.replace(project="nullspace", nullspace_threshold=THRESHOLD)
+    for d in editor.compute(tiny_hooked, REQUEST, hp).deltas:
+        k0 = _corpus_keys(adapter, d.layer)
+        lam_max = float(torch.linalg.eigvalsh(key_second_moment(tiny_hooked, d.layer).double()).max())
+        bound = (THRESHOLD * lam_max * len(k0)) ** 0.5 * float(d.u.double().norm() * d.v.double().norm())
+        assert float((k0 @ d.delta.double()).norm()) <= bound * (1 + 1e-4)
