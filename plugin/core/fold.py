@@ -21,7 +21,7 @@ from torch import Tensor
 from toplens.core.edits import LayerDelta
 from toplens.core.interventions import rank_one_update
 from toplens.core.keys import KeyMode, Role, key_value_at, mean_key
-from toplens.core.nullspace import NullSpace, projected_direction
+from toplens.core.nullspace import NullSpace, check_direction
 from toplens.core.requests import EditRequest
 from toplens.model import Hook, ModelAdapter, hook_name
 
@@ -78,14 +78,19 @@ def fold_at(
     u = C⁻¹k* (projected onto ``space``, the preserved keys' null space, when given), normalized
     against k* and W k* ("consistent") or the bare prompt's key and value ("original")."""
     k_star = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
-    u = solve_u(k_star, covariance)
-    if space is not None:
-        u = projected_direction(u, space)
-        if abs(float(torch.dot(k_star.double(), u.double()))) <= 1e-6 * float(k_star.double().norm() * u.double().norm()):
-            raise FloatingPointError(f"the edited key at layer {layer} lies in the preserved keys' span: the null-space "
-                                     f"projection leaves it no direction (nullspace_threshold={space.threshold}); "
-                                     "raise the threshold or edit another layer")
+    u = solve_u(k_star, covariance) if space is None else _restricted_u(k_star, covariance, space)
     if key_mode == "original":
         keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
+        if space is not None:
+            check_direction(u, keys[0], space)
         return rank_one_fold(layer, keys[0], u, values[0])
+    if space is not None:
+        check_direction(u, k_star, space)
     return rank_one_fold(layer, k_star, u, adapter.mlp_output(layer, k_star))
+
+
+def _restricted_u(key: Tensor, covariance: Tensor | None, space: NullSpace) -> Tensor:
+    """u = C⁻¹k over the null space: Û (Ûᵀ C Û)⁻¹ Ûᵀ k, the direction of least uᵀCu among those
+    with k · u = 1 inside it (P k for C = I)."""
+    c = torch.eye(len(key), dtype=torch.float64, device=key.device) if covariance is None else covariance
+    return space.solve(c, key[:, None])[:, 0].to(key.dtype)

@@ -29,9 +29,9 @@ def per_row_edits(model, edits: Sequence[WeightEdit], row_edit: Sequence[int], *
     refused at its forward."""
     adapter = as_adapter(model)
     rows = list(row_edit)
-    bad = [r for r in rows if not -1 <= r < len(edits)]
+    bad = [(i, r) for i, r in enumerate(rows) if isinstance(r, bool) or not isinstance(r, int) or not -1 <= r < len(edits)]
     if bad:
-        raise ValueError(f"row_edit must hold edit indices in -1 .. {len(edits) - 1}; got {bad[0]!r}")
+        raise ValueError(f"row_edit[{bad[0][0]}] must be an edit index in -1 .. {len(edits) - 1}; got {bad[0][1]!r}")
     _check_models(adapter, edits, force)
     hooks: list[Hook] = []
     for layer in sorted({d.layer for e in edits for d in e.deltas}):
@@ -71,16 +71,17 @@ def _stacked(adapter: ModelAdapter, deltas: Sequence[LayerDelta | None],
 
 
 def _layer_hooks(layer: int, u: Tensor, v: Tensor, n_rows: int) -> list[Hook]:
-    keys: list[Tensor] = []
+    key: list[Tensor] = []  # one slot: the latest forward's key, so a failed forward leaves nothing behind
 
     def keep(act: Tensor, hook) -> Tensor:
         if act.shape[0] != n_rows:
             raise ValueError(f"per_row_edits was made for batches of {n_rows} rows; this forward has {act.shape[0]}")
-        keys.append(act)
+        key[:] = [act]
         return act
 
     def add(act: Tensor, hook) -> Tensor:
-        gain = torch.einsum("bpm,bmr->bpr", keys.pop().to(u.dtype), u)
-        return act + torch.einsum("bpr,brd->bpd", gain, v).to(act.dtype)
+        dtype = torch.promote_types(act.dtype, torch.float32)
+        gain = torch.einsum("bpm,bmr->bpr", key.pop().to(u.device, dtype), u.to(dtype))
+        return act + torch.einsum("bpr,brd->bpd", gain, v.to(dtype)).to(act.device, act.dtype)
 
     return [(hook_name("key", layer), keep), (hook_name("value", layer), add)]

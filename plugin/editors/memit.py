@@ -170,7 +170,7 @@ def layer_keys(
 
 def update_layer(
     adapter: ModelAdapter, requests: Sequence[EditRequest], hp: MemitHparams, index: int,
-    templates: Sequence[str], z: Float[Tensor, "n d_model"], covariance: Tensor | None,
+    templates: Sequence[str], z: Float[Tensor, "n d_model"], covariance: Tensor | None, space: NullSpace | None = None,
 ) -> tuple[LayerDelta, LayerStep]:
     """ΔW at ``hp.layers[index]`` (as factors) under the updates already applied to the model; ``covariance``
     is that layer's C (None for the identity)."""
@@ -178,7 +178,7 @@ def update_layer(
     keys = layer_keys(adapter, requests, layer, templates)
     remaining = z - subject_resid(adapter, requests, hp.layers[-1])
     residuals = remaining / (len(hp.layers) - index)
-    u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight, nullspace_for(adapter, layer, hp))
+    u, v = solve_update(keys, residuals, covariance, hp.mom2_update_weight, space)
     step = LayerStep(layer, float(remaining.norm(dim=-1).mean()), float(residuals.norm(dim=-1).mean()))
     dtype = torch.promote_types(adapter.dtype, torch.float32)  # factors keep at least float32 precision
     return LayerDelta(layer, u.to(dtype), v.to(dtype)), step
@@ -204,15 +204,15 @@ def compute_batch(
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
     for request in items:  # every request's prompts must fit the context before any work
         check_rewrite_lengths(adapter, request, templates, [hp.kl_prompt])
-    # Every layer's C is taken from the unedited model (as in the reference code): under the
-    # earlier layers' updates the model's fingerprint, hence the statistic's cache key, changes.
+    # every layer's C and null space from the unedited model (as in the reference code; edits change their cache key)
     covariances = [fold_covariance(adapter, layer, hp.mom2_adjustment, covariance) for layer in hp.layers]
+    spaces = [nullspace_for(adapter, layer, hp) for layer in hp.layers]
     targets = tuple(optimize_target(adapter, r, hp, templates, observe, progress) for r in items)
     z = torch.stack([t.optimized for t in targets])
     deltas, steps = [], []
     with EditHandle(adapter) as handle:
         for index, layer in enumerate(hp.layers):
-            delta, step = update_layer(adapter, items, hp, index, templates, z, covariances[index])
+            delta, step = update_layer(adapter, items, hp, index, templates, z, covariances[index], spaces[index])
             deltas.append(delta)
             steps.append(step)
             handle.add(WeightEdit("memit", items, (delta,)))

@@ -152,11 +152,11 @@ def compute_one(
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
     _, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)], role="relation")
     (stage,) = stages(hp)
-    value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"RETS value L{hp.layer}",
-                          observe=observe, progress=progress)
-    c = constrained_second_moment(adapter, hp, constraints, covariance)
+    c = constrained_second_moment(adapter, hp, constraints, covariance)  # the fold first: its errors cost no steps
     fold = fold_at(adapter, request, hp.layer, templates, role="relation", key_mode=hp.key, covariance=c,
                    space=nullspace_for(adapter, hp.layer, hp))
+    value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"RETS value L{hp.layer}",
+                          observe=observe, progress=progress)
     details = RetsDetails(value, hp.key, constraints)
     return WeightEdit("rets", (request,), (fold.delta(value.optimized),), hp.to_dict(), details)
 

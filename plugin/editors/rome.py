@@ -88,11 +88,11 @@ def compute_one(
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt])
     _, values = key_value_at(adapter, hp.layer, [(request.prompt, request.subject)])
     (stage,) = stages(hp)
-    value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"ROME value L{hp.layer}",
-                          observe=observe, progress=progress)
-    c = fold_covariance(adapter, hp.layer, hp.mom2_adjustment, covariance)
+    c = fold_covariance(adapter, hp.layer, hp.mom2_adjustment, covariance)  # the fold first: its errors cost no steps
     fold = fold_at(adapter, request, hp.layer, templates, key_mode=hp.key, covariance=c,
                    space=nullspace_for(adapter, hp.layer, hp))
+    value = rewrite_stage(adapter, batch, stage, values[0], hp.value, desc=f"ROME value L{hp.layer}",
+                          observe=observe, progress=progress)
     return WeightEdit("rome", (request,), (fold.delta(value.optimized),), hp.to_dict(), RomeDetails(value, hp.key))
 
 

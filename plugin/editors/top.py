@@ -151,7 +151,7 @@ class Stages:
 
 def run_stages(
     adapter: ModelAdapter, request: EditRequest, hp: TopHparams, layer: int, templates: Sequence[str],
-    covariance: Tensor | None = None, observe: Observer | None = None, progress: bool = False,
+    covariance: Tensor | None = None, observe: Observer | None = None, progress: bool = False, space=None,
 ) -> Stages:
     """Stage 1 then stage 2 at ``layer``; the model is not changed. h_r,init is computed once."""
     la = layer + hp.rel_feat_layer
@@ -159,8 +159,7 @@ def run_stages(
     batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], hp.relation_position)
     v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
-    fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c,
-                   space=nullspace_for(adapter, layer, hp))
+    fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c, space=space)
     with adapter.frozen():  # the weights take no gradient: h_init builds no graph
         h_init = relation_resid(adapter, batch, la)
         one = rewrite_stage(adapter, batch, relation, h_init[0], hp.stage1_settings, desc=f"TOP stage 1 L{la}",
@@ -194,10 +193,10 @@ def compute_one(
     _check_together(adapter, hp)
     hp, choice = settle(adapter, request, hp)
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
-    deltas, details = [], []
+    deltas, details, spaces = [], [], {layer: nullspace_for(adapter, layer, hp) for layer in hp.layers}
     with EditHandle(adapter) as handle:
         for layer in hp.layers:
-            st = run_stages(adapter, request, hp, layer, templates, covariance, observe, progress)
+            st = run_stages(adapter, request, hp, layer, templates, covariance, observe, progress, spaces[layer])
             with adapter.frozen():
                 reached = st.objective.reached(st.delta2)
             v_star = st.v_init + st.delta2

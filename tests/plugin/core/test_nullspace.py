@@ -9,6 +9,8 @@ from toplens import ModelAdapter
 from toplens.core import nullspace
 from toplens.core.covariance import key_second_moment, sample_corpus
 from toplens.core.hparams import HparamsError
+from toplens.core.keys import mean_key
+from toplens.core.templates import context_templates
 from toplens.core.nullspace import null_space, projected_direction
 from toplens.editors import memit, rets, rome, top
 from toplens.model import hook_name
@@ -36,6 +38,8 @@ def test_the_basis_spans_the_small_eigenvalues_and_projects(tiny_hooked):
     assert torch.allclose(b.T @ b, torch.eye(b.shape[1], dtype=torch.float64), atol=1e-5)
     values = torch.linalg.eigvalsh(moment.double())
     assert b.shape[1] == int((values <= THRESHOLD * values.max()).sum()) and 0 < space.kept_fraction < 1
+    kept = (b.T @ moment.double() @ b).diagonal()  # the small end of the spectrum, not the large
+    assert float(kept.max()) <= THRESHOLD * float(values.max()) * (1 + 1e-4)
     x = torch.randn(moment.shape[0])
     assert torch.allclose(space.project(space.project(x)), space.project(x), atol=1e-5)
     earlier = torch.randn(3, moment.shape[0])
@@ -45,6 +49,8 @@ def test_the_basis_spans_the_small_eigenvalues_and_projects(tiny_hooked):
         null_space(moment, 1, 1.5)
     with pytest.raises(HparamsError, match="project.*'alpha'"):
         ROME.replace(project="alpha")
+    with pytest.raises(HparamsError, match="RomeHparams.nullspace_threshold=1e-09 keeps no key direction"):
+        rome.compute(tiny_hooked, REQUEST, ROME.replace(project="nullspace", nullspace_threshold=1e-9))
 
 
 #: a corpus of fewer tokens than d_mlp: its keys leave an exact null space at every layer
@@ -56,8 +62,9 @@ def _text_keys(adapter, layer):
     return torch.cat([adapter.capture(t, [hook_name("key", layer)], stop_layer=layer + 1)[0][0] for t in tokens]).double()
 
 
-@pytest.mark.parametrize("editor, hp", [(rome, ROME), (top, TOP), (rets, RETS), (memit, MEMIT)],
-                         ids=["rome", "top", "rets", "memit"])
+@pytest.mark.parametrize("editor, hp", [(rome, ROME), (rome, ROME.replace(mom2_adjustment=True)), (top, TOP),
+                                         (rets, RETS.replace(mom2_adjustment=True)), (memit, MEMIT)],
+                         ids=["rome", "rome-C", "top", "rets-C", "memit"])
 def test_preserved_keys_outputs_do_not_move_under_every_editor(tiny_hooked, monkeypatch, editor, hp):
     """With C from a corpus of rank < d_mlp and a threshold that keeps only its exact null space,
     ‖K₀ ΔW‖ ≤ 1e-4 ‖K₀ W‖ (float error of keys of norm ~1 against directions they do not span),
@@ -66,6 +73,7 @@ def test_preserved_keys_outputs_do_not_move_under_every_editor(tiny_hooked, monk
     adapter = ModelAdapter(tiny_hooked)
     hp = hp.replace(nullspace_threshold=1e-6)
     plain, projected = (editor.compute(tiny_hooked, REQUEST, hp.replace(project=p)) for p in ("none", "nullspace"))
+    assert len(plain.deltas) == len(projected.deltas)
     for d_plain, d in zip(plain.deltas, projected.deltas):
         k0 = _text_keys(adapter, d.layer)
         assert len(k0) < adapter.d_mlp
@@ -73,6 +81,10 @@ def test_preserved_keys_outputs_do_not_move_under_every_editor(tiny_hooked, monk
         assert float((k0 @ d.delta.double()).norm()) <= 1e-4 * out
         assert float((k0 @ d_plain.delta.double()).norm()) > 0.05 * out
         assert float(d.delta.norm()) > 0  # the projected edit is not empty
+    if editor is not memit:  # a rank-one fold still maps the edited key: k* · û = 1
+        k_star = mean_key(adapter, d.layer, context_templates(adapter, hp.context_lengths), REQUEST.prompt,
+                          REQUEST.subject, role="relation" if editor is rets else "subject")
+        assert float(k_star.double() @ d.u[:, 0].double()) == pytest.approx(1.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("editor, hp", [(rome, ROME), (memit, MEMIT)], ids=["rome", "memit"])

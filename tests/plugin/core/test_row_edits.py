@@ -50,8 +50,10 @@ def test_each_row_is_the_model_with_its_edit_folded_in_alone(tiny_model):
 def test_bad_rows_a_foreign_model_and_another_batch_size_are_refused(tiny_hooked):
     adapter = ModelAdapter(tiny_hooked)
     edits = _edits(adapter)
-    with pytest.raises(ValueError, match="row_edit.*2"):
+    with pytest.raises(ValueError, match=r"row_edit\[1\].*got 2"):
         per_row_edits(adapter, edits, [0, 2])
+    with pytest.raises(ValueError, match=r"row_edit\[0\].*got True"):
+        per_row_edits(adapter, edits, [True, 0])
     foreign = [WeightEdit(e.method, e.requests, e.deltas, model_digest="0" * 16) for e in edits]
     with pytest.raises(ValueError, match=r"edits\[0\] was computed on weights"):
         per_row_edits(adapter, foreign, [0, 1])
