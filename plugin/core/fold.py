@@ -75,7 +75,7 @@ def fold_at(
     space: NullSpace | None = None,
 ) -> RankOneFold:
     """The fold of ``request`` at ``layer``: k* at ``role``'s token averaged over ``templates``,
-    u = C⁻¹k* (projected onto ``space``, the preserved keys' null space, when given), normalized
+    u = C⁻¹k* (solved inside ``space``, the preserved keys' null space, when given), normalized
     against k* and W k* ("consistent") or the bare prompt's key and value ("original")."""
     k_star = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
     u = solve_u(k_star, covariance) if space is None else _restricted_u(k_star, covariance, space)
