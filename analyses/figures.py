@@ -1,5 +1,5 @@
 """The paper's figures from the analyses' results: saliency and causal-trace heatmaps, RIE bars,
-the la sweep curve and COUNTERFACT_RS bars.
+the la sweep curve, COUNTERFACT_RS bars and the sequential-editing curves.
 
 Each function returns a ``matplotlib.figure.Figure`` built without pyplot (no display, no global
 state; it renders with Agg when saved, and notebooks show it when it is the cell's value).
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from toplens.analyses.evaluation.results import METRIC_LABELS, METRICS, Summary
+from toplens.analyses.evaluation.sequential import SequentialResult
 from toplens.analyses.sweep import SweepPoint
 from toplens.analyses.tracing.maps import LayerPositionMap
 from toplens.analyses.tracing.rie import RieRow
@@ -249,6 +250,28 @@ def eval_bars(summaries: Mapping[str, Summary]) -> Figure:
     ax.set_ylim(0, 110)
     ax.set_title("COUNTERFACT_RS")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+SEQUENTIAL_PANELS = SWEEP_METRICS + (("retention", "Retention (% of held-out facts)"), ("fluency", "Fluency (x100)"))
+
+
+def sequential_curves(results: Sequence[SequentialResult]) -> Figure:
+    """Each metric of a sequential run against the number of edits made, one line per method."""
+    if not results:
+        raise ValueError("results: give at least one SequentialResult")
+    fig = Figure(figsize=(12.0, 6.5), layout="constrained")
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (name, label) in zip(axes, SEQUENTIAL_PANELS):
+        for r in results:
+            ax.plot([p.edits for p in r.points], [_nan(getattr(p, name)) for p in r.points], marker="o",
+                    label=r.label)
+        ax.set_title(label, fontsize="medium")
+        ax.set_xlabel("edits")
+        ax.set_xscale("symlog", linthresh=10)
+        if name != "fluency":
+            ax.set_ylim(-5, 105)
+    axes[0].legend(fontsize="small")
     return fig
 
 

@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-content": ("top", {"relation_position": "last_content"}),
     "top-auto-content": ("top", {"rel_feat_layer": "auto", "relation_position": "last_content"}),
     "top-auto-after": ("top", {"rel_feat_layer": "auto", "relation_position": "after_subject"}),
+    "top-la23": ("top", {"rel_feat_layer": 18}),  # la = 23, where the automatic la lands on most cases
+    "top-auto-rewrite-0.3": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 0.3}),
+    "top-auto-rewrite-1": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 1.0}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]

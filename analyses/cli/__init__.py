@@ -11,11 +11,11 @@ import logging
 import sys
 from typing import Sequence
 
-from toplens.analyses.cli import compare, edit, figures, independence, merge, rie, saliency, sweep, trace
+from toplens.analyses.cli import compare, edit, figures, independence, merge, rie, saliency, sequential, sweep, trace
 from toplens.analyses.cli import eval as eval_  # the module; the name `eval` is Python's
 from toplens.analyses.cli.common import EPILOG
 
-COMMANDS = (edit, compare, eval_, merge, saliency, trace, rie, independence, sweep, figures)
+COMMANDS = (edit, compare, eval_, merge, sequential, saliency, trace, rie, independence, sweep, figures)
 
 
 def build_parser() -> argparse.ArgumentParser:

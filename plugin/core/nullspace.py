@@ -6,14 +6,21 @@ directions of their second moment C = E[k kᵀ]. Let Û be the eigenvectors of C
 at most ``threshold`` times the largest, and P = Û Ûᵀ. Taking the fold's direction inside P's
 range makes k · û ≈ 0 for the preserved keys: ‖K₀ᵀ û‖² = Σ over Û of (eigenvalue · n)(Ûᵀû)²,
 at most threshold · λ_max · n ‖û‖². The edited key k* is still mapped exactly: û is normalized
-so that k* · û = 1. :func:`projected_direction` can also project out the keys of earlier edits
-of a sequential run (no editor passes them yet).
+so that k* · û = 1.
+
+In a sequential run (:class:`SequentialProjection`, AlphaEdit's K_p term) each layer's Û is taken
+once from the unedited model, and every edit's keys are added to the preserved set of the edits
+after it: a later edit's direction is orthogonal to them too, so it leaves the earlier edits'
+outputs where they were. The keys belong to one run and are never carried to another.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -21,6 +28,9 @@ from torch import Tensor
 
 from toplens.core.covariance import key_second_moment
 from toplens.core.hparams import Hparams, HparamsError
+from toplens.core.keys import Role, mean_key
+from toplens.core.requests import EditRequest
+from toplens.core.templates import context_templates
 from toplens.model import ModelAdapter
 
 
@@ -53,6 +63,17 @@ class NullSpace:
         eye = torch.eye(len(m), dtype=m.dtype, device=m.device)
         return b @ torch.linalg.solve(m + ridge * eye, b.T @ rhs.double().to(a.device))
 
+    def without(self, keys: Float[Tensor, "m d_mlp"]) -> "NullSpace":
+        """The part of this space orthogonal to ``keys`` too: Û Q, with Q an orthonormal basis of
+        the complement of Ûᵀ keysᵀ in Û's coordinates, so that k · x = 0 for every given k and x in it."""
+        if not len(keys):
+            return self
+        b = self.basis.double()
+        seen = b.T @ keys.to(b.device).double().T
+        q, r = torch.linalg.qr(seen, mode="complete")
+        rank = int((r.diagonal().abs() > 1e-10 * max(float(r.abs().max()), 1e-30)).sum()) if r.numel() else 0
+        return replace(self, basis=(b @ q[:, rank:]).float())
+
 
 def null_space(moment: Float[Tensor, "d_mlp d_mlp"], layer: int, threshold: float = 1e-2) -> NullSpace:
     """Û: the eigenvectors of the keys' second moment ``moment`` whose eigenvalue is at most
@@ -72,29 +93,28 @@ def null_space(moment: Float[Tensor, "d_mlp d_mlp"], layer: int, threshold: floa
 _BASES: dict[tuple[str, float], Tensor] = {}  # (the moment's hash, threshold) -> Û, oldest first
 
 
-def projected_direction(u: Float[Tensor, " d_mlp"], space: NullSpace,
-                        earlier_keys: Float[Tensor, "m d_mlp"] | None = None) -> Float[Tensor, " d_mlp"]:
-    """P u, less its components along P k for each of ``earlier_keys`` (the keys of edits made
-    before in the same sequential run), so that k · û = 0 exactly for those keys."""
-    x = space.project(u)
-    if earlier_keys is not None and len(earlier_keys):
-        q, _ = torch.linalg.qr(space.project(earlier_keys.T.to(u.device)).double())
-        x = (x.double() - q @ (q.T @ x.double())).to(u.dtype)
-    return x
-
-
 def nullspace_for(adapter: ModelAdapter, layer: int, hp: Hparams) -> NullSpace | None:
     """The null space an edit at ``layer`` is projected onto under ``hp`` (None: ``project="none"``),
     from the keys' second moment over the default corpus (the statistic C of the fold, cached).
-    Call it on the unedited model; a threshold that keeps no direction is refused."""
+    Call it on the unedited model; a threshold that keeps no direction is refused. Inside
+    :meth:`SequentialProjection.active` it is that run's space, less the earlier edits' keys."""
     if hp.project == "none":
         return None
-    space = null_space(key_second_moment(adapter, layer).float(), layer, hp.nullspace_threshold)
+    run = _ACTIVE.get()
+    if run is not None:
+        space = run.space(adapter, layer, hp.nullspace_threshold)
+    else:
+        space = null_space(key_second_moment(adapter, layer).float(), layer, hp.nullspace_threshold)
+    _check_kept(space, hp)
+    return space
+
+
+def _check_kept(space: NullSpace, hp: Hparams) -> None:
+    layer = space.layer
     if space.basis.shape[1] == 0:
         raise HparamsError(f"{type(hp).__name__}.nullspace_threshold={hp.nullspace_threshold!r} keeps no key "
                            f"direction at layer {layer} (no eigenvalue of the keys' second moment is that small); "
                            "raise it")
-    return space
 
 
 def check_direction(u: Tensor, key: Tensor, space: NullSpace) -> None:
@@ -105,3 +125,44 @@ def check_direction(u: Tensor, key: Tensor, space: NullSpace) -> None:
         raise HparamsError(f"nullspace_threshold={space.threshold!r}: the edited key at layer {space.layer} lies almost "
                            f"wholly in the preserved keys' span (cosine {cos:.1e} with the free directions); raise "
                            "nullspace_threshold or edit another layer")
+
+
+@dataclass
+class SequentialProjection:
+    """The null-space projection of one sequential run: each layer's Û from the model as it was
+    when the layer was first asked for (the unedited model, when :meth:`active` encloses the whole
+    run), and K_p, the keys of the run's edits so far. Make one per run: its keys never leave it."""
+
+    spaces: dict[tuple[int, float], NullSpace] = field(default_factory=dict)
+    keys: dict[int, list[Tensor]] = field(default_factory=dict)
+
+    def space(self, adapter: ModelAdapter, layer: int, threshold: float) -> NullSpace:
+        """Û at ``layer`` less the span of the earlier edits' keys there."""
+        if (layer, threshold) not in self.spaces:
+            self.spaces[layer, threshold] = null_space(key_second_moment(adapter, layer).float(), layer, threshold)
+        earlier = self.keys.get(layer, [])
+        base = self.spaces[layer, threshold]
+        return base.without(torch.stack(earlier)) if earlier else base
+
+    def remember(self, adapter: ModelAdapter, requests: Sequence[EditRequest], layers: Sequence[int],
+                 context_lengths: tuple[tuple[int, int], ...], role: Role = "subject") -> None:
+        """Add each request's key k* at each edit layer (at ``role``'s token, the one the editor's
+        fold maps, averaged over the context templates, on the model as it is now: call it before
+        applying that edit)."""
+        templates = context_templates(adapter, context_lengths)
+        for layer in layers:
+            for request in requests:
+                key = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
+                self.keys.setdefault(layer, []).append(key.detach().float().cpu())
+
+    @contextmanager
+    def active(self) -> Iterator["SequentialProjection"]:
+        """Every ``project="nullspace"`` edit computed inside uses this run's spaces and keys."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+
+_ACTIVE: ContextVar[SequentialProjection | None] = ContextVar("toplens_sequential_projection", default=None)

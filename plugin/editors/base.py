@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from toplens.core.edits import EditHandle, LayerDelta, SequenceDetails, WeightEdit, apply_sequentially
 from toplens.core.hparams import Hparams
+from toplens.core.keys import Role
 from toplens.core.precision import resolve_precision
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
@@ -46,6 +47,8 @@ class Editor:
             sequence is edited one request after the other, each seeing the earlier edits.
         settle_for: ``(adapter, request, hparams) -> hparams`` with every per-request choice made
             (TOP's ``rel_feat_layer="auto"``); None when the settings need none.
+        fold_role: the token whose key the edit maps ("subject"; RETS: "relation", the last token),
+            the key a sequential run's null-space projection keeps later edits off.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Editor:
     describe: Callable[[Any], tuple[Stage, ...]]
     batched: bool = False
     settle_for: Callable[[ModelAdapter, EditRequest, Any], Hparams] | None = None
+    fold_role: Role = "subject"
 
     def compute(self, model, requests: Requests, hparams: Hparams | None = None, *,
                 observe: Observer | None = None, **options) -> WeightEdit:

@@ -161,6 +161,6 @@ def compute_one(
     return WeightEdit("rets", (request,), (fold.delta(value.optimized),), hp.to_dict(), details)
 
 
-EDITOR = Editor("rets", RetsHparams, compute_one, stages)
+EDITOR = Editor("rets", RetsHparams, compute_one, stages, fold_role="relation")
 compute = EDITOR.compute
 apply = EDITOR.apply

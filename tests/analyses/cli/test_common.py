@@ -68,6 +68,6 @@ def test_help_documents_the_hparams_format_once(capsys):
     assert "--hparams JSON" in text and '{"rome": {"layer": 4}' in text
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"edit", "compare", "eval", "merge", "saliency", "trace", "rie", "independence", "sweep",
-                                "figures"}
+    assert set(sub.choices) == {"edit", "compare", "eval", "merge", "sequential", "saliency", "trace", "rie",
+                                "independence", "sweep", "figures"}
     assert text.count("--hparams JSON") == 1

@@ -5,18 +5,18 @@ eigenvalue threshold gives), the edited key is still mapped, and earlier edits' 
 import pytest
 import torch
 
-from toplens import ModelAdapter
+from toplens import EditHandle, ModelAdapter
 from toplens.core import nullspace
 from toplens.core.covariance import key_second_moment, sample_corpus
 from toplens.core.hparams import HparamsError
 from toplens.core.keys import mean_key
 from toplens.core.templates import context_templates
-from toplens.core.nullspace import null_space, projected_direction
+from toplens.core.nullspace import null_space
 from toplens.editors import memit, rets, rome, top
 from toplens.model import hook_name
 from tests.plugin.editors.test_memit import FAST as MEMIT
 from tests.plugin.editors.test_rets import FAST as RETS
-from tests.plugin.editors.test_rome import FAST as ROME
+from tests.plugin.editors.test_rome import FAST as ROME, SECOND
 from tests.plugin.editors.test_top import FAST as TOP, REQUEST
 
 THRESHOLD = 0.05
@@ -43,8 +43,12 @@ def test_the_basis_spans_the_small_eigenvalues_and_projects(tiny_hooked):
     x = torch.randn(moment.shape[0])
     assert torch.allclose(space.project(space.project(x)), space.project(x), atol=1e-5)
     earlier = torch.randn(3, moment.shape[0])
-    u = projected_direction(x, space, earlier)
-    assert (earlier.double() @ u.double()).abs().max() < 1e-5 * float(earlier.norm() * u.norm())
+    narrower = space.without(earlier)  # K_p: the earlier edits' keys leave the space
+    nb = narrower.basis.double()
+    assert nb.shape[1] == b.shape[1] - 3 and torch.allclose(nb.T @ nb, torch.eye(nb.shape[1], dtype=torch.float64), atol=1e-5)
+    assert (earlier.double() @ nb).abs().max() < 1e-5 * float(earlier.norm())
+    assert torch.allclose(space.project(nb.float()), nb.float(), atol=1e-5)  # still inside Û's span
+    assert space.without(torch.zeros(0, moment.shape[0])) is space
     with pytest.raises(ValueError, match="nullspace_threshold.*1.5"):
         null_space(moment, 1, 1.5)
     with pytest.raises(HparamsError, match="project.*'alpha'"):
@@ -97,3 +101,26 @@ def test_with_a_full_rank_corpus_the_change_stays_within_the_thresholds_bound(ti
         lam_max = float(torch.linalg.eigvalsh(key_second_moment(tiny_hooked, d.layer).double()).max())
         bound = (THRESHOLD * lam_max * len(k0)) ** 0.5 * float(d.u.double().norm() * d.v.double().norm())
         assert float((k0 @ d.delta.double()).norm()) <= bound * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("editor, hp", [(rome, ROME), (rets, RETS), (memit, MEMIT)], ids=["rome", "rets", "memit"])
+def test_in_a_sequential_run_a_later_edit_leaves_the_earlier_edits_keys_alone(tiny_hooked, editor, hp):
+    """K_p: inside one SequentialProjection, a later edit's ΔW maps every remembered key to 0 (float
+    error only), where the same edit without the run does not; the run's keys never leak outside it."""
+    hp = hp.replace(project="nullspace", nullspace_threshold=0.5)
+    adapter = ModelAdapter(tiny_hooked)
+    run = nullspace.SequentialProjection()
+    role = editor.EDITOR.fold_role
+    with EditHandle(tiny_hooked) as handle:
+        with run.active():
+            first = editor.compute(tiny_hooked, REQUEST, hp)
+            run.remember(adapter, [REQUEST], hp.edit_layers, hp.context_lengths, role)
+            handle.add(first)
+            second = editor.compute(tiny_hooked, SECOND, hp)
+        outside = editor.compute(tiny_hooked, SECOND, hp)
+    assert nullspace._ACTIVE.get() is None
+    for d, d_out in zip(second.deltas, outside.deltas, strict=True):
+        k = run.keys[d.layer][0].double()
+        scale = float(k.norm() * d.delta.double().norm())
+        assert float((k @ d.delta.double()).norm()) <= 1e-5 * scale
+        assert float((k @ d_out.delta.double()).norm()) > 1e-3 * float(k.norm() * d_out.delta.double().norm())

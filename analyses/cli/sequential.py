@@ -1,0 +1,93 @@
+"""`toplens sequential`: many edits kept on one model, one method after the other, measured at
+checkpoints (the curve of each metric against the number of edits, and its figure)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_methods_arg, add_model_args, add_out_arg,
+                                         check_at_least, check_hparams_flag, check_writable, emit, hparams_overrides,
+                                         load, parse_ints, parse_methods, records_from, resolve_all)
+from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS
+from toplens.analyses.evaluation.sequential import DEFAULT_CHECKPOINTS, SequentialResult, run_sequential
+from toplens.analyses.figures import save_figure, sequential_curves
+
+COLUMNS = (("efficacy", "Eff"), ("generalization", "Gen"), ("s_specificity", "S-Spec"), ("r_specificity", "R-Spec"),
+           ("efficacy_at_1", "Eff@1"), ("retention", "Retain"), ("fluency", "Flu"))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sequential", help="many edits on one model, measured as they accumulate")
+    add_methods_arg(p, "rome")
+    add_data_arg(p)
+    p.add_argument("--n", type=int, default=200, help="edit the first N records, in order")
+    p.add_argument("--batch-size", type=int, default=1, help="requests per edit (above 1: memit only)")
+    p.add_argument("--checkpoints", default=",".join(map(str, DEFAULT_CHECKPOINTS)),
+                   help="edit counts to measure at (those above --n are dropped)")
+    p.add_argument("--project", choices=("none", "nullspace"), default=None,
+                   help="the null-space projection for every method (default: each method's setting)")
+    p.add_argument("--retention", type=int, default=100, help="held-out facts the unedited model knows, kept track of")
+    p.add_argument("--no-generation", action="store_true", help="skip the Fluency generations")
+    p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
+    add_out_arg(p, "one folder per method, curve.json and sequential.png; reruns resume", required=True)
+    add_hparams_arg(p)
+    add_model_args(p)
+    p.set_defaults(run=run)
+
+
+def validate(args: argparse.Namespace) -> list[int]:
+    """The flags, before the data or the model loads; the checkpoints up to --n."""
+    check_at_least(args, 1, "n", "batch_size", "retention")
+    check_at_least(args, 0, "seed")
+    check_writable(args.out, "--out", folder=True)
+    check_hparams_flag(args.hparams, parse_methods(args.methods))
+    marks = parse_ints(args.checkpoints, "--checkpoints") or []
+    if not marks or min(marks) < 1:
+        raise ValueError(f"--checkpoints must be positive edit counts; got {args.checkpoints!r}")
+    return sorted({c for c in marks if c <= args.n} | {args.n})
+
+
+def run(args: argparse.Namespace) -> int:
+    marks = validate(args)
+    methods = parse_methods(args.methods)
+    records = records_from(args, None)
+    if len(records) < args.n:
+        raise ValueError(f"--n {args.n}: --data {args.data!r} has only {len(records)} records")
+    overrides = hparams_overrides(args.hparams, methods)
+    if args.project is not None:
+        overrides = {m: {**o, "project": args.project} for m, o in overrides.items()}
+    model = load(args)
+    hparams = resolve_all(model, overrides, args.model)
+    results = [run_sequential(model, records[:args.n], method, Path(args.out) / _folder(method, hparams[method]),
+                              hparams=hparams[method], held_out=records[args.n:], batch_size=args.batch_size,
+                              checkpoints=marks, retention_facts=args.retention, seed=args.seed,
+                              generation_tokens=0 if args.no_generation else GENERATION_TOKENS,
+                              model_name=args.model or None)
+               for method in methods]
+    report = {"runs": [r.to_json() for r in results]}
+    (Path(args.out) / "curve.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save_figure(sequential_curves(results), args.out, "sequential")
+    emit(args, report, format_curves(results))
+    return 0
+
+
+def _folder(method: str, hp) -> str:
+    return f"{method}-nullspace" if hp.project == "nullspace" else method
+
+
+def format_curves(results: Sequence[SequentialResult]) -> str:
+    """One block per method: a row per checkpoint with every rate, retention and Fluency."""
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    rows = []
+    for r in results:
+        rows += [f"{r.label}  (retention on {r.retention_facts} held-out facts; Fluency before {cell(r.fluency_before)})",
+                 f"{'edits':>6}" + "".join(f"{label:>8}" for _, label in COLUMNS) + f"{'s':>8}"]
+        rows += [f"{p.edits:>6}" + "".join(f"{cell(getattr(p, name)):>8}" for name, _ in COLUMNS) + f"{p.seconds:>8.0f}"
+                 for p in r.points]
+        rows.append("")
+    return "\n".join(rows).rstrip()
