@@ -33,15 +33,15 @@ from toplens import EditHandle, WeightEdit, as_adapter
 from toplens.core.cache import write_atomic
 from toplens.core.hparams import Hparams
 from toplens.core.nullspace import SequentialProjection
-from toplens.core.positions import target_ids
 from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
 
 from toplens.analyses.evaluation import metrics as m
 from toplens.analyses.evaluation.cases import jsonable
 from toplens.analyses.evaluation.evaluate import (GENERATION_TOKENS, GENERATION_TOP_K, Measurement,
-                                                  check_record_fits, generate, measure, next_token_logprobs)
+                                                  check_record_fits, generate, measure)
 from toplens.analyses.evaluation.records import Record
+from toplens.analyses.evaluation.retention import HeldOut, known_held_out, retention  # noqa: F401 (re-exported)
 from toplens.analyses.evaluation.results import METRICS
 
 logger = logging.getLogger(__name__)
@@ -95,53 +95,8 @@ class SequentialResult:
                 "points": [p.to_json() for p in self.points]}
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """What the unedited model knows outside the edited records: (prompt, true object's first
-    token id) pairs it completes correctly, and the prompts Fluency is generated from."""
-
-    facts: tuple[tuple[str, int], ...]
-    generation_prompts: tuple[str, ...]
-
-
 def label_of(method: str, hp: Hparams) -> str:
     return f"{method}+nullspace" if hp.project == "nullspace" else method
-
-
-def known_held_out(model, held_out: Sequence[Record], edited: Sequence[Record], n_facts: int = 100,
-                   n_prompts: int = 10) -> HeldOut:
-    """The first ``n_facts`` held-out records (subjects no edit touches) whose rewrite prompt the
-    unedited model completes with the true object's first token, and ``n_prompts`` of their
-    generation prompts."""
-    adapter = as_adapter(model)
-    touched = {r.request.subject for r in edited}
-    pool = [r for r in held_out if r.request.target_true and r.request.subject not in touched]
-    facts: list[tuple[str, int]] = []
-    for start in range(0, len(pool), 32):
-        chunk = pool[start:start + 32]
-        top = next_token_logprobs(adapter, [r.request.text for r in chunk]).argmax(-1).tolist()
-        for record, token in zip(chunk, top, strict=True):
-            if token == target_ids(adapter, record.request.text, record.request.target_true, field="target_true")[0]:
-                facts.append((record.request.text, token))
-        if len(facts) >= n_facts:
-            break
-    if len(facts) < n_facts:
-        logger.warning("retention: the unedited model knows only %d of %d held-out facts (%d asked for)",
-                       len(facts), len(pool), n_facts)
-    prompts = [p for r in pool for p in r.generation_prompts[:1]][:n_prompts]
-    return HeldOut(tuple(facts[:n_facts]), tuple(prompts))
-
-
-def retention(model, facts: Sequence[tuple[str, int]]) -> float:
-    """Percent of ``facts`` whose true first token is still the model's top next token."""
-    if not facts:
-        return float("nan")
-    kept = 0
-    for start in range(0, len(facts), 32):
-        chunk = facts[start:start + 32]
-        top = next_token_logprobs(model, [p for p, _ in chunk]).argmax(-1).tolist()
-        kept += sum(t == want for t, (_, want) in zip(top, chunk, strict=True))
-    return 100.0 * kept / len(facts)
 
 
 def _mean_rates(measurements: Sequence[Measurement]) -> dict[str, float | None]:
