@@ -48,7 +48,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-content": ("top", {"relation_position": "last_content"}),
     "top-auto-content": ("top", {"rel_feat_layer": "auto", "relation_position": "last_content"}),
     "top-auto-after": ("top", {"rel_feat_layer": "auto", "relation_position": "after_subject"}),
-    "top-la23": ("top", {"rel_feat_layer": 18}),  # la = 23, where the automatic la lands on most cases
+    "top-la23": ("top", {"rel_feat_layer": 18}),  # la = 23, the preset since the eighth session
+    "top-la15": ("top", {"rel_feat_layer": 10}),  # la = 15, the preset before it
+    "top-after": ("top", {"relation_position": "after_subject"}),
+    "top-keep-5-la23": ("top", {"stage2_keep_weight": 5.0}),
+    "top-auto-request": ("top", {"rel_feat_layer": "auto", "auto_la": "request"}),  # the rise rule per request
     "top-auto-rewrite-0.3": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 0.3}),
     "top-auto-rewrite-1": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 1.0}),
 }

@@ -1,20 +1,32 @@
-"""TOP's la chosen per request (``rel_feat_layer="auto"``), the paper's open question 3.
+"""TOP's la chosen without a sweep (``rel_feat_layer="auto"``), the paper's open question 3.
 
 The relation feature h_r is read at the last prompt token after block la. A cheap measurement says
-where that token has taken in what it needs of the subject: corrupt the subject (causal tracing's
-embedding noise, :mod:`toplens.core.corruption`) and restore only the last token's clean residual
-after block L. The restored probability of the current object o rises with L, from the corrupted
-run's towards the clean one's, as the last token gathers the subject through attention. la is the
-first layer above the edit layer whose restoration recovers at least ``fraction`` of the gap
-P(o | clean) − P(o | corrupted): the earliest layer at which h_r carries the subject's fact. One
-batched forward of (candidate layers × noise samples) rows decides it.
+where that token takes in the subject's fact: corrupt the subject (causal tracing's embedding
+noise, :mod:`toplens.core.corruption`) and restore only the last token's clean residual after block
+L. The restored probability of the current object o rises with L, from the corrupted run's towards
+the clean one's, as the last token gathers the subject through attention. Each candidate layer's
+*share* is how much of the gap P(o | clean) − P(o | corrupted) its restoration recovers.
+
+Two rules read la off the shares (``rule``):
+- ``"rise"`` (default): the layer whose share rises most over the layer below it, the block at
+  which the last token takes the fact in. On SmolLM2 that jump is at block 23 for most facts.
+- ``"fraction"``: the first layer whose share reaches ``fraction`` (0.5). It fires early, close to
+  the edit layer, where half the gap is often recovered by a slow drift (docs/top_stage2.md).
+
+la is taken per model (``auto_la="model"``, the default): the rise of the mean share over a small
+set of well-known probe facts of our own, measured once per model object and edit layer, so that
+every request gets the same la. ``auto_la="request"`` reads the rise off the request's own fact,
+falling back to the model's la when corrupting the subject barely moves P(o) (the model does not
+know the fact). One batched forward of (candidate layers × noise samples) rows measures a fact.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import weakref
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 from jaxtyping import Float
@@ -36,6 +48,23 @@ FRACTION = 0.5
 SAMPLES = 10
 #: below this share of P(o | clean), the subject's corruption says nothing about where it is read
 MIN_GAP = 0.05
+LaRule = Literal["rise", "fraction"]
+LA_RULES: tuple[str, ...] = get_args(LaRule)
+AutoLa = Literal["model", "request"]
+AUTO_LA: tuple[str, ...] = get_args(AutoLa)
+#: (prompt, subject, o): well-known facts of our own, none from a benchmark, that place the model's la
+PROBE_FACTS: tuple[tuple[str, str, str], ...] = (
+    ("{} is located in the city of", "The Eiffel Tower", " Paris"),
+    ("{} is the capital city of", "Berlin", " Germany"),
+    ("{} is a city in the country of", "Barcelona", " Spain"),
+    ("The official language of {} is", "Brazil", " Portuguese"),
+    ("{} was developed by the company", "The iPhone", " Apple"),
+    ("{} was written by", "Romeo and Juliet", " William"),
+    ("The mother tongue of {} is", "Vladimir Putin", " Russian"),
+    ("{} is the currency of", "The yen", " Japan"),
+    ("{} was painted by", "The Mona Lisa", " Leonardo"),
+)
+_MODEL_LA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -49,6 +78,17 @@ class LaChoice:
     clean: float
     corrupted: float
     answer: str
+    rule: str = "rise"
+
+
+@dataclass(frozen=True)
+class ModelLa:
+    """The model's la: the mean share over the probe facts that could be measured, and each probe."""
+
+    la: int
+    layers: tuple[int, ...]
+    recovered: tuple[float, ...]
+    probes: tuple[LaChoice, ...]
 
 
 def restored_last_token(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...],
@@ -74,20 +114,20 @@ def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, 
     return answer_probs(adapter, c, patches, repeats=len(layers)).view(len(layers), n).mean(-1)
 
 
-def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, fraction: float = FRACTION,
-              n_samples: int = SAMPLES, seed: int = 0, relation_at: str = "last") -> LaChoice:
-    """la for ``request`` edited at ``edit_layer``: the first layer in edit_layer+1 .. n_layers−1
-    whose restoration at h_r's token (the ``relation_at`` strategy of
-    :mod:`toplens.core.relation_positions`) recovers ``fraction`` of the gap for o (the request's
-    target_true, else the model's top next token); the layer that recovers most when none does;
-    the middle candidate, with NaN shares, when corrupting the subject moves P(o) by less than
-    ``MIN_GAP`` of its clean value."""
+def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, rule: str = "rise",
+              fraction: float = FRACTION, n_samples: int = SAMPLES, seed: int = 0, relation_at: str = "last",
+              fallback: int | None = None) -> LaChoice:
+    """la for ``request`` edited at ``edit_layer``, from the shares of edit_layer+1 .. n_layers−1
+    restored at h_r's token (the ``relation_at`` strategy of :mod:`toplens.core.relation_positions`)
+    for o (the request's target_true, else the model's top next token): the largest rise
+    (``rule="rise"``) or the first layer reaching ``fraction`` (the layer that recovers most when none
+    does). When corrupting the subject moves P(o) by less than ``MIN_GAP`` of its clean value the
+    shares are NaN and la is ``fallback`` (default: the middle candidate)."""
+    if rule not in LA_RULES:
+        raise ValueError(f"rule must be one of {list(LA_RULES)}; got {rule!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
-    layers = tuple(range(edit_layer + 1, adapter.n_layers))
-    if not layers:
-        raise ValueError(f"rel_feat_layer='auto' needs a layer above the edit layer {edit_layer}; "
-                         f"the model has {adapter.n_layers}")
+    layers = _candidates(adapter, edit_layer)
     answer = request.target_true or top_tokens(adapter, request.text, 1)[0].token
     corruption = make_corruption(adapter, request.prompt, request.subject, answer, n_samples=n_samples, seed=seed)
     with torch.no_grad():
@@ -95,27 +135,68 @@ def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, f
         at = relation_position(adapter, locate(adapter, request.prompt, request.subject), relation_at)
         restored = restored_last_token(adapter, corruption, layers, at)
     gap = high - low
-    share = ((restored - low) / gap).tolist() if gap > MIN_GAP * high else [float("nan")] * len(layers)
-    reached = [layer for layer, s in zip(layers, share) if s >= fraction]
-    if gap <= MIN_GAP * high:  # the subject barely moves P(o): nothing to read, the middle layer
-        la = layers[len(layers) // 2]
+    if gap <= MIN_GAP * high:  # the subject barely moves P(o): nothing to read
+        la = layers[len(layers) // 2] if fallback is None else fallback
         logger.warning("rel_feat_layer='auto' for %r: corrupting the subject moves P(%r) only from %.3g to %.3g, "
-                       "too little to place la; la = %d, the middle candidate", request.text, answer, high, low, la)
-    elif reached:
-        la = reached[0]
-    else:
-        la = layers[max(range(len(layers)), key=share.__getitem__)]
-        logger.warning("rel_feat_layer='auto' for %r: no layer recovers %.0f%% of P(%r)'s gap; la = %d, the layer "
-                       "that recovers most (%.2f)", request.text, 100 * fraction, answer, la, max(share))
-    return LaChoice(la, layers, tuple(share), high, low, answer)
+                       "too little to place la; la = %d, the %s", request.text, answer, high, low, la,
+                       "middle candidate" if fallback is None else "model's la")
+        return LaChoice(la, layers, (float("nan"),) * len(layers), high, low, answer, rule)
+    share = ((restored - low) / gap).tolist()
+    return LaChoice(read_la(layers, share, rule, fraction, request.text), layers, tuple(share), high, low, answer, rule)
 
 
-def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaChoice | None]:
+def read_la(layers: tuple[int, ...], share: list[float], rule: str = "rise", fraction: float = FRACTION,
+            label: str = "") -> int:
+    """la from the shares of ``layers`` by ``rule`` (see the module docstring)."""
+    if rule == "rise":
+        rises = [b - a for a, b in zip([0.0, *share[:-1]], share)]
+        return layers[max(range(len(layers)), key=rises.__getitem__)]
+    reached = [layer for layer, s in zip(layers, share) if s >= fraction]
+    if reached:
+        return reached[0]
+    la = layers[max(range(len(layers)), key=share.__getitem__)]
+    logger.warning("rel_feat_layer='auto' for %r: no layer recovers %.0f%% of the gap; la = %d, the layer that "
+                   "recovers most (%.2f)", label, 100 * fraction, la, max(share))
+    return la
+
+
+def model_la(adapter: ModelAdapter, edit_layer: int, relation_at: str = "last") -> ModelLa:
+    """The model's la for ``edit_layer``: the largest rise of the mean share over ``PROBE_FACTS``
+    (those whose corruption moves P(o) enough to measure), cached per model object."""
+    per_model = _MODEL_LA.setdefault(adapter.model, {})
+    if (edit_layer, relation_at) not in per_model:
+        layers = _candidates(adapter, edit_layer)
+        probes = tuple(choose_la(adapter, EditRequest(prompt, subject, " something", answer), edit_layer,
+                                 relation_at=relation_at) for prompt, subject, answer in PROBE_FACTS)
+        known = [p.recovered for p in probes if not math.isnan(p.recovered[0])]
+        if not known:
+            la = layers[len(layers) // 2]
+            logger.warning("rel_feat_layer='auto': no probe fact moves when its subject is corrupted; la = %d, the "
+                           "middle candidate", la)
+            per_model[edit_layer, relation_at] = ModelLa(la, layers, (float("nan"),) * len(layers), probes)
+        else:
+            mean = [sum(col) / len(known) for col in zip(*known)]
+            per_model[edit_layer, relation_at] = ModelLa(read_la(layers, mean), layers, tuple(mean), probes)
+    return per_model[edit_layer, relation_at]
+
+
+def _candidates(adapter: ModelAdapter, edit_layer: int) -> tuple[int, ...]:
+    layers = tuple(range(edit_layer + 1, adapter.n_layers))
+    if not layers:
+        raise ValueError(f"rel_feat_layer='auto' needs a layer above the edit layer {edit_layer}; "
+                         f"the model has {adapter.n_layers}")
+    return layers
+
+
+def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaChoice | ModelLa | None]:
     """TOP's ``hp`` as it runs for ``request``: rel_feat_layer="auto" becomes the gap from the last
-    edit layer to the la :func:`choose_la` picks (earlier edit layers keep the same gap)."""
+    edit layer to the model's la (``hp.auto_la="model"``) or the request's (``"request"``); earlier
+    edit layers keep the same gap."""
     if hp.rel_feat_layer != "auto":
         return hp, None
-    choice = choose_la(adapter, request, hp.layers[-1], relation_at=hp.relation_position)
-    logger.info("rel_feat_layer='auto': la = %d for %r (share of the gap recovered there: %s)", choice.la,
-                request.text, f"{choice.recovered[choice.layers.index(choice.la)]:.2f}")
-    return hp.replace(rel_feat_layer=choice.la - hp.layers[-1]), choice
+    edit_layer = hp.layers[-1]
+    choice = model_la(adapter, edit_layer, hp.relation_position)
+    if hp.auto_la == "request":
+        choice = choose_la(adapter, request, edit_layer, relation_at=hp.relation_position, fallback=choice.la)
+    logger.info("rel_feat_layer='auto' (%s): la = %d for %r", hp.auto_la, choice.la, request.text)
+    return hp.replace(rel_feat_layer=choice.la - edit_layer), choice

@@ -35,12 +35,12 @@ _TOP: dict[str, TopHparams] = {
                            vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful", **_COMMON),
     "qwen2.5-7b": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                              vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful", **_COMMON),
-    # ours (docs/top_stage2.md): edit layer 5 with la = 15; stage 2 matched through the prediction
+    # ours (docs/top_stage2.md): edit layer 5 with la = 23; stage 2 matched through the prediction
     # read from h_r ("readout") rather than in L2, and optimized as the rank-one update the fold
     # makes ("fold"). The published stage 2 cannot reach h*_r through this model's narrow
     # subject-to-relation channel. "smollm2-135m-faithful" keeps the published algorithm and the
     # Qwen2.5 values, with 100 stage-2 steps.
-    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=10, v_num_grad_steps1=20, v_num_grad_steps2=40,
+    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
                                **_COMMON),

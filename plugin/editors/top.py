@@ -3,7 +3,7 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 
 1. Stage 1 (the relation feature): δ₁ on the residual after block la = l + rel_feat_layer at h_r's
    token of every rewriting prompt (the last; ``relation_position``: core.relation_positions), ROME's
-   loss; h*_r = h_r,init + δ₁. ``rel_feat_layer="auto"`` picks la per request (core.auto_la).
+   loss; h*_r = h_r,init + δ₁. ``rel_feat_layer="auto"`` picks la per model or request (core.auto_la).
 2. Stage 2 (the subject feature): δ₂ on the MLP output of block l at the last subject token, so
    that the residual at la, h_r's token, reaches h*_r (blocks l..la run); v* = v_init + δ₂.
 3. Fold v* into W_out at layer l with the shared rank-one fold (:mod:`toplens.core.fold`).
@@ -23,7 +23,7 @@ from typing import Callable, Literal, Sequence, get_args
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.auto_la import settle
+from toplens.core.auto_la import AUTO_LA, AutoLa, settle
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditHandle, WeightEdit
 from toplens.core.nullspace import nullspace_for
@@ -78,6 +78,7 @@ class TopHparams(Hparams):
     stage2_keep_texts: tuple[int, int] = (5, 10)
     stage2_keep_spare: bool = False
     relation_position: RelationPosition = "last"
+    auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
 
     def _check(self) -> None:
         self._layers("layers")
@@ -89,7 +90,7 @@ class TopHparams(Hparams):
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
         for name, allowed in (("key", KEY_MODES), ("stage2", get_args(Stage2)), ("stage2_loss", get_args(Stage2Loss)),
                               ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS),
-                              ("relation_position", RELATION_POSITIONS)):
+                              ("relation_position", RELATION_POSITIONS), ("auto_la", AUTO_LA)):
             self._choice(name, allowed)
         self._positive("stage2_rewrite_weight", "stage2_keep_weight", allow_zero=True)
         self._positive_items("stage2_keep_texts")  # (count, tokens) of the subject's continuations
@@ -126,7 +127,7 @@ def stages(hp: TopHparams) -> tuple[Stage, ...]:
     """Per edit layer l: stage 1 (δ₁ on the residual after la = l + rel_feat_layer at h_r's token,
     the rewriting objective), then stage 2 (δ₂ on the MLP output of l at the last subject token)."""
     if hp.rel_feat_layer == "auto":
-        raise HparamsError("TopHparams.rel_feat_layer='auto' is chosen per request: settle it first "
+        raise HparamsError("TopHparams.rel_feat_layer='auto' is measured on the model: settle it first "
                            "(toplens.editors.top.EDITOR.settle(model, request, hparams))")
     objective = "relation_readout" if hp.stage2_loss == "readout" else "relation_l2"
     return tuple(s for layer in hp.layers for s in (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.auto_la import LaChoice
+from toplens.core.auto_la import LaChoice, ModelLa
 from toplens.core.edits import EditDetails
 from toplens.core.optimize import OptimizationTrace
 
@@ -43,7 +43,7 @@ class TopDetails(EditDetails):
     layers: tuple[LayerDetails, ...]
     stage2_mode: str
     key_mode: str
-    la_choice: LaChoice | None = None  # the measurement behind rel_feat_layer="auto", when it chose la
+    la_choice: LaChoice | ModelLa | None = None  # the measurement behind rel_feat_layer="auto", when it chose la
 
     def summary(self) -> dict:
         """JSON-able numbers for reports, per edit layer."""

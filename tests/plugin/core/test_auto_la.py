@@ -1,6 +1,8 @@
-"""TOP's la per request: restoring the last token's clean residual after the final block
-reproduces the clean run (on both backends), the chosen la is the first layer that recovers the
-asked share, and TOP with rel_feat_layer="auto" edits at that la."""
+"""TOP's automatic la: restoring the last token's clean residual after the final block reproduces
+the clean run (on both backends); the rise rule picks the layer whose share jumps most, the
+fraction rule the first layer that recovers the asked share; the model's la is the rise of the
+mean share over the probe facts, measured once per model; TOP with rel_feat_layer="auto" edits at
+the la it settles on."""
 
 import math
 
@@ -9,11 +11,12 @@ import torch
 
 from toplens import ModelAdapter
 from toplens.core import auto_la
-from toplens.core.auto_la import choose_la, restored_last_token, settle
+from toplens.core.auto_la import choose_la, model_la, read_la, restored_last_token, settle
 from toplens.core.corruption import clean_prob, make_corruption
 from toplens.core.hparams import HparamsError
 from toplens.editors import top
 from toplens.editors.top import TopHparams
+from tests.conftest import unchecked
 from tests.plugin.editors.test_top import FAST, REQUEST, TEMPLATES
 
 
@@ -40,7 +43,7 @@ def test_the_fallbacks_warn_naming_the_request(tiny_model, monkeypatch, caplog):
     monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, *a, **k: torch.full((c.n_samples,), 0.1))
     monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers, *at: torch.tensor([0.12, 0.2, 0.15]))
     with caplog.at_level("WARNING", logger="toplens.core.auto_la"):
-        assert choose_la(ModelAdapter(tiny_model), REQUEST, 0, n_samples=4).la == 2  # the layer recovering most
+        assert choose_la(ModelAdapter(tiny_model), REQUEST, 0, rule="fraction", n_samples=4).la == 2  # recovers most
     assert REQUEST.text in caplog.text and "recovers most" in caplog.text
 
 
@@ -51,9 +54,53 @@ def test_la_is_the_first_layer_that_recovers_the_share(tiny_model, monkeypatch, 
     monkeypatch.setattr(auto_la, "clean_prob", lambda adapter, c: 0.6)
     monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, *a, **k: torch.full((c.n_samples,), 0.1))
     monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers, *at: torch.tensor([0.12, 0.3, 0.6]))
-    choice = choose_la(ModelAdapter(tiny_model), REQUEST, 0, fraction=fraction, n_samples=4)
+    choice = choose_la(ModelAdapter(tiny_model), REQUEST, 0, rule="fraction", fraction=fraction, n_samples=4)
     assert choice.layers == (1, 2, 3) and choice.recovered == pytest.approx((0.04, 0.4, 1.0))
-    assert choice.la == la and choice.answer == REQUEST.target_true
+    assert choice.la == la and choice.answer == REQUEST.target_true and choice.rule == "fraction"
+
+
+@pytest.mark.parametrize("share, la", [((0.04, 0.4, 1.0), 3), ((0.5, 0.6, 0.7), 1), ((0.1, 0.2, 0.9, 1.0), 3),
+                                       ((0.2, 0.1, 0.3), 1)])
+def test_the_rise_rule_picks_the_largest_jump(share, la):
+    """The rise of the first candidate is over the corrupted run (share 0); ties go to the earlier layer."""
+    assert read_la(tuple(range(1, len(share) + 1)), list(share)) == la
+
+
+def test_the_rise_rule_is_the_default(tiny_model, monkeypatch):
+    monkeypatch.setattr(auto_la, "clean_prob", lambda adapter, c: 0.6)
+    monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, *a, **k: torch.full((c.n_samples,), 0.1))
+    monkeypatch.setattr(auto_la, "restored_last_token", lambda adapter, c, layers, *at: torch.tensor([0.35, 0.45, 0.6]))
+    choice = choose_la(ModelAdapter(tiny_model), REQUEST, 0, n_samples=4)
+    assert choice.rule == "rise" and choice.la == 1  # shares 0.5, 0.7, 1.0: the jump from the corrupted run
+    with pytest.raises(ValueError, match="rule must be one of"):
+        choose_la(ModelAdapter(tiny_model), REQUEST, 0, rule="half")
+
+
+def test_the_models_la_is_measured_once_and_is_the_rise_of_the_mean_share(tiny_model, monkeypatch):
+    adapter = ModelAdapter(tiny_model)
+    auto_la._MODEL_LA.pop(tiny_model, None)
+    calls = []
+    curves = [(0.1, 0.2, 1.0), (0.6, 0.7, 0.8), (float("nan"),) * 3]  # the third probe cannot be measured
+
+    def fake(adapter, request, edit_layer, **kw):
+        calls.append(request.text)
+        share = curves[(len(calls) - 1) % 3]
+        return auto_la.LaChoice(0, (1, 2, 3), share, 0.5, 0.1, request.target_true)
+    monkeypatch.setattr(auto_la, "choose_la", fake)
+    first = model_la(adapter, 0)
+    assert len(calls) == len(auto_la.PROBE_FACTS) and model_la(adapter, 0) is first
+    known = [curves[i % 3] for i in range(len(auto_la.PROBE_FACTS)) if i % 3 != 2]
+    mean = [sum(c) / len(known) for c in zip(*known)]
+    assert first.recovered == pytest.approx(tuple(mean)) and first.la == read_la((1, 2, 3), mean)
+    auto_la._MODEL_LA.pop(tiny_model, None)
+
+
+def test_a_request_without_a_gap_falls_back_to_the_models_la(tiny_model, monkeypatch, caplog):
+    monkeypatch.setattr(auto_la, "clean_prob", lambda adapter, c: 0.5)
+    monkeypatch.setattr(auto_la, "answer_probs", lambda adapter, c, patches=(), repeats=1: torch.full((repeats * c.n_samples,), 0.49))
+    with caplog.at_level("WARNING", logger="toplens.core.auto_la"):
+        choice = choose_la(ModelAdapter(tiny_model), REQUEST, 0, n_samples=4, fallback=3)
+    assert choice.la == 3 and "the model's la" in caplog.text
 
 
 def test_without_a_measurable_gap_la_is_the_middle_layer(tiny_model, monkeypatch, caplog):
@@ -66,20 +113,21 @@ def test_without_a_measurable_gap_la_is_the_middle_layer(tiny_model, monkeypatch
         choose_la(ModelAdapter(tiny_model), REQUEST, 0, fraction=0.0)
 
 
-def test_top_with_auto_edits_at_the_chosen_la(tiny_model, monkeypatch):
-    hp = FAST.replace(layers=(0,), rel_feat_layer="auto")
+@pytest.mark.parametrize("where", ["model", "request"])
+def test_top_with_auto_edits_at_the_chosen_la(tiny_model, monkeypatch, where):
+    hp = FAST.replace(layers=(0,), rel_feat_layer="auto", auto_la=where)
     with monkeypatch.context() as m:  # settings that cannot run together are refused before la is measured
         m.setattr(top, "settle", lambda *a: pytest.fail("la was measured for settings that cannot run"))
         with pytest.raises(HparamsError, match="stage2_keep_spare=True needs stage2_keep_weight"):
             top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_spare=True), templates=TEMPLATES)
-    with pytest.raises(HparamsError, match="rel_feat_layer='auto' is chosen per request"):
+    with pytest.raises(HparamsError, match="rel_feat_layer='auto' is measured on the model"):
         top.EDITOR.stages(hp)
     settled, choice = settle(ModelAdapter(tiny_model), REQUEST, hp)
     assert settled.rel_feat_layer == choice.la and top.EDITOR.settle(tiny_model, REQUEST, hp) == settled
     assert [s.site.layer for s in top.EDITOR.stages(settled)] == [choice.la, 0]
     edit = top.compute(tiny_model, REQUEST, hp, templates=TEMPLATES)
     assert edit.details.layers[0].la == choice.la == edit.details.la_choice.la
-    assert edit.details.la_choice.clean == choice.clean
+    assert edit.details.la_choice.layers == choice.layers and type(choice).__name__ == ("ModelLa" if where == "model" else "LaChoice")
     assert edit.hparams["rel_feat_layer"] == choice.la and edit.details.summary()["la_auto"] is True
 
 
@@ -92,3 +140,5 @@ def test_auto_is_the_one_named_value_rel_feat_layer_takes():
     assert TopHparams(rel_feat_layer="auto").relayered(lambda x: x, 8).rel_feat_layer == "auto"
     with pytest.raises(HparamsError, match=r"an integer or one of \['auto'\]; got 'Auto'"):
         TopHparams.from_dict({"rel_feat_layer": "Auto"})
+    with unchecked(), pytest.raises(HparamsError, match=r"TopHparams.auto_la must be one of \['model', 'request'\]; got 'layer'"):
+        TopHparams.from_dict({"auto_la": "layer"})

@@ -22,7 +22,7 @@ PUBLISHED = {
                               vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful"),
     ("top", "qwen2.5-7b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                                 vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful"),
-    ("top", "smollm2-135m"): dict(layers=(5,), rel_feat_layer=10, v_num_grad_steps1=20, v_num_grad_steps2=40,
+    ("top", "smollm2-135m"): dict(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
                                   stage2_loss="readout", stage2_site="fold", mom2_adjustment=False),
     ("rets", "gpt2-xl"): dict(layer=35, v_num_grad_steps=20, mom2_adjustment=True, constraint_weight=1.0),
     ("rets", "gpt-j-6b"): dict(layer=17, mom2_adjustment=True),
@@ -54,7 +54,7 @@ def test_every_method_has_the_published_preset_for_every_published_model(method,
 def test_smollm_top_preset_and_the_faithful_one_beside_it():
     ours, faithful = get_preset("top", "smollm2-135m"), get_preset("top", "smollm2-135m-faithful")
     assert isinstance(ours, TopHparams) and isinstance(faithful, TopHparams)
-    assert (ours.stage2_loss, ours.stage2_site, ours.layers, ours.rel_feat_layer) == ("readout", "fold", (5,), 10)
+    assert (ours.stage2_loss, ours.stage2_site, ours.layers, ours.rel_feat_layer) == ("readout", "fold", (5,), 18)
     assert (faithful.stage2_loss, faithful.stage2_site, faithful.rel_feat_layer) == ("l2", "subject", 5)
     published = get_preset("top", "qwen2.5-7b")
     assert faithful.replace(v_num_grad_steps2=published.v_num_grad_steps2,
