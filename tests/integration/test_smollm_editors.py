@@ -85,3 +85,15 @@ def test_memit_batch_from_a_requests_file(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["n_requests"] == 3 and report["weight_edits"] == 1 and report["restored_bitexact"] is True
     assert report["n_success"] >= 2, [(r["request"]["subject"], r["post"]) for r in report["requests"]]
+
+
+def test_the_automatic_la_is_the_presets_la_on_smollm(smollm_hooked):
+    """rel_feat_layer="auto" measures la on the probe facts: on SmolLM2 (edit layer 5) the restored
+    share jumps at block 23, the preset's fixed la, and most probe facts are measurable."""
+    from toplens.core.auto_la import PROBE_FACTS, model_la
+    hp = get_preset("top", None)
+    choice = model_la(ModelAdapter(smollm_hooked), hp.layers[0])
+    assert choice.la == hp.layers[0] + hp.rel_feat_layer == 23
+    measured = [p for p in choice.probes if p.recovered[0] == p.recovered[0]]  # NaN where unmeasurable
+    assert len(measured) >= len(PROBE_FACTS) - 1
+    assert choice.recovered[choice.layers.index(23)] - choice.recovered[choice.layers.index(22)] > 0.5
