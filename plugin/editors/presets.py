@@ -44,6 +44,12 @@ _TOP: dict[str, TopHparams] = {
                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
                                **_COMMON),
+    # ours: the preset with stage2_keep_weight=5, for users who rank R-Specificity first
+    # (docs/top_stage2.md, eighth session: R-Spec 94.1 against 80.9, Generalization 61.3 against 72.3)
+    "smollm2-135m-specific": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
+                                        vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
+                                        stage2_loss="readout", stage2_site="fold", stage2_keep_weight=5.0,
+                                        context_lengths=((5, 5), (5, 10)), **_COMMON),
     "smollm2-135m-faithful": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
                                         vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                         context_lengths=((5, 5), (5, 10)), **_COMMON),
@@ -79,7 +85,7 @@ _ALIASES = {
     "gpt2-xl": "gpt2-xl", "gpt-j-6b": "gpt-j-6b", "gpt-j": "gpt-j-6b", "gptj": "gpt-j-6b",
     "qwen2.5-7b": "qwen2.5-7b", "qwen2.5-7b-instruct": "qwen2.5-7b", "smollm2": "smollm2-135m",
     "smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
-    "smollm2-135m-faithful": "smollm2-135m-faithful",
+    "smollm2-135m-faithful": "smollm2-135m-faithful", "smollm2-135m-specific": "smollm2-135m-specific",
 }
 
 

@@ -60,6 +60,7 @@ def test_smollm_top_preset_and_the_faithful_one_beside_it():
     assert faithful.replace(v_num_grad_steps2=published.v_num_grad_steps2,
                             context_lengths=published.context_lengths) == published
     assert get_preset("top", None) == ours  # no name: the bundled model's preset
+    assert get_preset("top", "smollm2-135m-specific") == ours.replace(stage2_keep_weight=5.0)
 
 
 def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
