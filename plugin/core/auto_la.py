@@ -8,14 +8,15 @@ the clean one's, as the last token gathers the subject through attention. Each c
 *share* is how much of the gap P(o | clean) − P(o | corrupted) its restoration recovers.
 
 Two rules read la off the shares (``rule``):
-- ``"rise"`` (default): the layer whose share rises most over the layer below it, the block at
-  which the last token takes the fact in. On SmolLM2 that jump is at block 23 for most facts.
+- ``"rise"`` (default): the layer whose share rises most over the layer below it (the first
+  candidate over the share after the edit layer itself), the block at which the last token takes
+  the fact in. On SmolLM2 that jump is at block 23 for most facts.
 - ``"fraction"``: the first layer whose share reaches ``fraction`` (0.5). It fires early, close to
   the edit layer, where half the gap is often recovered by a slow drift (docs/top_stage2.md).
 
-la is taken per model (``auto_la="model"``, the default): the rise of the mean share over a small
-set of well-known probe facts of our own, measured once per model object and edit layer, so that
-every request gets the same la. ``auto_la="request"`` reads the rise off the request's own fact,
+la is taken per model (``auto_la="model"``, the default): the rise of the median share over a
+small set of well-known probe facts of our own, kept per model object and edit layer (and measured
+again once the model's parameters change in place), so that every request gets the same la. ``auto_la="request"`` reads the rise off the request's own fact,
 falling back to the model's la when corrupting the subject barely moves P(o) (the model does not
 know the fact). One batched forward of (candidate layers × noise samples) rows measures a fact.
 """
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import weakref
 from dataclasses import dataclass
-from typing import Literal, TypeVar, get_args
+from typing import Callable, Literal, Sequence, TypeVar, get_args
 
 import torch
 from jaxtyping import Float
@@ -64,7 +66,9 @@ PROBE_FACTS: tuple[tuple[str, str, str], ...] = (
     ("{} is the currency of", "The yen", " Japan"),
     ("{} was painted by", "The Mona Lisa", " Leonardo"),
 )
-_MODEL_LA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: model -> {(edit layer, relation position): (parameter versions when measured, ModelLa)}
+_MODEL_LA: "weakref.WeakKeyDictionary[object, dict[tuple[int, str], tuple[tuple[int, ...], ModelLa]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -79,16 +83,20 @@ class LaChoice:
     corrupted: float
     answer: str
     rule: str = "rise"
+    baseline: float = 0.0  # the share after the edit layer itself, where the first rise starts
 
 
 @dataclass(frozen=True)
 class ModelLa:
-    """The model's la: the mean share over the probe facts that could be measured, and each probe."""
+    """The model's la: per candidate layer the median share over the probe facts that could be
+    measured, and each probe's own measurement (a LaChoice). Unlike a LaChoice it has no single
+    clean or corrupted probability: those are per probe."""
 
     la: int
     layers: tuple[int, ...]
     recovered: tuple[float, ...]
     probes: tuple[LaChoice, ...]
+    baseline: float = 0.0
 
 
 def restored_last_token(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...],
@@ -116,15 +124,15 @@ def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, 
 
 def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, rule: str = "rise",
               fraction: float = FRACTION, n_samples: int = SAMPLES, seed: int = 0, relation_at: str = "last",
-              fallback: int | None = None) -> LaChoice:
+              fallback: Callable[[], int] | None = None, warn: bool = True) -> LaChoice:
     """la for ``request`` edited at ``edit_layer``, from the shares of edit_layer+1 .. n_layers−1
     restored at h_r's token (the ``relation_at`` strategy of :mod:`toplens.core.relation_positions`)
-    for o (the request's target_true, else the model's top next token): the largest rise
-    (``rule="rise"``) or the first layer reaching ``fraction`` (the layer that recovers most when none
-    does). When corrupting the subject moves P(o) by less than ``MIN_GAP`` of its clean value the
-    shares are NaN and la is ``fallback`` (default: the middle candidate)."""
-    if rule not in LA_RULES:
-        raise ValueError(f"rule must be one of {list(LA_RULES)}; got {rule!r}")
+    for o (the request's target_true, else the model's top next token): the largest rise over the
+    layer below, the first over the share after the edit layer itself (``rule="rise"``), or the first
+    layer reaching ``fraction`` (``"fraction"``). When corrupting the subject moves P(o) by less than
+    ``MIN_GAP`` of its clean value the shares are NaN and la is ``fallback()`` (default: the middle
+    candidate)."""
+    _check_rule(rule)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
     layers = _candidates(adapter, edit_layer)
@@ -133,23 +141,32 @@ def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, r
     with torch.no_grad():
         high, low = clean_prob(adapter, corruption), float(answer_probs(adapter, corruption).mean())
         at = relation_position(adapter, locate(adapter, request.prompt, request.subject), relation_at)
-        restored = restored_last_token(adapter, corruption, layers, at)
+        restored = restored_last_token(adapter, corruption, (edit_layer, *layers), at)
     gap = high - low
     if gap <= MIN_GAP * high:  # the subject barely moves P(o): nothing to read
-        la = layers[len(layers) // 2] if fallback is None else fallback
-        logger.warning("rel_feat_layer='auto' for %r: corrupting the subject moves P(%r) only from %.3g to %.3g, "
-                       "too little to place la; la = %d, the %s", request.text, answer, high, low, la,
-                       "middle candidate" if fallback is None else "model's la")
-        return LaChoice(la, layers, (float("nan"),) * len(layers), high, low, answer, rule)
-    share = ((restored - low) / gap).tolist()
-    return LaChoice(read_la(layers, share, rule, fraction, request.text), layers, tuple(share), high, low, answer, rule)
+        la = layers[len(layers) // 2] if fallback is None else fallback()
+        (logger.warning if warn else logger.debug)(
+            "rel_feat_layer='auto' for %r: corrupting the subject moves P(%r) only from %.3g to %.3g, too little to "
+            "place la; la = %d, the %s", request.text, answer, high, low, la,
+            "middle candidate" if fallback is None else "model's la")
+        return LaChoice(la, layers, (float("nan"),) * len(layers), high, low, answer, rule, float("nan"))
+    base, *share = ((restored - low) / gap).tolist()
+    la = read_la(layers, share, rule, fraction, request.text, base)
+    return LaChoice(la, layers, tuple(share), high, low, answer, rule, base)
 
 
-def read_la(layers: tuple[int, ...], share: list[float], rule: str = "rise", fraction: float = FRACTION,
-            label: str = "") -> int:
-    """la from the shares of ``layers`` by ``rule`` (see the module docstring)."""
+def read_la(layers: tuple[int, ...], share: Sequence[float], rule: str = "rise", fraction: float = FRACTION,
+            label: str = "", base: float = 0.0) -> int:
+    """la from the recovered shares of ``layers``: ``"rise"``, the layer whose share rises most over
+    the layer below (the first over ``base``, the share after the edit layer; ties to the earlier
+    layer); ``"fraction"``, the first layer whose share reaches ``fraction``, else the layer that
+    recovers most (with a warning naming ``label``). Every share must be finite."""
+    _check_rule(rule)
+    if len(share) != len(layers) or not all(map(math.isfinite, [base, *share])):
+        raise ValueError(f"read_la needs one finite share per layer; got {len(share)} for {len(layers)} layers: "
+                         f"{list(share)!r}")
     if rule == "rise":
-        rises = [b - a for a, b in zip([0.0, *share[:-1]], share)]
+        rises = [b - a for a, b in zip([base, *share[:-1]], share)]
         return layers[max(range(len(layers)), key=rises.__getitem__)]
     reached = [layer for layer, s in zip(layers, share) if s >= fraction]
     if reached:
@@ -161,23 +178,38 @@ def read_la(layers: tuple[int, ...], share: list[float], rule: str = "rise", fra
 
 
 def model_la(adapter: ModelAdapter, edit_layer: int, relation_at: str = "last") -> ModelLa:
-    """The model's la for ``edit_layer``: the largest rise of the mean share over ``PROBE_FACTS``
-    (those whose corruption moves P(o) enough to measure), cached per model object."""
+    """The model's la for ``edit_layer``: the largest rise of the median share over ``PROBE_FACTS``
+    (those whose corruption moves P(o) enough to measure). Kept per model object and measured
+    again once its parameters change in place (an applied edit, ``load_state_dict``)."""
+    versions = tuple(p._version for p in adapter.model.parameters())
     per_model = _MODEL_LA.setdefault(adapter.model, {})
-    if (edit_layer, relation_at) not in per_model:
-        layers = _candidates(adapter, edit_layer)
-        probes = tuple(choose_la(adapter, EditRequest(prompt, subject, " something", answer), edit_layer,
-                                 relation_at=relation_at) for prompt, subject, answer in PROBE_FACTS)
-        known = [p.recovered for p in probes if not math.isnan(p.recovered[0])]
-        if not known:
-            la = layers[len(layers) // 2]
-            logger.warning("rel_feat_layer='auto': no probe fact moves when its subject is corrupted; la = %d, the "
-                           "middle candidate", la)
-            per_model[edit_layer, relation_at] = ModelLa(la, layers, (float("nan"),) * len(layers), probes)
-        else:
-            mean = [sum(col) / len(known) for col in zip(*known)]
-            per_model[edit_layer, relation_at] = ModelLa(read_la(layers, mean), layers, tuple(mean), probes)
-    return per_model[edit_layer, relation_at]
+    seen = per_model.get((edit_layer, relation_at))
+    if seen is not None and seen[0] == versions:
+        logger.debug("rel_feat_layer='auto': the model's la for layer %d is unchanged (%d)", edit_layer, seen[1].la)
+        return seen[1]
+    choice = _measure_model_la(adapter, edit_layer, relation_at)
+    per_model[edit_layer, relation_at] = (versions, choice)
+    return choice
+
+
+def _measure_model_la(adapter: ModelAdapter, edit_layer: int, relation_at: str) -> ModelLa:
+    layers = _candidates(adapter, edit_layer)
+    probes = tuple(choose_la(adapter, EditRequest(prompt, subject, " something", answer), edit_layer,
+                             relation_at=relation_at, warn=False) for prompt, subject, answer in PROBE_FACTS)
+    known = [p for p in probes if math.isfinite(p.baseline)]
+    if not known:
+        la = layers[len(layers) // 2]
+        logger.warning("rel_feat_layer='auto': no probe fact moves when its subject is corrupted; la = %d, the "
+                       "middle candidate", la)
+        return ModelLa(la, layers, (float("nan"),) * len(layers), probes)
+    median = [statistics.median(col) for col in zip(*(p.recovered for p in known))]
+    base = statistics.median(p.baseline for p in known)
+    return ModelLa(read_la(layers, median, base=base), layers, tuple(median), probes, base)
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in LA_RULES:
+        raise ValueError(f"rule must be one of {list(LA_RULES)}; got {rule!r}")
 
 
 def _candidates(adapter: ModelAdapter, edit_layer: int) -> tuple[int, ...]:
@@ -195,8 +227,10 @@ def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaCho
     if hp.rel_feat_layer != "auto":
         return hp, None
     edit_layer = hp.layers[-1]
-    choice = model_la(adapter, edit_layer, hp.relation_position)
-    if hp.auto_la == "request":
-        choice = choose_la(adapter, request, edit_layer, relation_at=hp.relation_position, fallback=choice.la)
+    if hp.auto_la == "request":  # the probe facts are measured only when the request gives no signal
+        choice = choose_la(adapter, request, edit_layer, relation_at=hp.relation_position,
+                           fallback=lambda: model_la(adapter, edit_layer, hp.relation_position).la)
+    else:
+        choice = model_la(adapter, edit_layer, hp.relation_position)
     logger.info("rel_feat_layer='auto' (%s): la = %d for %r", hp.auto_la, choice.la, request.text)
     return hp.replace(rel_feat_layer=choice.la - edit_layer), choice

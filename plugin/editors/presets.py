@@ -44,16 +44,13 @@ _TOP: dict[str, TopHparams] = {
                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
                                **_COMMON),
-    # ours: the preset with stage2_keep_weight=5, for users who rank R-Specificity first
-    # (docs/top_stage2.md, eighth session: R-Spec 94.1 against 80.9, Generalization 61.3 against 72.3)
-    "smollm2-135m-specific": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
-                                        vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
-                                        stage2_loss="readout", stage2_site="fold", stage2_keep_weight=5.0,
-                                        context_lengths=((5, 5), (5, 10)), **_COMMON),
     "smollm2-135m-faithful": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
                                         vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                         context_lengths=((5, 5), (5, 10)), **_COMMON),
 }
+# ours: the SmolLM2 preset with stage2_keep_weight=5, for users who rank R-Specificity first
+# (docs/top_stage2.md, eighth session: R-Spec 94.1 against 80.9, Generalization 61.3 against 72.3)
+_TOP["smollm2-135m-specific"] = _TOP["smollm2-135m"].replace(stage2_keep_weight=5.0)
 # RETS: only the edit layers are published (GPT2-XL 35, GPT-J 17, Llama-2-7B 22); the rest are
 # ROME's values, on which the RETS code is built.
 _RETS: dict[str, RetsHparams] = {
