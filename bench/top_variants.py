@@ -53,6 +53,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-after": ("top", {"relation_position": "after_subject"}),
     "top-keep-5-la23": ("top", {"stage2_keep_weight": 5.0}),
     "top-auto-request": ("top", {"rel_feat_layer": "auto", "auto_la": "request"}),  # the rise rule per request
+    "top-all-prompts": ("top", {"stage2": "all_prompts"}),  # stage 2 over every rewriting prompt, la = 23
+    "top-prefix": ("top", {"relation_prefix": True}),  # a rewriting row led by the prompt's relation words
+    "top-prefix-all": ("top", {"relation_prefix": True, "stage2": "all_prompts"}),
     "top-auto-rewrite-0.3": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 0.3}),
     "top-auto-rewrite-1": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 1.0}),
 }

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_methods_arg, add_model_args, add_out_arg,
-                                         check_at_least, check_hparams_flag, check_writable, emit, hparams_overrides,
-                                         load, parse_ints, parse_methods, records_from, resolve_all)
+from toplens.analyses.cli.common import (UsageError, add_data_arg, add_hparams_arg, add_methods_arg, add_model_args,
+                                         add_out_arg, check_at_least, check_file, check_hparams_flag, check_writable,
+                                         emit, hparams_overrides, load, parse_ints, parse_methods, records_from,
+                                         resolve_all)
 from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS
 from toplens.analyses.evaluation.sequential import DEFAULT_CHECKPOINTS, SequentialResult, run_sequential
 from toplens.analyses.figures import save_figure, sequential_curves
@@ -29,7 +30,13 @@ def add_parser(sub) -> None:
                    help="edit counts to measure at (those above --n are dropped)")
     p.add_argument("--project", choices=("none", "nullspace"), default=None,
                    help="the null-space projection for every method (default: each method's setting)")
-    p.add_argument("--retention", type=int, default=100, help="held-out facts the unedited model knows, kept track of")
+    p.add_argument("--retention", type=int, default=100,
+                   help="held-out facts the unedited model knows, kept track of (0: none)")
+    p.add_argument("--corpus", default=None,
+                   help="with the projection: a UTF-8 text file, one text per line, for the preserved keys' statistic "
+                        "(default: text the model samples)")
+    p.add_argument("--corpus-tokens", type=int, default=None,
+                   help="with the projection: tokens of model-sampled text for that statistic (default 6144)")
     p.add_argument("--no-generation", action="store_true", help="skip the Fluency generations")
     p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
     add_out_arg(p, "one folder per method, curve.json and sequential.png; reruns resume", required=True)
@@ -40,8 +47,14 @@ def add_parser(sub) -> None:
 
 def validate(args: argparse.Namespace) -> list[int]:
     """The flags, before the data or the model loads; the checkpoints up to --n."""
-    check_at_least(args, 1, "n", "batch_size", "retention")
-    check_at_least(args, 0, "seed")
+    check_at_least(args, 1, "n", "batch_size", "corpus_tokens")
+    check_at_least(args, 0, "seed", "retention")
+    if args.corpus is not None and args.corpus_tokens is not None:
+        raise UsageError("--corpus, --corpus-tokens: give a corpus file or a sampled size, not both")
+    if (args.corpus or args.corpus_tokens) and args.project != "nullspace":
+        raise UsageError("--corpus/--corpus-tokens need --project nullspace; got "
+                         + ("no --project" if args.project is None else f"--project {args.project}"))
+    check_file(args.corpus, "--corpus")
     check_writable(args.out, "--out", folder=True)
     check_hparams_flag(args.hparams, parse_methods(args.methods))
     marks = parse_ints(args.checkpoints, "--checkpoints") or []
@@ -56,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     records = records_from(args, None)
     if len(records) < args.n:
         raise ValueError(f"--n {args.n}: --data {args.data!r} has only {len(records)} records")
+    if len(records) == args.n and (args.retention or not args.no_generation):
+        raise UsageError(f"--n {args.n}: --data {args.data!r} has no records left over for retention and Fluency; "
+                         "lower --n, or pass --retention 0 --no-generation")
+    corpus = _corpus(args.corpus)
     overrides = hparams_overrides(args.hparams, methods)
     if args.project is not None:
         overrides = {m: {**o, "project": args.project} for m, o in overrides.items()}
@@ -65,13 +82,23 @@ def run(args: argparse.Namespace) -> int:
                               hparams=hparams[method], held_out=records[args.n:], batch_size=args.batch_size,
                               checkpoints=marks, retention_facts=args.retention, seed=args.seed,
                               generation_tokens=0 if args.no_generation else GENERATION_TOKENS,
-                              model_name=args.model or None)
+                              corpus=corpus, corpus_tokens=args.corpus_tokens, model_name=args.model or None)
                for method in methods]
     report = {"runs": [r.to_json() for r in results]}
     (Path(args.out) / "curve.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     save_figure(sequential_curves(results), args.out, "sequential")
     emit(args, report, format_curves(results))
     return 0
+
+
+def _corpus(path: str | None) -> list[str] | None:
+    """The corpus file's non-empty lines (None without --corpus)."""
+    if path is None:
+        return None
+    texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise UsageError(f"--corpus: {path!r} has no non-empty line")
+    return texts
 
 
 def _folder(method: str, hp) -> str:

@@ -24,13 +24,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from toplens import EditHandle, WeightEdit, as_adapter
 from toplens.core.cache import write_atomic
+from toplens.core.covariance import SampledCorpus, corpus_fingerprint
 from toplens.core.hparams import Hparams
 from toplens.core.nullspace import SequentialProjection
 from toplens.editors import get_editor
@@ -54,7 +55,7 @@ RATES = (*METRICS, "efficacy_at_1")
 class SequentialPoint:
     """The model after ``edits`` sequential edits. Rates in percent over the records edited so far
     (None where no record had that metric's prompts); ``retention`` in percent of the held-out
-    facts the unedited model knew; ``fluency`` ×100 (None without generations); ``seconds``
+    facts the unedited model knew (None when it knew none, or none were asked for); ``fluency`` ×100 (None without generations); ``seconds``
     the edits' compute time so far."""
 
     edits: int
@@ -63,7 +64,7 @@ class SequentialPoint:
     s_specificity: float | None
     r_specificity: float | None
     efficacy_at_1: float | None
-    retention: float
+    retention: float | None
     fluency: float | None
     seconds: float
 
@@ -117,6 +118,7 @@ def run_sequential(model, records: Sequence[Record], method: str, out_dir: str |
                    hparams: Hparams | None = None, held_out: Sequence[Record] = (), batch_size: int = 1,
                    checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, retention_facts: int = 100,
                    generation_tokens: int = GENERATION_TOKENS, top_k: int = GENERATION_TOP_K, seed: int = 0,
+                   corpus: Iterable[str] | None = None, corpus_tokens: int | None = None,
                    model_name: str | None = None, progress: bool = True) -> SequentialResult:
     """Edit the model with every record's request in order and measure the curve; the model ends
     with its original weights. See the module docstring for what is measured and written.
@@ -129,25 +131,31 @@ def run_sequential(model, records: Sequence[Record], method: str, out_dir: str |
         held_out: records no edit touches, for retention and the Fluency prompts.
         batch_size: requests per step (above 1 only for a batched editor such as MEMIT).
         checkpoints: edit counts at which to measure (a batch that passes one is measured after it).
-        retention_facts: how many known held-out facts retention is measured on.
+        retention_facts: how many known held-out facts retention is measured on (0: none).
         generation_tokens, top_k, seed: the Fluency generations (0 tokens: none).
+        corpus, corpus_tokens: with ``project="nullspace"``, the texts K₀'s statistic is taken over
+            (default: model-sampled text), or how many tokens of sampled text to take it over
+            (default 6,144); streamed in batches, cached on disk.
     """
     adapter = as_adapter(model)
     editor = get_editor(method)
     hp = preset_or_given(method, hparams, model_name or adapter.name, adapter.n_layers)
     marks = _check_run(editor, records, batch_size, checkpoints)
+    _check_held_out(held_out, retention_facts, generation_tokens)
+    projection, corpus_key = _projection(hp, corpus, corpus_tokens)
     for record in records:
         check_record_fits(adapter, record)
     out = Path(out_dir)
     settings = {"method": method, "model": model_name or adapter.name, "hparams": jsonable(hp.to_dict()),
                 "batch_size": batch_size, "checkpoints": marks, "case_ids": [r.case_id for r in records],
-                "retention_facts": retention_facts, "generation": [generation_tokens, top_k, seed]}
+                "retention_facts": retention_facts, "generation": [generation_tokens, top_k, seed],
+                "corpus": corpus_key}
     _claim(out, settings)
     known = known_held_out(adapter, held_out, records, retention_facts)
     fluency_before = _fluency(adapter, known.generation_prompts, generation_tokens, top_k, seed)
     befores = [measure(adapter, r) for r in tqdm(records, desc="before", disable=not progress, leave=False)]
     gen = (generation_tokens, top_k, seed)
-    run = _Run(adapter, editor, hp, records, befores, known, out, gen)
+    run = _Run(adapter, editor, hp, records, befores, known, out, gen, projection)
     points = run.go(batch_size, marks, progress)
     return SequentialResult(method, label_of(method, hp), hp, tuple(points), len(known.facts), fluency_before, out)
 
@@ -165,6 +173,34 @@ def _check_run(editor, records: Sequence[Record], batch_size: int, checkpoints: 
     if not marks or marks[0] < 1 or marks[-1] > len(records):
         raise ValueError(f"checkpoints must be edit counts from 1 to {len(records)} (the records); got {list(checkpoints)}")
     return marks
+
+
+def _check_held_out(held_out: Sequence[Record], retention_facts: int, generation_tokens: int) -> None:
+    if isinstance(retention_facts, bool) or not isinstance(retention_facts, int) or retention_facts < 0:
+        raise ValueError(f"retention_facts must be a non-negative integer; got {retention_facts!r}")
+    if not held_out and (retention_facts or generation_tokens):
+        raise ValueError(f"held_out: no records, so retention (retention_facts={retention_facts}) and Fluency "
+                         f"(generation_tokens={generation_tokens}) have nothing to measure; pass held-out records "
+                         "or set both to 0")
+
+
+def _projection(hp: Hparams, corpus: Iterable[str] | None,
+                tokens: int | None) -> tuple[SequentialProjection | None, dict[str, Any] | None]:
+    """The run's projection (None without ``project="nullspace"``) and what names its K₀ corpus."""
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ValueError(f"corpus_tokens must be a positive integer; got {tokens!r}")
+    if corpus is not None and tokens is not None:
+        raise ValueError("corpus, corpus_tokens: give the texts or the sampled size, not both")
+    texts = None if corpus is None else tuple(corpus)
+    if texts is not None and not any(t.strip() for t in texts):
+        raise ValueError("corpus has no text: key statistics need at least one non-empty string")
+    if hp.project != "nullspace":
+        if texts is not None or tokens is not None:
+            raise ValueError(f"corpus, corpus_tokens: only a run with project='nullspace' uses them; got project={hp.project!r}")
+        return None, None
+    sampled = SampledCorpus(n_texts=-(-tokens // SampledCorpus.n_tokens)) if tokens else SampledCorpus()
+    key = {"texts": corpus_fingerprint(list(texts))} if texts is not None else {"sampled": asdict(sampled)}
+    return SequentialProjection(corpus=texts, sampled=sampled), key
 
 
 def _claim(out: Path, settings: dict[str, Any]) -> None:
@@ -193,9 +229,10 @@ class _Run:
     known: HeldOut
     out: Path
     gen: tuple[int, int, int]
+    projection: SequentialProjection | None
 
     def go(self, batch_size: int, marks: list[int], progress: bool) -> list[SequentialPoint]:
-        projection = SequentialProjection() if self.hp.project == "nullspace" else None
+        projection = self.projection
         for layer in self.hp.edit_layers if projection is not None else ():  # Û from the unedited model
             projection.space(self.adapter, layer, self.hp.nullspace_threshold)
         points = [SequentialPoint.from_json(json.loads(x)) for x in _lines(self.out / "curve.jsonl")]
@@ -252,7 +289,8 @@ class _Run:
     def _point(self, done: int, seconds: float, pending: list[int]) -> SequentialPoint:
         """Measure the model now, append the line to curve.jsonl and drop the checkpoints passed."""
         after = [measure(self.adapter, r, b.tokens) for r, b in zip(self.records[:done], self.befores[:done])]
-        point = SequentialPoint(done, **_mean_rates(after), retention=retention(self.adapter, self.known.facts),
+        kept = retention(self.adapter, self.known.facts) if self.known.facts else None
+        point = SequentialPoint(done, **_mean_rates(after), retention=kept,
                                 fluency=_fluency(self.adapter, self.known.generation_prompts, *self.gen),
                                 seconds=seconds)
         with open(self.out / "curve.jsonl", "a", encoding="utf-8") as sink:

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.covariance import key_second_moment
+from toplens.core.covariance import SampledCorpus, key_second_moment
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import Role, mean_key
 from toplens.core.requests import EditRequest
@@ -131,15 +131,20 @@ def check_direction(u: Tensor, key: Tensor, space: NullSpace) -> None:
 class SequentialProjection:
     """The null-space projection of one sequential run: each layer's Û from the model as it was
     when the layer was first asked for (the unedited model, when :meth:`active` encloses the whole
-    run), and K_p, the keys of the run's edits so far. Make one per run: its keys never leave it."""
+    run), and K_p, the keys of the run's edits so far. Make one per run: its keys never leave it.
+    K₀'s statistic is taken over ``corpus`` (any texts) when given, else over model-sampled text
+    drawn as ``sampled`` says (its size sets the statistic's token count)."""
 
     spaces: dict[tuple[int, float], NullSpace] = field(default_factory=dict)
     keys: dict[int, list[Tensor]] = field(default_factory=dict)
+    corpus: tuple[str, ...] | None = None
+    sampled: SampledCorpus = SampledCorpus()
 
     def space(self, adapter: ModelAdapter, layer: int, threshold: float) -> NullSpace:
         """Û at ``layer`` less the span of the earlier edits' keys there."""
         if (layer, threshold) not in self.spaces:
-            self.spaces[layer, threshold] = null_space(key_second_moment(adapter, layer).float(), layer, threshold)
+            moment = key_second_moment(adapter, layer, self.corpus, sampled=self.sampled)
+            self.spaces[layer, threshold] = null_space(moment.float(), layer, threshold)
         earlier = self.keys.get(layer, [])
         base = self.spaces[layer, threshold]
         return base.without(torch.stack(earlier)) if earlier else base

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from toplens.core.cache import cache_dir, key_digest, read_json, write_json
 from toplens.model import ModelAdapter, as_adapter
@@ -34,6 +35,15 @@ def generate_templates(
             text = adapter.tokenizer.decode(row[1:], skip_special_tokens=True)
             templates.append(_clean(text) + ". {}")
     return tuple(templates)
+
+
+def relation_prefixed(templates: Sequence[str], prompt: str, on: bool = True) -> tuple[str, ...]:
+    """``templates`` and, when ``on``, one more whose prefix is the prompt's own relation words:
+    "is located in the continent of: {}" for "{} is located in the continent of". In that row the
+    subject follows words of its relation, as in a paraphrase that names the relation first. It is
+    built from the rewriting prompt alone, never from relation templates or evaluation prompts."""
+    words = _clean(prompt.replace("{}", " ")).rstrip(" .:?")
+    return (*templates, f"{words}: {{}}") if on and words else tuple(templates)
 
 
 def context_templates(

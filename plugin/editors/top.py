@@ -13,7 +13,8 @@ bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (do
 ``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), the
 ``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected
 with ``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL
-holding the model's text about the subject (:mod:`toplens.core.preservation`)."""
+holding the model's text about the subject (core.preservation); ``relation_prefix`` a rewriting row
+led by the prompt's relation words (core.templates.relation_prefixed)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from toplens.core.relation_positions import RELATION_POSITIONS, RelationPosition
 from toplens.core.relation import RESETS, RelationFeatureObjective, relation_objective, relation_resid
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
-from toplens.core.templates import context_templates
+from toplens.core.templates import context_templates, relation_prefixed
 from toplens.core.value import ValueSettings, rewrite_stage, run_stage
 from toplens.editors.base import Editor
 from toplens.editors.top_details import LayerDetails, TopDetails
@@ -79,6 +80,7 @@ class TopHparams(Hparams):
     stage2_keep_spare: bool = False
     relation_position: RelationPosition = "last"
     auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
+    relation_prefix: bool = False
 
     def _check(self) -> None:
         self._layers("layers")
@@ -188,12 +190,11 @@ def compute_one(
     covariance: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = False,
 ) -> WeightEdit:
-    """The TOP edit of ``request``: a rank-one ΔW_out per edit layer, each computed with the earlier
-    layers' updates applied (removed again before returning), and ``TopDetails``. ``covariance``
-    (one C for every layer) overrides the corpus statistic."""
+    """The TOP edit of ``request``: a rank-one ΔW_out per edit layer, each computed with the earlier layers'
+    updates applied (removed before returning), and ``TopDetails``; ``covariance`` (every layer's C) overrides C."""
     _check_together(adapter, hp)
     hp, choice = settle(adapter, request, hp)
-    templates = tuple(templates or context_templates(adapter, hp.context_lengths))
+    templates = relation_prefixed(templates or context_templates(adapter, hp.context_lengths), request.prompt, hp.relation_prefix)
     deltas, details, spaces = [], [], {layer: nullspace_for(adapter, layer, hp) for layer in hp.layers}
     with EditHandle(adapter) as handle:
         for layer in hp.layers:
@@ -206,8 +207,7 @@ def compute_one(
                                         v_star, st.prob1, reached))
             if layer != hp.layers[-1]:
                 handle.add(WeightEdit("top", (request,), (deltas[-1],)))
-    summary = TopDetails(tuple(details), hp.stage2, hp.key, choice)
-    return WeightEdit("top", (request,), tuple(deltas), hp.to_dict(), summary)
+    return WeightEdit("top", (request,), tuple(deltas), hp.to_dict(), TopDetails(tuple(details), hp.stage2, hp.key, choice))
 
 
 def _check_together(adapter: ModelAdapter, hp: TopHparams) -> None:

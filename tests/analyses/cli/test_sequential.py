@@ -23,3 +23,31 @@ def test_sequential_refuses_more_edits_than_records(tiny_hooked, tmp_path, tople
     argv = ["sequential", "--data", str(_rs_file(tmp_path)), "--n", "5", "--out", str(tmp_path / "o"), "--hparams", ROME]
     status, _, err = toplens(argv, tiny_hooked)
     assert status != 0 and "--n 5: --data" in err and "has only 2 records" in err
+
+
+def test_sequential_refuses_a_run_with_nothing_held_out_unless_retention_and_fluency_are_off(tiny_hooked, tmp_path,
+                                                                                           toplens):
+    base = ["sequential", "--data", str(_rs_file(tmp_path)), "--n", "2", "--checkpoints", "2"]
+    status, _, err = toplens(base + ["--out", str(tmp_path / "a"), "--no-generation", "--hparams", ROME], tiny_hooked)
+    assert status != 0 and "has no records left over for retention and Fluency" in err
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The violin is played with a bow.\n\nParis lies on the Seine.\n")
+    argv = base + ["--out", str(tmp_path / "b"), "--no-generation", "--retention", "0", "--project", "nullspace",
+                   "--hparams", json.dumps({"rome": {**json.loads(ROME)["rome"], "nullspace_threshold": 0.5}}),
+                   "--corpus", str(corpus), "--json"]
+    status, stdout, err = toplens(argv, tiny_hooked)
+    assert status == 0, err
+    (run,) = json.loads(stdout)["runs"]
+    assert run["label"] == "rome+nullspace" and run["points"][0]["retention"] is None
+    stored = json.loads((tmp_path / "b" / "rome-nullspace" / "run.json").read_text())
+    assert set(stored["corpus"]) == {"texts"}
+
+
+def test_sequential_checks_the_corpus_flags_before_loading(tiny_hooked, tmp_path, toplens):
+    base = ["sequential", "--data", str(_rs_file(tmp_path)), "--n", "1", "--out", str(tmp_path / "o"), "--hparams", ROME]
+    for extra, message in ((["--corpus-tokens", "100"], "need --project nullspace; got no --project"),
+                           (["--project", "nullspace", "--corpus", str(tmp_path / "none.txt")], "--corpus"),
+                           (["--project", "nullspace", "--corpus-tokens", "0"], "--corpus-tokens must be at least 1"),
+                           (["--project", "nullspace", "--corpus", "x", "--corpus-tokens", "5"], "not both")):
+        status, _, err = toplens(base + extra, tiny_hooked)
+        assert status != 0 and message in err, (extra, err)

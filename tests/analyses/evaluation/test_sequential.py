@@ -5,8 +5,12 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from toplens import EditRequest, editors
+from toplens.core import nullspace
+from toplens.core.covariance import corpus_fingerprint, key_second_moment
+from toplens.core.nullspace import null_space
 from toplens.analyses.evaluation import sequential as seq
 from toplens.analyses.evaluation.evaluate import next_token_logprobs
 from toplens.analyses.evaluation.records import Record
@@ -108,7 +112,7 @@ def test_memit_edits_in_batches_and_the_projection_labels_the_run(tiny_hooked, t
     records = [_record(i, s) for i, s in enumerate(SUBJECTS)]
     weights = param_hash(tiny_hooked)
     result = seq.run_sequential(tiny_hooked, records, "memit", tmp_path, hparams=hp, batch_size=3,
-                                checkpoints=(1, 4), generation_tokens=0, progress=False)
+                                checkpoints=(1, 4), generation_tokens=0, retention_facts=0, progress=False)
     assert param_hash(tiny_hooked) == weights
     assert [p.edits for p in result.points] == [3, 4] and result.label == "memit+nullspace"
     assert all(p.fluency is None for p in result.points)
@@ -121,3 +125,57 @@ def test_retention_counts_the_facts_still_known(tiny_hooked):
     assert len(facts) >= 2 and seq.retention(tiny_hooked, facts) == 100.0
     wrong = [(p, (t + 1) % 50) for p, t in facts]
     assert seq.retention(tiny_hooked, wrong) == 0.0
+
+
+def test_without_held_out_records_retention_and_fluency_are_refused_unless_turned_off(tiny_hooked, tmp_path):
+    with pytest.raises(ValueError, match=r"held_out: no records, so retention \(retention_facts=3\)"):
+        _run(tiny_hooked, tmp_path / "a", held_out=())
+    result = _run(tiny_hooked, tmp_path / "b", held_out=(), retention_facts=0, generation_tokens=0, checkpoints=(1,))
+    assert result.retention_facts == 0 and result.points[0].retention is None and result.points[0].fluency is None
+    with pytest.raises(ValueError, match="retention_facts must be a non-negative integer; got -1"):
+        _run(tiny_hooked, tmp_path / "c", retention_facts=-1)
+
+
+CORPUS = ("The violin is played with a bow.", "Paris lies on the Seine.", "A trumpet is made of brass.")
+PROJECTED = ROME.replace(project="nullspace", nullspace_threshold=0.5)
+
+
+def test_the_projection_takes_k0_from_the_given_corpus_and_each_run_starts_with_no_earlier_keys(
+        tiny_hooked, tmp_path, monkeypatch):
+    """K₀'s statistic comes from ``corpus``; K_p is empty when each run's first edit is computed,
+    though the run before remembered keys; nothing of a run is left active after it."""
+    made = []
+
+    class Recording(seq.SequentialProjection):
+        def space(self, adapter, layer, threshold):
+            self.seen_keys = getattr(self, "seen_keys", []) + [sum(len(k) for k in self.keys.values())]
+            return super().space(adapter, layer, threshold)
+
+    monkeypatch.setattr(seq, "SequentialProjection", lambda **kw: made.append(Recording(**kw)) or made[-1])
+    for name in ("a", "b"):
+        _run(tiny_hooked, tmp_path / name, hparams=PROJECTED, corpus=list(CORPUS), checkpoints=(4,), generation_tokens=0)
+    assert len(made) == 2 and all(p.corpus == CORPUS for p in made)
+    for p in made:  # Û built first (no keys), the first edit with none, each later edit with one more
+        assert p.seen_keys[:2] == [0, 0] and p.seen_keys[-1] == 3 and len(p.keys[1]) == 4
+    expected = null_space(key_second_moment(tiny_hooked, 1, list(CORPUS)).float(), 1, 0.5).basis
+    assert torch.equal(made[0].spaces[1, 0.5].basis, expected)
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["corpus"] == {"texts": corpus_fingerprint(list(CORPUS))}
+    assert nullspace._ACTIVE.get() is None
+
+
+def test_a_sampled_corpus_size_sets_the_statistics_texts(tiny_hooked, tmp_path):
+    _run(tiny_hooked, tmp_path, hparams=PROJECTED, corpus_tokens=100, checkpoints=(1,), generation_tokens=0)
+    stored = json.loads((tmp_path / "run.json").read_text())["corpus"]["sampled"]
+    assert stored["n_texts"] == 2 and stored["n_tokens"] == 64  # ⌈100 / 64⌉ texts of 64 tokens
+
+
+def test_corpus_options_are_checked_before_any_edit(tiny_hooked, tmp_path, monkeypatch):
+    monkeypatch.setattr(type(editors.get_editor("rome")), "compute", lambda *a, **k: pytest.fail("edited"))
+    cases = [(dict(corpus=list(CORPUS)), "only a run with project='nullspace' uses them; got project='none'"),
+             (dict(hparams=PROJECTED, corpus=[" "]), "corpus has no text"),
+             (dict(hparams=PROJECTED, corpus_tokens=0), "corpus_tokens must be a positive integer; got 0"),
+             (dict(hparams=PROJECTED, corpus=list(CORPUS), corpus_tokens=10), "not both")]
+    for i, (kw, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            _run(tiny_hooked, tmp_path / str(i), **kw)
+        assert not (tmp_path / str(i)).exists()

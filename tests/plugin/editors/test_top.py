@@ -270,3 +270,17 @@ def test_a_reset_without_the_readout_is_refused_before_any_work(tiny_hooked):
     hp = FAST.replace(stage2_reset="none")
     with pytest.raises(HparamsError, match="stage2_reset='none' needs stage2_loss='readout'"):
         top.compute(tiny_hooked, REQUEST, hp, templates=TEMPLATES)
+
+
+def test_the_relation_prefix_is_one_more_rewriting_row_and_nothing_else(tiny_model):
+    """relation_prefix=True gives the edit computed with the prompt's relation-words row appended to
+    the context templates by hand, to the bit."""
+    from toplens.core.templates import context_templates, relation_prefixed
+    hp = FAST.replace(stage2="all_prompts")
+    on = top.compute(tiny_model, REQUEST, hp.replace(relation_prefix=True))
+    rows = relation_prefixed(context_templates(tiny_model, hp.context_lengths), REQUEST.prompt)
+    by_hand = top.compute(tiny_model, REQUEST, hp, templates=rows)
+    off = top.compute(tiny_model, REQUEST, hp)
+    assert rows[-1] == "plays the: {}"
+    assert torch.equal(on.deltas[0].delta, by_hand.deltas[0].delta)
+    assert not torch.equal(on.deltas[0].delta, off.deltas[0].delta)

@@ -1,0 +1,30 @@
+from bench import sequential as bench
+from toplens import ModelAdapter
+from toplens.core.covariance import key_second_moment, SampledCorpus
+from toplens.core.nullspace import null_space
+
+
+def test_each_config_is_its_methods_preset_on_the_fast_path_with_its_projection():
+    memit = bench.hparams_for(bench.CONFIGS["memit-nullspace"], 30)
+    top = bench.hparams_for(bench.CONFIGS["top"], 30)
+    assert bench.CONFIGS["memit"].batch_size == 10 and bench.CONFIGS["rome"].batch_size == 1
+    assert memit.project == "nullspace" and top.project == "none"
+    assert memit.stop_rule == "fit" and top.rel_feat_layer == 18 and top.context_lengths == ((2, 5),)
+
+
+def test_the_statistic_is_timed_per_layer_and_keeps_the_thresholds_share(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    rows = bench.statistic(adapter, [1, 0, 1], tokens=100, threshold=0.5)
+    assert [r["layer"] for r in rows] == [0, 1] and all(r["tokens"] == 128 and r["seconds"] >= 0 for r in rows)
+    moment = key_second_moment(adapter, 1, sampled=SampledCorpus(n_texts=2))
+    assert rows[1]["kept_fraction"] == null_space(moment.float(), 1, 0.5).kept_fraction
+
+
+def test_the_table_has_a_row_per_run_and_measured_checkpoint():
+    point = dict(edits=10, efficacy=90.0, generalization=80.0, s_specificity=70.0, r_specificity=60.0,
+                 efficacy_at_1=50.0, retention=None, fluency=612.3, seconds=41.0)
+    runs = [{"label": "rome", "points": [point, {**point, "edits": 50}], "retention_facts": 100, "fluency_before": 620.0}]
+    text = bench.markdown(runs, [{"layer": 5, "tokens": 100032, "seconds": 93.0, "kept_fraction": 0.45}], [10, 50, 100], 50)
+    assert "| rome | 10 | 90.0 | 80.0 | 70.0 | 60.0 | 50.0 | – | 612.3 | 41 |" in text
+    assert "| rome | 50 |" in text and "| rome | 100 |" not in text
+    assert "| 5 | 100032 | 93 | 45.0% |" in text and "Fluency 620.0" in text
