@@ -97,7 +97,7 @@ def markdown(runs: list[dict], stats: list[dict], marks: list[int], n: int) -> s
         lines += point_rows(run["label"], run["points"], marks)
     if stats:
         lines += ["", "The preserved keys' statistic K₀K₀ᵀ (model-sampled text, streamed in batches of 16 texts):", "",
-                  "| layer | sampled tokens | seconds | key directions kept |", "|---|---|---|---|"]
+                  "| layer | tokens sampled (texts × 64, nominal) | seconds | key directions kept |", "|---|---|---|---|"]
         lines += [f"| {s['layer']} | {s['tokens']} | {s['seconds']:.0f} | {100 * s['kept_fraction']:.1f}% |"
                   for s in stats]
         lines += ["", "Seconds near 0 mean the statistic was read from the disk cache of an earlier run."]
@@ -135,11 +135,12 @@ def main(argv=None) -> int:
         projected = [hparams_for(c, adapter.n_layers) for c in configs if c.project == "nullspace"]
         layers = [layer for hp in projected for layer in hp.edit_layers]
         stats = statistic(adapter, layers, args.corpus_tokens, projected[0].nullspace_threshold) if projected else []
-        runs = [run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens)
-                for c in configs]
+        runs = []
+        for c in configs:  # the summary grows with each finished run, so a stopped bench still tabulates
+            runs.append(run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens))
+            summary.write_text(json.dumps({"runs": [r.to_json() for r in runs], "statistic": stats, "n": args.n},
+                                          indent=2))
         save_figure(sequential_curves(runs), args.figure_dir, "sequential")
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        summary.write_text(json.dumps({"runs": [r.to_json() for r in runs], "statistic": stats, "n": args.n}, indent=2))
     report = json.loads(summary.read_text())
     text = markdown(report["runs"], report["statistic"], marks, report["n"])
     args.doc.write_text(text)

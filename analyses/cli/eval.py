@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="evaluate only shard K of N (records K-1, K-1+N, ...) into --out; join them with toplens merge")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="records measured together, each under its own edit as per-row hooks (1: one at a time)")
     p.add_argument("--strict", action="store_true", help="stop at a record that cannot be evaluated "
                                                          "(default: skip it, listed in summary.json)")
     add_hparams_arg(p)
@@ -40,7 +42,7 @@ def add_parser(sub) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """The flags and files, before the data or the model loads."""
-    check_at_least(args, 1, "limit", "top_k")
+    check_at_least(args, 1, "limit", "top_k", "batch_size")
     check_at_least(args, 0, "generation_tokens", "seed")
     check_writable(args.out, "--out", folder=True)
     check_file(args.stopwords, "--stopwords")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     hparams = resolve_all(model, overrides, args.model)
     result = run_eval(model, records, methods, args.out, hparams=hparams, model_name=args.model or None,
                       stop_words=stop_words, generation_tokens=0 if args.no_generation else args.generation_tokens,
-                      top_k=args.top_k, seed=args.seed, strict=args.strict)
+                      top_k=args.top_k, seed=args.seed, strict=args.strict, batch_size=args.batch_size)
     emit(args, result.to_json(), format_summary(result.to_json()))
     return 0
 

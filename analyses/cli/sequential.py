@@ -95,7 +95,10 @@ def _corpus(path: str | None) -> list[str] | None:
     """The corpus file's non-empty lines (None without --corpus)."""
     if path is None:
         return None
-    texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--corpus: {path!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not texts:
         raise UsageError(f"--corpus: {path!r} has no non-empty line")
     return texts

@@ -137,22 +137,37 @@ def measure(model, record: Record, tokens: Sequence[ContentToken | None] | None 
     ``tokens`` are the relation-specific prompts' pre-edit top tokens (``before.tokens``); None,
     before the edit, takes them from the model now, skipping ``stop_words``.
     """
+    check_record_fits(model, record)
+    groups, next_prompts = measure_inputs(record)
+    lp = grouped_logprobs(model, groups)
+    return measurement_from(model, record, lp, next_token_logprobs(model, next_prompts), tokens, stop_words)
+
+
+def measure_inputs(record: Record) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """What :func:`measure` runs: the named groups of (prompt, target) pairs it scores, and the
+    prompts whose next-token distribution it reads (the rewrite prompt, then the relation-specific ones)."""
     req = record.request
     own = [req.text, *record.paraphrase_prompts]
-    check_record_fits(model, record)
     neighbors = [(p, t) for p, t in zip(record.neighborhood_prompts, record.neighborhood_true) if t.strip()]
     rs_prompts = list(record.relation_specific_prompts)
-    lp = grouped_logprobs(model, {
+    groups = {
         "new": [(p, req.target_new) for p in own],
         "true": [(p, req.target_true) for p in own] if req.target_true else [],
         "neighbor_new": [(p, req.target_new) for p, _ in neighbors],
         "neighbor_true": neighbors,
         "rs_new": [(p, req.target_new) for p in rs_prompts],
-    })
-    next_lp = next_token_logprobs(model, [req.text, *rs_prompts])
+    }
+    return groups, [req.text, *rs_prompts]
+
+
+def measurement_from(model, record: Record, lp: Mapping[str, list[Tensor]], next_lp: Tensor,
+                     tokens: Sequence[ContentToken | None] | None, stop_words: frozenset[str]) -> Measurement:
+    """The Measurement from the log-probs of :func:`measure_inputs`' pairs (``lp``, by group) and
+    next-token prompts (``next_lp``)."""
+    rs_prompts = list(record.relation_specific_prompts)
     if tokens is None:
         tokens = relation_tokens(model, rs_prompts, next_lp[1:], stop_words)
-    rs = _r_specificity(rs_prompts, tuple(tokens), next_lp[1:], lp["rs_new"], req.target_new)
+    rs = _r_specificity(rs_prompts, tuple(tokens), next_lp[1:], lp["rs_new"], record.request.target_new)
     return Measurement(*_target_metrics(record, lp), rs, tuple(tokens),
                        efficacy_at_1=_efficacy_at_1(model, record, next_lp[0]))
 
@@ -238,6 +253,12 @@ def evaluate_case(model, record: Record, method: str, hparams, *,
     with apply_edit(model, edit):  # reverted on every exit
         after = measure(model, record, before.tokens)
         texts = generate(model, record.generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
+    return case_evaluation(record, method, asked, edit, before, after, texts, seconds)
+
+
+def case_evaluation(record: Record, method: str, asked, edit, before: Measurement, after: Measurement,
+                    texts: tuple[str, ...], seconds: float) -> CaseEvaluation:
+    """The CaseEvaluation of ``record`` from its measurements and generations under ``edit``."""
     result = CaseResult(record.case_id, **after.metrics(), fluency=m.fluency(texts),
                         consistency=m.consistency(texts, record.reference_texts), efficacy_at_1=after.efficacy_at_1)
     return CaseEvaluation(result, method, before, texts, seconds, as_run(asked.to_dict(), edit.hparams))

@@ -49,10 +49,10 @@ def known_held_out(model, held_out: Sequence[Record], edited: Sequence[Record], 
     return HeldOut(tuple(facts[:n_facts]), tuple(prompts))
 
 
-def retention(model, facts: Sequence[tuple[str, int]]) -> float:
-    """Percent of ``facts`` whose true first token is still the model's top next token."""
+def retention(model, facts: Sequence[tuple[str, int]]) -> float | None:
+    """Percent of ``facts`` whose true first token is still the model's top next token (None without facts)."""
     if not facts:
-        return float("nan")
+        return None
     kept = 0
     for start in range(0, len(facts), 32):
         chunk = facts[start:start + 32]

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from toplens import RequestError, as_adapter
+from toplens import as_adapter
 from toplens.core.cache import write_atomic
 from toplens.core.hparams import Hparams
 from toplens.core.precision import resolve_precision
@@ -32,34 +32,18 @@ from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
 
 from toplens.analyses.evaluation import metrics as m
-from toplens.analyses.evaluation.cases import (CASES_FILE, MethodSummary, case_from_dict, case_to_dict, jsonable,
+from toplens.analyses.evaluation.cases import (CASES_FILE, MethodSummary, case_from_dict, jsonable,
                                                read_cases, summarize_lines)
-from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K, evaluate_case, measure
-from toplens.analyses.evaluation.records import DatasetError, Record
+from toplens.analyses.evaluation.case_lines import (RECORD_ERRORS, SkippedCase, chunk_lines,  # noqa: F401 (re-exported)
+                                                    record_lines)
+from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K
+from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.results import CaseResult
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 SKIPPED_FILE = "skipped.jsonl"
-#: errors that belong to one record (a request the model cannot take: a subject whose tokens merge
-#: with their neighbours, a prompt longer than the context); any other error stops the run
-RECORD_ERRORS = (RequestError, DatasetError)
-
-
-@dataclass(frozen=True)
-class SkippedCase:
-    """A record that could not be evaluated with a method: its case id, index and the reason."""
-
-    case_id: Any
-    index: int
-    method: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "index": self.index, "method": self.method, "reason": self.reason}
-
-
 def record_digest(record: Record) -> str:
     """A fingerprint of a record's content (its request and every prompt list)."""
     return hashlib.sha256(json.dumps(jsonable(record.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
@@ -150,7 +134,8 @@ def _check_records(records: Sequence[Record]) -> None:
 def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: str | Path, *,
              hparams: Mapping[str, Hparams] | None = None, model_name: str | None = None,
              stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS, generation_tokens: int = GENERATION_TOKENS,
-             top_k: int = GENERATION_TOP_K, seed: int = 0, progress: bool = True, strict: bool = False) -> EvalResult:
+             top_k: int = GENERATION_TOP_K, seed: int = 0, progress: bool = True, strict: bool = False,
+             batch_size: int = 1) -> EvalResult:
     """Evaluate every method on every record; writes cases.jsonl and summary.json, returns both.
 
     Args:
@@ -163,7 +148,11 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
         stop_words, generation_tokens, top_k, seed: see analyses.evaluation.evaluate.evaluate_case.
         progress: show a tqdm bar over records.
         strict: stop at the first record that cannot be evaluated, instead of skipping it.
+        batch_size: records measured together, each under its own edit as per-row hooks
+            (:mod:`toplens.analyses.evaluation.batched`); 1 measures one record at a time.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     for method in methods:
         get_editor(method)
     adapter = as_adapter(model)
@@ -188,14 +177,21 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
     options = dict(stop_words=stop_words, generation_tokens=generation_tokens, top_k=top_k, seed=seed)
     with open(out / CASES_FILE, "a", encoding="utf-8") as sink, \
             open(out / SKIPPED_FILE, "a", encoding="utf-8") as skips:
-        for index, record in enumerate(tqdm(records, desc="eval", unit="case", disable=not progress)):
-            pending = [mt for mt in methods if _key(record.case_id, mt) not in done
-                       and _key(record.case_id, mt) not in skipped]
-            for method, line in _evaluate_record(model, record, index, pending, chosen, name, options, strict):
+        bar = tqdm(total=len(records), desc="eval", unit="case", disable=not progress)
+        for first in range(0, len(records), batch_size):
+            chunk = [(i, records[i], [mt for mt in methods if _key(records[i].case_id, mt) not in done
+                                      and _key(records[i].case_id, mt) not in skipped])
+                     for i in range(first, min(first + batch_size, len(records)))]
+            lines = (chunk_lines(model, chunk, chosen, name, options, strict) if batch_size > 1 else
+                     ((record, mt, line) for index, record, pending in chunk
+                      for mt, line in record_lines(model, record, index, pending, chosen, name, options, strict)))
+            for record, method, line in lines:
                 line = {**settings[method], **line, "record": digests[json.dumps(record.case_id)]}
                 is_skip = "reason" in line
                 _append(skips if is_skip else sink, line)
                 (skipped if is_skip else done)[_key(record.case_id, method)] = line
+            bar.update(len(chunk))
+        bar.close()
     result = _result(out, records, methods, done, skipped)
     summary = json.dumps(result.to_json(), indent=2) + "\n"
     write_atomic(out / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(summary, encoding="utf-8"))
@@ -244,32 +240,6 @@ def _resumed_skips(path: Path, settings: Mapping[str, Mapping[str, Any]], digest
         raise ValueError(f"case {line['case_id']!r} was skipped by an earlier run into {path.parent}: "
                          f"{line['reason']}")
     return skipped
-
-
-def _evaluate_record(model, record: Record, index: int, methods: Sequence[str], chosen: Mapping[str, Hparams],
-                     name: str, options: Mapping[str, Any], strict: bool):
-    """Yield (method, cases.jsonl line) for each method, or (method, skipped line) for a method
-    whose edit or measurement refused the record (``strict``: raise, naming the case)."""
-    try:
-        before = measure(model, record, stop_words=options["stop_words"]) if methods else None
-    except RECORD_ERRORS as err:
-        yield from ((mt, _skip(record, index, mt, err, strict)) for mt in methods)
-        return
-    for method in methods:
-        try:
-            ev = evaluate_case(model, record, method, chosen[method], before=before, **options)
-        except RECORD_ERRORS as err:
-            yield method, _skip(record, index, method, err, strict)
-            continue
-        yield method, case_to_dict(ev, model_name=name, hparams=chosen[method].to_dict())
-
-
-def _skip(record: Record, index: int, method: str, err: Exception, strict: bool) -> dict[str, Any]:
-    where = f"case {record.case_id!r} (record {index})"
-    if strict:
-        raise ValueError(f"{where}: {err}") from err
-    logger.warning("skipping %s for %s: %s", where, method, err)
-    return SkippedCase(record.case_id, index, method, str(err)).to_json()
 
 
 def _result(out: Path, records: Sequence[Record], methods: Sequence[str],

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from toplens import EditHandle, WeightEdit, as_adapter
 from toplens.core.cache import write_atomic
-from toplens.core.covariance import SampledCorpus, corpus_fingerprint
 from toplens.core.hparams import Hparams
 from toplens.core.nullspace import SequentialProjection
 from toplens.editors import get_editor
@@ -43,6 +42,7 @@ from toplens.analyses.evaluation.evaluate import (GENERATION_TOKENS, GENERATION_
                                                   check_record_fits, generate, measure)
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.retention import HeldOut, known_held_out, retention  # noqa: F401 (re-exported)
+from toplens.analyses.evaluation.sequential_settings import check_held_out, corpus_key, projection_for
 from toplens.analyses.evaluation.results import METRICS
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ class SequentialPoint:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "SequentialPoint":
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        """A curve.jsonl line; a NaN (retention without facts, as earlier versions wrote it) reads as None."""
+        value = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
+        return cls(**{f.name: value(raw[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ def run_sequential(model, records: Sequence[Record], method: str, out_dir: str |
     editor = get_editor(method)
     hp = preset_or_given(method, hparams, model_name or adapter.name, adapter.n_layers)
     marks = _check_run(editor, records, batch_size, checkpoints)
-    _check_held_out(held_out, retention_facts, generation_tokens)
-    projection, corpus_key = _projection(hp, corpus, corpus_tokens)
+    check_held_out(held_out, retention_facts, generation_tokens)
+    projection, corpus_key = projection_for(hp, corpus, corpus_tokens)
     for record in records:
         check_record_fits(adapter, record)
     out = Path(out_dir)
@@ -150,7 +152,7 @@ def run_sequential(model, records: Sequence[Record], method: str, out_dir: str |
                 "batch_size": batch_size, "checkpoints": marks, "case_ids": [r.case_id for r in records],
                 "retention_facts": retention_facts, "generation": [generation_tokens, top_k, seed],
                 "corpus": corpus_key}
-    _claim(out, settings)
+    _claim(out, settings, hp)
     known = known_held_out(adapter, held_out, records, retention_facts)
     fluency_before = _fluency(adapter, known.generation_prompts, generation_tokens, top_k, seed)
     befores = [measure(adapter, r) for r in tqdm(records, desc="before", disable=not progress, leave=False)]
@@ -175,39 +177,14 @@ def _check_run(editor, records: Sequence[Record], batch_size: int, checkpoints: 
     return marks
 
 
-def _check_held_out(held_out: Sequence[Record], retention_facts: int, generation_tokens: int) -> None:
-    if isinstance(retention_facts, bool) or not isinstance(retention_facts, int) or retention_facts < 0:
-        raise ValueError(f"retention_facts must be a non-negative integer; got {retention_facts!r}")
-    if not held_out and (retention_facts or generation_tokens):
-        raise ValueError(f"held_out: no records, so retention (retention_facts={retention_facts}) and Fluency "
-                         f"(generation_tokens={generation_tokens}) have nothing to measure; pass held-out records "
-                         "or set both to 0")
-
-
-def _projection(hp: Hparams, corpus: Iterable[str] | None,
-                tokens: int | None) -> tuple[SequentialProjection | None, dict[str, Any] | None]:
-    """The run's projection (None without ``project="nullspace"``) and what names its K₀ corpus."""
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-        raise ValueError(f"corpus_tokens must be a positive integer; got {tokens!r}")
-    if corpus is not None and tokens is not None:
-        raise ValueError("corpus, corpus_tokens: give the texts or the sampled size, not both")
-    texts = None if corpus is None else tuple(corpus)
-    if texts is not None and not any(t.strip() for t in texts):
-        raise ValueError("corpus has no text: key statistics need at least one non-empty string")
-    if hp.project != "nullspace":
-        if texts is not None or tokens is not None:
-            raise ValueError(f"corpus, corpus_tokens: only a run with project='nullspace' uses them; got project={hp.project!r}")
-        return None, None
-    sampled = SampledCorpus(n_texts=-(-tokens // SampledCorpus.n_tokens)) if tokens else SampledCorpus()
-    key = {"texts": corpus_fingerprint(list(texts))} if texts is not None else {"sampled": asdict(sampled)}
-    return SequentialProjection(corpus=texts, sampled=sampled), key
-
-
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Write run.json, or check that the folder's run had these settings (a resume)."""
+def _claim(out: Path, settings: dict[str, Any], hp: Hparams) -> None:
+    """Write run.json, or check that the folder's run had these settings (a resume; a run.json
+    of an earlier version reads with the fields added since at their defaults)."""
     path = out / "run.json"
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
+        stored["hparams"] = {**jsonable(type(hp)().to_dict()), **stored.get("hparams", {})}
+        stored.setdefault("corpus", corpus_key(None) if hp.project == "nullspace" else None)
         differ = [k for k in settings if stored.get(k) != settings[k]]
         if differ:
             raise ValueError(f"{out} holds a sequential run with other {', '.join(differ)}; use another folder")
@@ -262,7 +239,8 @@ class _Run:
         edit.save(self.out / "edits" / name)
         if projection is not None:
             projection.remember(self.adapter, requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role)
+                                    self.editor.fold_role,
+                                    getattr(self.hp, "relation_prefix", False))
         handle.add(edit)
         line = {"file": name, "case_ids": [r.case_id for r in batch], "first": done, "seconds": seconds}
         with open(self.out / "edits.jsonl", "a", encoding="utf-8") as sink:
@@ -281,7 +259,8 @@ class _Run:
             edit = WeightEdit.load(self.out / "edits" / line["file"])
             if projection is not None:
                 projection.remember(self.adapter, edit.requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role)
+                                    self.editor.fold_role,
+                                    getattr(self.hp, "relation_prefix", False))
             handle.add(edit)
             done, seconds = done + len(line["case_ids"]), seconds + line["seconds"]
         return done, seconds
@@ -289,8 +268,7 @@ class _Run:
     def _point(self, done: int, seconds: float, pending: list[int]) -> SequentialPoint:
         """Measure the model now, append the line to curve.jsonl and drop the checkpoints passed."""
         after = [measure(self.adapter, r, b.tokens) for r, b in zip(self.records[:done], self.befores[:done])]
-        kept = retention(self.adapter, self.known.facts) if self.known.facts else None
-        point = SequentialPoint(done, **_mean_rates(after), retention=kept,
+        point = SequentialPoint(done, **_mean_rates(after), retention=retention(self.adapter, self.known.facts),
                                 fluency=_fluency(self.adapter, self.known.generation_prompts, *self.gen),
                                 seconds=seconds)
         with open(self.out / "curve.jsonl", "a", encoding="utf-8") as sink:

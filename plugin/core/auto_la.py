@@ -144,7 +144,7 @@ def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, r
         restored = restored_last_token(adapter, corruption, (edit_layer, *layers), at)
     gap = high - low
     if gap <= MIN_GAP * high:  # the subject barely moves P(o): nothing to read
-        la = layers[len(layers) // 2] if fallback is None else fallback()
+        la = _middle(layers) if fallback is None else fallback()
         (logger.warning if warn else logger.debug)(
             "rel_feat_layer='auto' for %r: corrupting the subject moves P(%r) only from %.3g to %.3g, too little to "
             "place la; la = %d, the %s", request.text, answer, high, low, la,
@@ -198,7 +198,7 @@ def _measure_model_la(adapter: ModelAdapter, edit_layer: int, relation_at: str) 
                              relation_at=relation_at, warn=False) for prompt, subject, answer in PROBE_FACTS)
     known = [p for p in probes if math.isfinite(p.baseline)]
     if not known:
-        la = layers[len(layers) // 2]
+        la = _middle(layers)
         logger.warning("rel_feat_layer='auto': no probe fact moves when its subject is corrupted; la = %d, the "
                        "middle candidate", la)
         return ModelLa(la, layers, (float("nan"),) * len(layers), probes)
@@ -210,6 +210,11 @@ def _measure_model_la(adapter: ModelAdapter, edit_layer: int, relation_at: str) 
 def _check_rule(rule: str) -> None:
     if rule not in LA_RULES:
         raise ValueError(f"rule must be one of {list(LA_RULES)}; got {rule!r}")
+
+
+def _middle(layers: tuple[int, ...]) -> int:
+    """The fallback la where nothing can be read: the middle candidate layer."""
+    return layers[len(layers) // 2]
 
 
 def _candidates(adapter: ModelAdapter, edit_layer: int) -> tuple[int, ...]:

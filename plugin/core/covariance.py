@@ -110,13 +110,29 @@ def key_second_moment(
     cached = _read(path, key, adapter.d_mlp) if path is not None and path.exists() else None
     if cached is not None:
         return cached.to(adapter.device, adapter.dtype)
-    texts = sample_corpus(adapter, sampled) if texts is None else texts
+    texts = _sampled(adapter, sampled, key) if texts is None else texts
     moment, count = accumulate_second_moment(adapter, layer, texts, max_tokens)
     logger.info("key second moment at layer %d from %d tokens", layer, count)
     if path is not None:
         meta = {"key": json.dumps(key, sort_keys=True), "tokens": str(count)}
         write_atomic(path, lambda tmp: save_file({"moment": moment.float().cpu().contiguous()}, tmp, metadata=meta))
     return moment.to(adapter.device, adapter.dtype)
+
+
+def _sampled(adapter: ModelAdapter, spec: SampledCorpus, key: dict | None) -> list[str]:
+    """The default corpus, drawn once per drawing model and spec while the process lives (so that
+    the statistics of several layers share one sample); uncached when ``key`` is None (hooks active)."""
+    if key is None:
+        return sample_corpus(adapter, spec)
+    memo = (key["corpus"]["by"], key["tokenizer"], spec)
+    if memo not in _SAMPLES:
+        if len(_SAMPLES) >= 2:
+            _SAMPLES.pop(next(iter(_SAMPLES)))
+        _SAMPLES[memo] = sample_corpus(adapter, spec)
+    return _SAMPLES[memo]
+
+
+_SAMPLES: dict[tuple[str, str, SampledCorpus], list[str]] = {}  # (drawing weights, tokenizer, spec) -> texts
 
 
 def _key(adapter: ModelAdapter, layer: int, texts: list[str] | None, sampled: SampledCorpus,

@@ -30,7 +30,7 @@ from toplens.core.covariance import SampledCorpus, key_second_moment
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import Role, mean_key
 from toplens.core.requests import EditRequest
-from toplens.core.templates import context_templates
+from toplens.core.templates import context_templates, relation_prefixed
 from toplens.model import ModelAdapter
 
 
@@ -150,14 +150,17 @@ class SequentialProjection:
         return base.without(torch.stack(earlier)) if earlier else base
 
     def remember(self, adapter: ModelAdapter, requests: Sequence[EditRequest], layers: Sequence[int],
-                 context_lengths: tuple[tuple[int, int], ...], role: Role = "subject") -> None:
+                 context_lengths: tuple[tuple[int, int], ...], role: Role = "subject",
+                 relation_prefix: bool = False) -> None:
         """Add each request's key k* at each edit layer (at ``role``'s token, the one the editor's
-        fold maps, averaged over the context templates, on the model as it is now: call it before
-        applying that edit)."""
+        fold maps, averaged over the rewriting rows the fold averages: the context templates, and
+        TOP's relation-prefix row when ``relation_prefix``), on the model as it is now: call it
+        before applying that edit."""
         templates = context_templates(adapter, context_lengths)
         for layer in layers:
             for request in requests:
-                key = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
+                rows = relation_prefixed(templates, request.prompt, relation_prefix)
+                key = mean_key(adapter, layer, rows, request.prompt, request.subject, role=role)
                 self.keys.setdefault(layer, []).append(key.detach().float().cpu())
 
     @contextmanager

@@ -41,7 +41,8 @@ def relation_prefixed(templates: Sequence[str], prompt: str, on: bool = True) ->
     """``templates`` and, when ``on``, one more whose prefix is the prompt's own relation words:
     "is located in the continent of: {}" for "{} is located in the continent of". In that row the
     subject follows words of its relation, as in a paraphrase that names the relation first. It is
-    built from the rewriting prompt alone, never from relation templates or evaluation prompts."""
+    built from the rewriting prompt alone, never from relation templates or evaluation prompts.
+    The row is for word order, not grammar: "The capital of {} is" gives "The capital of is: {}"."""
     words = _clean(prompt.replace("{}", " ")).rstrip(" .:?")
     return (*templates, f"{words}: {{}}") if on and words else tuple(templates)
 

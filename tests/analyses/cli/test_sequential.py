@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from tests.analyses.cli.test_eval import _rs_file
 from tests.conftest import param_hash
 
@@ -43,11 +45,15 @@ def test_sequential_refuses_a_run_with_nothing_held_out_unless_retention_and_flu
     assert set(stored["corpus"]) == {"texts"}
 
 
-def test_sequential_checks_the_corpus_flags_before_loading(tiny_hooked, tmp_path, toplens):
+def test_sequential_checks_the_corpus_flags_before_loading(tmp_path, toplens, monkeypatch):
+    monkeypatch.setattr("toplens.analyses.cli.common.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     base = ["sequential", "--data", str(_rs_file(tmp_path)), "--n", "1", "--out", str(tmp_path / "o"), "--hparams", ROME]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Dvořák\n".encode("utf-16"))
     for extra, message in ((["--corpus-tokens", "100"], "need --project nullspace; got no --project"),
-                           (["--project", "nullspace", "--corpus", str(tmp_path / "none.txt")], "--corpus"),
+                           (["--project", "nullspace", "--corpus", str(tmp_path / "none.txt")], "none.txt' does not exist"),
+                           (["--project", "nullspace", "--corpus", str(latin)], "is not UTF-8 text"),
                            (["--project", "nullspace", "--corpus-tokens", "0"], "--corpus-tokens must be at least 1"),
                            (["--project", "nullspace", "--corpus", "x", "--corpus-tokens", "5"], "not both")):
-        status, _, err = toplens(base + extra, tiny_hooked)
+        status, _, err = toplens(base + extra)
         assert status != 0 and message in err, (extra, err)

@@ -172,3 +172,44 @@ def test_summary_json_has_a_bootstrap_interval_that_holds_each_rate(tiny_hooked,
     for name in ("efficacy", "generalization", "s_specificity", "r_specificity", "efficacy_at_1", "score"):
         low, high = intervals[name]
         assert low - 0.01 <= summary[name] <= high + 0.01, name
+
+
+def test_a_batched_run_gives_the_serial_runs_outcomes_skips_and_generations(tiny_model, tmp_path):
+    """--batch-size 3 against 1: the same cases and skips (a chunk holding the too-long record goes
+    one at a time), per-prompt NLLs within float order, the same outcomes off ties, the same texts."""
+    from tests.analyses.evaluation.test_batched import _assert_same
+    records = [_record(0), _long_record("too-long"), _record(2, "guitar"), _record(3, "drums"), _record(4, "harp")]
+    kw = dict(hparams={"rome": FAST}, generation_tokens=3, progress=False)
+    serial = run_eval(tiny_model, records, ["rome"], tmp_path / "serial", **kw)
+    batched = run_eval(tiny_model, records, ["rome"], tmp_path / "batched", batch_size=3, **kw)
+    assert [s.case_id for s in batched.skipped] == [s.case_id for s in serial.skipped] == ["too-long"]
+    assert [c.case_id for c in batched.cases["rome"]] == [c.case_id for c in serial.cases["rome"]] == [0, 2, 3, 4]
+    for b, s in zip(batched.cases["rome"], serial.cases["rome"], strict=True):
+        _assert_same(b, s)
+        assert b.fluency == s.fluency
+    texts = {(x["case_id"], x["method"]): x["generations"] for x in read_cases(tmp_path / "serial" / CASES_FILE)}
+    assert {(x["case_id"], x["method"]): x["generations"] for x in read_cases(tmp_path / "batched" / CASES_FILE)} == texts
+
+
+def test_a_batch_interrupted_mid_way_resumes_with_nothing_lost_or_repeated(tiny_hooked, shift, tmp_path, monkeypatch):
+    helpers, _, original = _picky(monkeypatch)
+    records = [_record(i, s) for i, s in enumerate(("trumpet", "drums", "harp", "flute", "organ"))]
+    calls = []
+
+    def interrupted(*a):
+        calls.append(a)
+        if len(calls) == 4:  # the second batch's first edit
+            raise KeyboardInterrupt
+        return original(*a)
+
+    monkeypatch.setattr(helpers._Shift, "compute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_hooked, records, tmp_path, batch_size=3)
+    assert [line["case_id"] for line in read_cases(tmp_path / CASES_FILE)] == [0, 1, 2]
+    monkeypatch.setattr(helpers._Shift, "compute", lambda *a: calls.append(a) or original(*a))
+    resumed = _run(tiny_hooked, records, tmp_path, batch_size=3)
+    assert len(calls) == 4 + 2  # only the two cases not yet written
+    assert [line["case_id"] for line in read_cases(tmp_path / CASES_FILE)] == [0, 1, 2, 3, 4]
+    unbroken = _run(tiny_hooked, records, tmp_path / "unbroken", batch_size=3).to_json()
+    timeless = lambda summary: {k: v for k, v in summary["shift"].items() if k != "seconds_per_edit"}  # noqa: E731
+    assert timeless(resumed.to_json()) == timeless(unbroken)

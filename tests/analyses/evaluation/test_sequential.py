@@ -11,7 +11,7 @@ from toplens import EditRequest, editors
 from toplens.core import nullspace
 from toplens.core.covariance import corpus_fingerprint, key_second_moment
 from toplens.core.nullspace import null_space
-from toplens.analyses.evaluation import sequential as seq
+from toplens.analyses.evaluation import sequential as seq, sequential_settings
 from toplens.analyses.evaluation.evaluate import next_token_logprobs
 from toplens.analyses.evaluation.records import Record
 from toplens.editors.memit import MemitHparams
@@ -40,8 +40,8 @@ def _held_out(model):
     return out
 
 
-def _run(model, out, **kw):
-    records = [_record(i, s) for i, s in enumerate(SUBJECTS)]
+def _run(model, out, n_records=len(SUBJECTS), **kw):
+    records = [_record(i, s) for i, s in enumerate(SUBJECTS[:n_records])]
     options = dict(hparams=ROME, held_out=_held_out(model), checkpoints=(1, 2, 4), generation_tokens=3,
                    retention_facts=3, progress=False)
     return seq.run_sequential(model, records, "rome", out, **{**options, **kw})
@@ -151,7 +151,7 @@ def test_the_projection_takes_k0_from_the_given_corpus_and_each_run_starts_with_
             self.seen_keys = getattr(self, "seen_keys", []) + [sum(len(k) for k in self.keys.values())]
             return super().space(adapter, layer, threshold)
 
-    monkeypatch.setattr(seq, "SequentialProjection", lambda **kw: made.append(Recording(**kw)) or made[-1])
+    monkeypatch.setattr(sequential_settings, "SequentialProjection", lambda **kw: made.append(Recording(**kw)) or made[-1])
     for name in ("a", "b"):
         _run(tiny_hooked, tmp_path / name, hparams=PROJECTED, corpus=list(CORPUS), checkpoints=(4,), generation_tokens=0)
     assert len(made) == 2 and all(p.corpus == CORPUS for p in made)
@@ -179,3 +179,18 @@ def test_corpus_options_are_checked_before_any_edit(tiny_hooked, tmp_path, monke
         with pytest.raises(ValueError, match=message):
             _run(tiny_hooked, tmp_path / str(i), **kw)
         assert not (tmp_path / str(i)).exists()
+
+
+def test_a_folder_of_an_earlier_version_resumes_and_its_nan_retention_reads_as_none(tiny_hooked, tmp_path):
+    """run.json without the corpus key or a field added since (at its default), and a curve line
+    with NaN retention, as earlier versions wrote them: the run resumes and reads None."""
+    _run(tiny_hooked, tmp_path, hparams=PROJECTED, checkpoints=(1, 2), generation_tokens=0, n_records=2)
+    run_json = json.loads((tmp_path / "run.json").read_text())
+    del run_json["corpus"], run_json["hparams"]["precision"]
+    (tmp_path / "run.json").write_text(json.dumps(run_json))
+    curve = (tmp_path / "curve.jsonl").read_text().splitlines()
+    first = {**json.loads(curve[0]), "retention": float("nan")}
+    (tmp_path / "curve.jsonl").write_text(json.dumps(first) + "\n")  # the second checkpoint is measured again
+    resumed = _run(tiny_hooked, tmp_path, hparams=PROJECTED, checkpoints=(1, 2), generation_tokens=0, n_records=2)
+    assert [p.edits for p in resumed.points] == [1, 2]
+    assert resumed.points[0].retention is None and resumed.points[1].retention is not None

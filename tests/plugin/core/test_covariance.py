@@ -50,3 +50,18 @@ def test_default_corpus_is_seeded_model_text(tiny_hooked):
     assert a == b and len(a) == 3 and all(isinstance(t, str) and t for t in a)
     C = key_second_moment(tiny_hooked, 0, sampled=spec)
     assert C.shape == (64, 64) and torch.isfinite(C).all()
+
+
+def test_the_statistics_of_several_layers_share_one_sample_of_the_default_corpus(tiny_hooked, monkeypatch, tmp_path):
+    from toplens.core import covariance
+    monkeypatch.setenv("TOPLENS_CACHE_DIR", str(tmp_path))  # nothing on disk yet: every layer is computed
+    monkeypatch.setattr(covariance, "_SAMPLES", {})
+    calls = []
+    real = covariance.sample_corpus
+    monkeypatch.setattr(covariance, "sample_corpus", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = SampledCorpus(n_texts=3, n_tokens=8, seed=7)
+    first = key_second_moment(tiny_hooked, 0, sampled=spec)
+    key_second_moment(tiny_hooked, 1, sampled=spec)
+    assert len(calls) == 1
+    uncached = key_second_moment(tiny_hooked, 0, sampled=spec, use_cache=False)  # drawn again, same seed
+    assert len(calls) == 2 and torch.equal(first, uncached)
