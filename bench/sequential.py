@@ -25,7 +25,7 @@ from pathlib import Path
 
 from toplens import ModelAdapter, load_model
 from toplens.analyses.evaluation.datasets import load_dataset
-from toplens.analyses.evaluation.sequential import SequentialResult, run_sequential
+from toplens.analyses.evaluation.sequential import SequentialPoint, SequentialResult, run_sequential
 from toplens.analyses.figures import save_figure, sequential_curves
 from toplens.core.covariance import SampledCorpus, key_second_moment
 from toplens.core.nullspace import null_space
@@ -104,6 +104,13 @@ def markdown(runs: list[dict], stats: list[dict], marks: list[int], n: int) -> s
     return "\n".join(lines) + "\n"
 
 
+def result_of(run: dict) -> SequentialResult:
+    """A run of summary.json as the SequentialResult it was written from."""
+    hp = type(get_preset(run["method"], "smollm2-135m")).from_dict(run["hparams"])
+    return SequentialResult(run["method"], run["label"], hp, tuple(SequentialPoint.from_json(p) for p in run["points"]),
+                            run["retention_facts"], run["fluency_before"], Path("."))
+
+
 def run_config(model, config: Config, records, held, out: Path, marks: list[int], tokens: int | None) -> SequentialResult:
     hp = hparams_for(config, ModelAdapter(model).n_layers)
     return run_sequential(model, records, config.method, out / config.name, hparams=hp, held_out=held,
@@ -140,8 +147,8 @@ def main(argv=None) -> int:
             runs.append(run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens))
             summary.write_text(json.dumps({"runs": [r.to_json() for r in runs], "statistic": stats, "n": args.n},
                                           indent=2))
-        save_figure(sequential_curves(runs), args.figure_dir, "sequential")
     report = json.loads(summary.read_text())
+    save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, "sequential")
     text = markdown(report["runs"], report["statistic"], marks, report["n"])
     args.doc.write_text(text)
     args.doc.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -28,3 +28,14 @@ def test_the_table_has_a_row_per_run_and_measured_checkpoint():
     assert "| rome | 10 | 90.0 | 80.0 | 70.0 | 60.0 | 50.0 | – | 612.3 | 41 |" in text
     assert "| rome | 50 |" in text and "| rome | 100 |" not in text
     assert "| 5 | 100032 | 93 | 45.0% |" in text and "Fluency 620.0" in text
+
+
+def test_a_summary_run_reads_back_as_its_result(tmp_path):
+    hp = bench.hparams_for(bench.CONFIGS["top-nullspace"], 30)
+    point = dict(edits=1, efficacy=100.0, generalization=50.0, s_specificity=70.0, r_specificity=60.0,
+                 efficacy_at_1=100.0, retention=float("nan"), fluency=None, seconds=5.0)
+    from toplens.analyses.evaluation.cases import jsonable
+    run = {"method": "top", "label": "top+nullspace", "hparams": jsonable(hp.to_dict()), "points": [point],
+           "retention_facts": 0, "fluency_before": None}
+    result = bench.result_of(run)
+    assert result.hparams == hp and result.label == "top+nullspace" and result.points[0].retention is None
