@@ -77,8 +77,8 @@ def point_rows(name: str, points: list[dict], marks: list[int]) -> list[str]:
     def cell(value) -> str:
         return "–" if value is None else f"{value:.1f}"
     by_edits = {p["edits"]: p for p in points}
-    return [f"| {name} | {e} | " + " | ".join(cell(by_edits[e][k]) for k, _ in COLUMNS) + f" | {by_edits[e]['seconds']:.0f} |"
-            for e in marks if e in by_edits]
+    return [f"| {name} | {e} | " + " | ".join(cell(by_edits[e][k]) for k, _ in COLUMNS)
+            + f" | {by_edits[e].get('refused', 0)} | {by_edits[e]['seconds']:.0f} |" for e in marks if e in by_edits]
 
 
 def markdown(runs: list[dict], stats: list[dict], marks: list[int], n: int) -> str:
@@ -87,12 +87,13 @@ def markdown(runs: list[dict], stats: list[dict], marks: list[int], n: int) -> s
              f"Written by `python bench/sequential.py`: every edit kept on one SmolLM2-135M, the first {n} built-in "
              "cases in order, each method's SmolLM2 preset on the fast path, nothing reverted until the run ends. "
              "Rates in % over every fact edited so far; Retain: % of the held-out facts the unedited model knew "
-             "that it still knows; Flu: Fluency ×100 of generations from held-out prompts; s: the edits' compute "
-             "seconds so far (measuring excluded).", ""]
+             "that it still knows; Flu: Fluency ×100 of generations from held-out prompts; refused: edits the editor "
+             "refused so far (left unedited, still measured); s: the edits' compute seconds so far (measuring "
+             "excluded).", ""]
     lines += [f"- {r['label']}: retention on {r['retention_facts']} held-out facts; the unedited model's Fluency "
               f"{'–' if r['fluency_before'] is None else format(r['fluency_before'], '.1f')}" for r in runs]
-    lines += ["", "| run | edits | " + " | ".join(label for _, label in COLUMNS) + " | s |",
-              "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["", "| run | edits | " + " | ".join(label for _, label in COLUMNS) + " | refused | s |",
+              "|---|---|" + "---|" * (len(COLUMNS) + 2)]
     for run in runs:
         lines += point_rows(run["label"], run["points"], marks)
     if stats:

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from toplens import EditHandle, WeightEdit, as_adapter
 from toplens.core.cache import write_atomic
 from toplens.core.hparams import Hparams
-from toplens.core.nullspace import SequentialProjection
+from toplens.core.nullspace import KeyInPreservedSpan, SequentialProjection
+from toplens.core.requests import RequestError
 from toplens.editors import get_editor
 from toplens.editors.presets import preset_or_given
 
@@ -55,8 +56,9 @@ RATES = (*METRICS, "efficacy_at_1")
 class SequentialPoint:
     """The model after ``edits`` sequential edits. Rates in percent over the records edited so far
     (None where no record had that metric's prompts); ``retention`` in percent of the held-out
-    facts the unedited model knew (None when it knew none, or none were asked for); ``fluency`` ×100 (None without generations); ``seconds``
-    the edits' compute time so far."""
+    facts the unedited model knew (None when it knew none, or none were asked for); ``fluency`` ×100
+    (None without generations); ``seconds`` the edits' compute time so far; ``refused`` the records
+    so far whose edit the editor refused (left unedited, and measured as they are)."""
 
     edits: int
     efficacy: float | None
@@ -67,6 +69,7 @@ class SequentialPoint:
     retention: float | None
     fluency: float | None
     seconds: float
+    refused: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +78,7 @@ class SequentialPoint:
     def from_json(cls, raw: dict[str, Any]) -> "SequentialPoint":
         """A curve.jsonl line; a NaN (retention without facts, as earlier versions wrote it) reads as None."""
         value = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
-        return cls(**{f.name: value(raw[f.name]) for f in fields(cls)})
+        return cls(**{f.name: value(raw[f.name]) for f in fields(cls) if f.name in raw})
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,7 @@ def label_of(method: str, hp: Hparams) -> str:
 def _mean_rates(measurements: Sequence[Measurement]) -> dict[str, float | None]:
     out = {}
     for name in RATES:
-        rates = [getattr(x, name).rate for x in measurements if getattr(x, name) is not None]
-        rates = [r for r in rates if r is not None]
+        rates = [r for x in measurements if getattr(x, name) is not None and (r := getattr(x, name).rate) is not None]
         out[name] = 100.0 * float(np.mean(rates)) if rates else None
     return out
 
@@ -207,6 +209,7 @@ class _Run:
     out: Path
     gen: tuple[int, int, int]
     projection: SequentialProjection | None
+    refused: int = 0  # records whose edit was refused (left unedited, still measured)
 
     def go(self, batch_size: int, marks: list[int], progress: bool) -> list[SequentialPoint]:
         projection = self.projection
@@ -231,18 +234,22 @@ class _Run:
         return points
 
     def _step(self, handle: EditHandle, projection, batch: Sequence[Record], done: int) -> float:
-        start = time.perf_counter()
-        requests = [r.request for r in batch]
-        edit = self.editor.compute(self.adapter, requests if self.editor.batched else requests[0], self.hp)
-        seconds = time.perf_counter() - start
-        name = f"{len(_lines(self.out / 'edits.jsonl')):05d}.safetensors"
-        edit.save(self.out / "edits" / name)
-        if projection is not None:
-            projection.remember(self.adapter, requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role,
-                                    getattr(self.hp, "relation_prefix", False))
-        handle.add(edit)
-        line = {"file": name, "case_ids": [r.case_id for r in batch], "first": done, "seconds": seconds}
+        start, requests = time.perf_counter(), [r.request for r in batch]
+        line = {"file": f"{len(_lines(self.out / 'edits.jsonl')):05d}.safetensors", "case_ids": [r.case_id for r in batch],
+                "first": done}
+        try:
+            edit = self.editor.compute(self.adapter, requests if self.editor.batched else requests[0], self.hp)
+        except (RequestError, KeyInPreservedSpan) as err:  # this request cannot be edited: counted, not applied
+            logger.warning("sequential: cases %s refused, left unedited: %s", line["case_ids"], err)
+            edit, line["file"], line["refused"] = None, None, str(err)
+            self.refused += len(batch)
+        line["seconds"] = seconds = time.perf_counter() - start
+        if edit is not None:
+            edit.save(self.out / "edits" / line["file"])
+            if projection is not None:
+                projection.remember(self.adapter, requests, self.hp.edit_layers, self.hp.context_lengths,
+                                    self.editor.fold_role, getattr(self.hp, "relation_prefix", False))
+            handle.add(edit)
         with open(self.out / "edits.jsonl", "a", encoding="utf-8") as sink:
             sink.write(json.dumps(line) + "\n")
         return seconds
@@ -256,11 +263,14 @@ class _Run:
             if line["case_ids"] != want or line["first"] != done:
                 raise ValueError(f"{self.out}/edits.jsonl: edit {line['file']} holds cases {line['case_ids']}, "
                                  f"where this run's order has {want}; use another folder")
+            if line["file"] is None:  # a refused request: nothing was applied
+                self.refused += len(line["case_ids"])
+                done, seconds = done + len(line["case_ids"]), seconds + line["seconds"]
+                continue
             edit = WeightEdit.load(self.out / "edits" / line["file"])
             if projection is not None:
                 projection.remember(self.adapter, edit.requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role,
-                                    getattr(self.hp, "relation_prefix", False))
+                                    self.editor.fold_role, getattr(self.hp, "relation_prefix", False))
             handle.add(edit)
             done, seconds = done + len(line["case_ids"]), seconds + line["seconds"]
         return done, seconds
@@ -270,7 +280,7 @@ class _Run:
         after = [measure(self.adapter, r, b.tokens) for r, b in zip(self.records[:done], self.befores[:done])]
         point = SequentialPoint(done, **_mean_rates(after), retention=retention(self.adapter, self.known.facts),
                                 fluency=_fluency(self.adapter, self.known.generation_prompts, *self.gen),
-                                seconds=seconds)
+                                seconds=seconds, refused=self.refused)
         with open(self.out / "curve.jsonl", "a", encoding="utf-8") as sink:
             sink.write(json.dumps(point.to_json()) + "\n")
         while pending and pending[0] <= done:

@@ -117,12 +117,17 @@ def _check_kept(space: NullSpace, hp: Hparams) -> None:
                            "raise it")
 
 
+class KeyInPreservedSpan(HparamsError):
+    """The edited key lies almost wholly in the preserved keys' span: this request cannot be
+    edited under this projection (a property of the request's key, not of the settings alone)."""
+
+
 def check_direction(u: Tensor, key: Tensor, space: NullSpace) -> None:
     """Refuse a projected fold direction nearly orthogonal to the key it must map (|cos| < 1e-3):
     normalizing it against the key would magnify it a thousandfold or more."""
     cos = abs(float(torch.dot(u.double(), key.double()))) / max(float(u.double().norm() * key.double().norm()), 1e-30)
     if cos < 1e-3:
-        raise HparamsError(f"nullspace_threshold={space.threshold!r}: the edited key at layer {space.layer} lies almost "
+        raise KeyInPreservedSpan(f"nullspace_threshold={space.threshold!r}: the edited key at layer {space.layer} lies almost "
                            f"wholly in the preserved keys' span (cosine {cos:.1e} with the free directions); raise "
                            "nullspace_threshold or edit another layer")
 

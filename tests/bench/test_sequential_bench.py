@@ -25,7 +25,7 @@ def test_the_table_has_a_row_per_run_and_measured_checkpoint():
                  efficacy_at_1=50.0, retention=None, fluency=612.3, seconds=41.0)
     runs = [{"label": "rome", "points": [point, {**point, "edits": 50}], "retention_facts": 100, "fluency_before": 620.0}]
     text = bench.markdown(runs, [{"layer": 5, "tokens": 100032, "seconds": 93.0, "kept_fraction": 0.45}], [10, 50, 100], 50)
-    assert "| rome | 10 | 90.0 | 80.0 | 70.0 | 60.0 | 50.0 | – | 612.3 | 41 |" in text
+    assert "| rome | 10 | 90.0 | 80.0 | 70.0 | 60.0 | 50.0 | – | 612.3 | 0 | 41 |" in text
     assert "| rome | 50 |" in text and "| rome | 100 |" not in text
     assert "| 5 | 100032 | 93 | 45.0% |" in text and "Fluency 620.0" in text
 

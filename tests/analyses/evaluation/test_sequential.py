@@ -194,3 +194,27 @@ def test_a_folder_of_an_earlier_version_resumes_and_its_nan_retention_reads_as_n
     resumed = _run(tiny_hooked, tmp_path, hparams=PROJECTED, checkpoints=(1, 2), generation_tokens=0, n_records=2)
     assert [p.edits for p in resumed.points] == [1, 2]
     assert resumed.points[0].retention is None and resumed.points[1].retention is not None
+
+
+def test_a_refused_request_is_recorded_left_unedited_and_the_run_goes_on(tiny_hooked, tmp_path, monkeypatch):
+    """An edit the projection refuses (its key in the preserved span) is a line without a file;
+    the run goes on, the point counts it, and a resume replays around it."""
+    real = editors.get_editor("rome")
+    original = type(real).compute
+
+    def compute(self, model, requests, hparams=None, **options):
+        if requests.subject == "guitar":
+            raise nullspace.KeyInPreservedSpan("the edited key at layer 1 lies almost wholly in the preserved keys' span")
+        return original(self, model, requests, hparams, **options)
+
+    monkeypatch.setattr(type(real), "compute", compute)
+    weights = param_hash(tiny_hooked)
+    result = _run(tiny_hooked, tmp_path, checkpoints=(1, 4), generation_tokens=0)
+    assert param_hash(tiny_hooked) == weights
+    assert [(p.edits, p.refused) for p in result.points] == [(1, 0), (4, 1)]
+    lines = [json.loads(x) for x in (tmp_path / "edits.jsonl").read_text().splitlines()]
+    assert [x["file"] is None for x in lines] == [False, True, False, False] and "preserved" in lines[1]["refused"]
+    assert len(list((tmp_path / "edits").glob("*.safetensors"))) == 3
+    (tmp_path / "curve.jsonl").write_text((tmp_path / "curve.jsonl").read_text().splitlines()[0] + "\n")
+    resumed = _run(tiny_hooked, tmp_path, checkpoints=(1, 4), generation_tokens=0)
+    assert replace(resumed.points[1], seconds=0.0) == replace(result.points[1], seconds=0.0)
