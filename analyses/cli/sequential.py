@@ -17,7 +17,7 @@ from toplens.analyses.evaluation.sequential import DEFAULT_CHECKPOINTS, Sequenti
 from toplens.analyses.figures import save_figure, sequential_curves
 
 COLUMNS = (("efficacy", "Eff"), ("generalization", "Gen"), ("s_specificity", "S-Spec"), ("r_specificity", "R-Spec"),
-           ("efficacy_at_1", "Eff@1"), ("retention", "Retain"), ("fluency", "Flu"))
+           ("efficacy_at_1", "Eff@1"), ("retention", "Retain"), ("fluency", "Flu"), ("refused", "Refused"))
 
 
 def add_parser(sub) -> None:
@@ -111,7 +111,7 @@ def _folder(method: str, hp) -> str:
 def format_curves(results: Sequence[SequentialResult]) -> str:
     """One block per method: a row per checkpoint with every rate, retention and Fluency."""
     def cell(value) -> str:
-        return "-" if value is None else f"{value:.1f}"
+        return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.1f}"
 
     rows = []
     for r in results:
