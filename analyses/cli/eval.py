@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for target_new of known facts and for sampling")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="evaluate only shard K of N (records K-1, K-1+N, ...) into --out; join them with toplens merge")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="records measured together, each under its own edit as per-row hooks (1: one at a time)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="records measured and sampled together, each under its own edit as per-row hooks "
+                        "(1: one at a time; 16, the default, was the faster size in docs/benchmarks.md)")
     p.add_argument("--strict", action="store_true", help="stop at a record that cannot be evaluated "
                                                          "(default: skip it, listed in summary.json)")
     add_hparams_arg(p)

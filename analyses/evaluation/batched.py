@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from toplens import apply_edit, as_adapter
+from toplens import as_adapter
 from toplens.core.edits import WeightEdit
 from toplens.core.requests import RequestError
 from toplens.core.row_edits import per_row_edits
@@ -70,10 +70,10 @@ def evaluate_cases(model, records: Sequence[Record], method: str, hparams, befor
                    generation_tokens: int = GENERATION_TOKENS, top_k: int = GENERATION_TOP_K, seed: int = 0,
                    stop_words: frozenset[str] = m.FALLBACK_STOP_WORDS) -> list[CaseEvaluation | Exception]:
     """:func:`~toplens.analyses.evaluation.evaluate.evaluate_case` of each record, the edits
-    computed one at a time on the unedited model and measured together (:func:`measure_many`);
-    the generations run per record with its edit folded in, as in ``evaluate_case``, so they are
-    the same texts. A record whose edit is refused (RequestError, DatasetError) gets that error in
-    its place. The model ends with its original weights."""
+    computed one at a time on the unedited model, measured together (:func:`measure_many`) and
+    sampled together, each record's prompts under its own edit as per-row hooks; the generations
+    are the texts ``evaluate_case`` samples, up to float order. A record whose edit is refused
+    (RequestError, DatasetError) gets that error in its place. The model ends with its original weights."""
     editor = get_editor(method)
     asked = editor.hparams_type() if hparams is None else hparams
     out: list[CaseEvaluation | Exception | None] = [None] * len(records)
@@ -87,8 +87,12 @@ def evaluate_cases(model, records: Sequence[Record], method: str, hparams, befor
             out[i] = err
     afters = measure_many(model, [records[i] for i, _, _ in made], [e for _, e, _ in made],
                           [befores[i].tokens for i, _, _ in made], stop_words)
+    prompts = [(k, p) for k, (i, _, _) in enumerate(made) for p in records[i].generation_prompts]
+    texts = generate(model, [p for _, p in prompts], n_tokens=generation_tokens, top_k=top_k, seed=seed,
+                     edits=[e for _, e, _ in made], prompt_edit=[k for k, _ in prompts])
+    at = 0
     for (i, edit, seconds), after in zip(made, afters, strict=True):
-        with apply_edit(model, edit):  # reverted on every exit
-            texts = generate(model, records[i].generation_prompts, n_tokens=generation_tokens, top_k=top_k, seed=seed)
-        out[i] = case_evaluation(records[i], method, asked, edit, befores[i], after, texts, seconds)
+        n = len(records[i].generation_prompts) if generation_tokens > 0 else 0
+        out[i] = case_evaluation(records[i], method, asked, edit, befores[i], after, texts[at:at + n], seconds)
+        at += n
     return out

@@ -25,7 +25,10 @@ from torch import Tensor
 from toplens import apply_edit, as_adapter
 from toplens.editors import get_editor
 from toplens.model import ModelAdapter
+from toplens.model.sampling import prompt_seed, sample_rows
+from toplens.core.edits import WeightEdit
 from toplens.core.positions import check_fits, target_ids
+from toplens.core.row_edits import per_row_edits
 from toplens.core.scoring import target_logprobs
 
 from toplens.analyses.evaluation import metrics as m
@@ -37,6 +40,14 @@ logger = logging.getLogger(__name__)
 
 GENERATION_TOKENS = 30  # new tokens per generation prompt (the papers use 100; 0 turns generation off)
 GENERATION_TOP_K = 5  # ROME's generate_fast samples from the top 5; 1 is greedy
+#: how the generations draw (recorded with a run's settings, so that texts sampled another way never
+#: mix in one folder): each prompt from its own stream, :func:`toplens.model.sampling.prompt_seed`
+GENERATION_SAMPLER = "per-prompt"
+
+
+def generation_settings(tokens: int, top_k: int, seed: int) -> dict[str, int | str]:
+    """What a run records of its generations: the sampler only where there are any."""
+    return {"tokens": tokens, "top_k": top_k, "seed": seed, **({"sampler": GENERATION_SAMPLER} if tokens > 0 else {})}
 
 
 @dataclass(frozen=True)
@@ -207,9 +218,13 @@ def _r_specificity(prompts: Sequence[str], tokens: Sequence[ContentToken | None]
 
 # -------------------------------------------------------------------------- generation
 def generate(model, prompts: Sequence[str], *, n_tokens: int = GENERATION_TOKENS,
-             top_k: int = GENERATION_TOP_K, seed: int = 0) -> tuple[str, ...]:
-    """Seeded top-k continuations (prompt included, as ROME scores them); prompts of equal token
-    length are sampled together. ``top_k=1`` is greedy; ``n_tokens=0`` generates nothing."""
+             top_k: int = GENERATION_TOP_K, seed: int = 0, edits: Sequence[WeightEdit] | None = None,
+             prompt_edit: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Seeded top-k continuations (prompt included, as ROME scores them). Each prompt draws from
+    its own stream (:func:`toplens.model.sampling.prompt_seed`), so its text never depends on the
+    other prompts; prompts of equal token length run together. With ``edits``, prompt i runs under
+    ``edits[prompt_edit[i]]`` alone, applied per row as hooks. ``top_k=1`` is greedy;
+    ``n_tokens=0`` generates nothing."""
     if n_tokens <= 0 or not prompts:
         return ()
     adapter = as_adapter(model)
@@ -219,7 +234,10 @@ def generate(model, prompts: Sequence[str], *, n_tokens: int = GENERATION_TOKENS
         by_length[len(seq)].append(i)
     texts: list[str] = [""] * len(seqs)
     for _, indices in sorted(by_length.items()):
-        rows = adapter.sample([seqs[i] for i in indices], n_tokens, top_k, seed)
+        hooks = per_row_edits(adapter, edits, [prompt_edit[i] for i in indices]) if edits else []
+        with adapter.hooks(hooks):
+            rows = sample_rows(adapter, [seqs[i] for i in indices], n_tokens, top_k,
+                               [prompt_seed(seed, prompts[i]) for i in indices])
         for i, row in zip(indices, rows, strict=True):
             texts[i] = adapter.tokenizer.decode(row, skip_special_tokens=True)
     return tuple(texts)

@@ -36,7 +36,7 @@ from toplens.analyses.evaluation.cases import (CASES_FILE, MethodSummary, case_f
                                                read_cases, summarize_lines)
 from toplens.analyses.evaluation.case_lines import (RECORD_ERRORS, SkippedCase, chunk_lines,  # noqa: F401 (re-exported)
                                                     record_lines)
-from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K
+from toplens.analyses.evaluation.evaluate import GENERATION_TOKENS, GENERATION_TOP_K, generation_settings
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.results import CaseResult
 
@@ -166,7 +166,7 @@ def run_eval(model, records: Sequence[Record], methods: Sequence[str], out_dir: 
     _check_records(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generation = {"tokens": generation_tokens, "top_k": top_k, "seed": seed}
+    generation = generation_settings(generation_tokens, top_k, seed)
     settings = {mt: {"model": name, "hparams": jsonable(chosen[mt].to_dict()), "generation": generation}
                 for mt in methods}
     digests = {json.dumps(r.case_id): record_digest(r) for r in records}

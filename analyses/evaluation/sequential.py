@@ -43,7 +43,7 @@ from toplens.analyses.evaluation.evaluate import (GENERATION_TOKENS, GENERATION_
                                                   check_record_fits, generate, measure)
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.retention import HeldOut, known_held_out, retention  # noqa: F401 (re-exported)
-from toplens.analyses.evaluation.sequential_settings import check_held_out, corpus_key, projection_for
+from toplens.analyses.evaluation.sequential_settings import check_held_out, corpus_key, generation_entry, projection_for
 from toplens.analyses.evaluation.results import METRICS
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def run_sequential(model, records: Sequence[Record], method: str, out_dir: str |
     out = Path(out_dir)
     settings = {"method": method, "model": model_name or adapter.name, "hparams": jsonable(hp.to_dict()),
                 "batch_size": batch_size, "checkpoints": marks, "case_ids": [r.case_id for r in records],
-                "retention_facts": retention_facts, "generation": [generation_tokens, top_k, seed],
+                "retention_facts": retention_facts, "generation": generation_entry(generation_tokens, top_k, seed),
                 "corpus": corpus_key}
     _claim(out, settings, hp)
     known = known_held_out(adapter, held_out, records, retention_facts)
@@ -247,8 +247,7 @@ class _Run:
         if edit is not None:
             edit.save(self.out / "edits" / line["file"])
             if projection is not None:
-                projection.remember(self.adapter, requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role, getattr(self.hp, "relation_prefix", False))
+                projection.remember(self.adapter, requests, self.hp, self.editor.fold_role)
             handle.add(edit)
         with open(self.out / "edits.jsonl", "a", encoding="utf-8") as sink:
             sink.write(json.dumps(line) + "\n")
@@ -269,8 +268,7 @@ class _Run:
                 continue
             edit = WeightEdit.load(self.out / "edits" / line["file"])
             if projection is not None:
-                projection.remember(self.adapter, edit.requests, self.hp.edit_layers, self.hp.context_lengths,
-                                    self.editor.fold_role, getattr(self.hp, "relation_prefix", False))
+                projection.remember(self.adapter, edit.requests, self.hp, self.editor.fold_role)
             handle.add(edit)
             done, seconds = done + len(line["case_ids"]), seconds + line["seconds"]
         return done, seconds

@@ -1,5 +1,6 @@
 """The settings of a sequential run checked before any work: the held-out pool that retention and
-Fluency need, and the null-space projection's K₀ corpus (given texts or a sampled size)."""
+Fluency need, the null-space projection's K₀ corpus (given texts or a sampled size), and what
+run.json records of the generations."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from toplens.core.covariance import SampledCorpus, corpus_fingerprint
 from toplens.core.hparams import Hparams
 from toplens.core.nullspace import SequentialProjection
 
+from toplens.analyses.evaluation.evaluate import GENERATION_SAMPLER
 from toplens.analyses.evaluation.records import Record
+
+
+def generation_entry(tokens: int, top_k: int, seed: int) -> list[int | str]:
+    """run.json's generation entry: [tokens, top_k, seed], and the sampler where there are generations."""
+    return [tokens, top_k, seed] + ([GENERATION_SAMPLER] if tokens > 0 else [])
 
 
 def check_held_out(held_out: Sequence[Record], retention_facts: int, generation_tokens: int) -> None:

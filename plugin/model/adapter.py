@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -281,6 +281,24 @@ class ModelAdapter(PrefixCacheRuns):
         """P(next token | text) at the last position of ``text``."""
         tokens = self.to_batch([self.tokenize(text)])
         return self.model(tokens)[0, -1].float().softmax(-1)
+
+    def decoder(self, tokens: Int[Tensor, "batch pos"]) -> Callable[[Tensor | None], Float[Tensor, "batch d_vocab"]]:
+        """A generation stepper under the active hooks: ``step(None)`` gives the last position's
+        logits of ``tokens``, ``step(ids)`` appends one token per row and gives the new last
+        logits. HookedTransformer keeps a key-value cache and unembeds the last position alone; the
+        bridge runs the whole sequence."""
+        if self.backend == "hooked":
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+            cache = TransformerLensKeyValueCache.init_cache(self.cfg, self.device, tokens.shape[0])
+            return lambda ids: self.unembed(self.model(tokens if ids is None else ids[:, None], past_kv_cache=cache,
+                                                       stop_at_layer=self.n_layers)[:, -1])
+        seen = [tokens]
+
+        def step(ids: Tensor | None) -> Tensor:
+            if ids is not None:
+                seen.append(ids[:, None])
+            return self.model(torch.cat(seen, 1))[:, -1]
+        return step
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Sequence[int]], n_tokens: int, top_k: int, seed: int) -> list[list[int]]:

@@ -87,3 +87,19 @@ def test_the_table_prints_each_interval_under_its_rate():
     cells = dict(zip(head.split()[2:], ci.split()[2:]))
     assert cells == {"Eff": "90-100", "Eff@1": "-", "Gen": "40-50", "S-Spec": "65-75", "R-Spec": "15-25",
                      "Score": "40-60", "Flu": "-", "Cons": "-"}
+
+
+def test_cli_batch_sizes_give_the_same_lines_and_a_bad_one_is_refused(tiny_hooked, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("toplens.analyses.cli.common.load_model", lambda name, backend: tiny_hooked)
+    base = ["eval", "--methods", "rome", "--data", str(_rs_file(tmp_path)), "--hparams", FAST_JSON,
+            "--generation-tokens", "3"]
+    assert main(base + ["--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
+    assert main(base + ["--out", str(tmp_path / "default")]) == 0  # the default batches both records
+    one, default = (read_cases(tmp_path / d / CASES_FILE) for d in ("one", "default"))
+    assert [x["generations"] for x in one] == [x["generations"] for x in default] and len(one) == 2
+    for x, y in zip(one, default, strict=True):
+        for name in ("efficacy", "generalization", "s_specificity", "r_specificity"):
+            assert [o["success"] for o in x["post"][name]["outcomes"]] == [o["success"] for o in y["post"][name]["outcomes"]]
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err and not (tmp_path / "bad" / CASES_FILE).exists()

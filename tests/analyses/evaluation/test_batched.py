@@ -69,3 +69,22 @@ def test_each_record_measured_together_is_the_record_measured_alone_under_its_ed
 def test_edits_and_tokens_need_one_entry_per_record(tiny_hooked):
     with pytest.raises(ValueError, match=r"one entry per record \(3\); got 1 edits and 3 token lists"):
         measure_many(tiny_hooked, RECORDS, [rome.compute(tiny_hooked, RECORDS[0].request, FAST)])
+
+
+def test_prompts_sampled_together_under_their_own_edits_are_the_texts_of_each_edit_folded_in(tiny_model):
+    from toplens.analyses.evaluation.evaluate import generate
+    edits = [rome.compute(tiny_model, r.request, FAST) for r in RECORDS[:2]]
+    prompts = ["Miles Davis plays the", "Nina Simone plays the", "Miles Davis is known for the", "Paris is"]
+    prompt_edit = [0, 1, 0, -1]  # -1: the unedited model
+    weights = param_hash(tiny_model)
+    together = generate(tiny_model, prompts, n_tokens=5, seed=2, edits=edits, prompt_edit=prompt_edit)
+    assert param_hash(tiny_model) == weights
+    alone = []
+    for prompt, e in zip(prompts, prompt_edit, strict=True):
+        if e < 0:
+            alone += generate(tiny_model, [prompt], n_tokens=5, seed=2)
+            continue
+        with apply_edit(tiny_model, edits[e]):
+            alone += generate(tiny_model, [prompt], n_tokens=5, seed=2)
+    assert list(together) == alone
+    assert together != generate(tiny_model, prompts, n_tokens=5, seed=2)  # the edits act on the texts
