@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-all-prompts": ("top", {"stage2": "all_prompts"}),  # stage 2 over every rewriting prompt, la = 23
     "top-prefix": ("top", {"relation_prefix": True}),  # a rewriting row led by the prompt's relation words
     "top-prefix-all": ("top", {"relation_prefix": True, "stage2": "all_prompts"}),
+    "top-sink": ("top", {"key": "sink"}),  # a one-token subject at the first position keyed there too
+    "rome-sink": ("rome", {"key": "sink"}),
     "top-auto-rewrite-0.3": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 0.3}),
     "top-auto-rewrite-1": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 1.0}),
 }

@@ -23,26 +23,36 @@ from toplens.core.interventions import rank_one_update
 from toplens.core.keys import KeyMode, Role, key_value_at, mean_key
 from toplens.core.nullspace import NullSpace, check_direction
 from toplens.core.requests import EditRequest
+from toplens.core.sink import at_sink, sink_moment
 from toplens.model import Hook, ModelAdapter, hook_name
 
 
 @dataclass(frozen=True)
 class RankOneFold:
-    """What the fold at one layer will do, before v* is known: ΔW_out = û ⊗ (v* − v_cur).
-    ``hooks`` makes the same update in a forward pass (every position whose key has a component
-    along û changes), so an objective can see the folded edit exactly."""
+    """What the fold at one layer will do, before v* is known: ΔW_out = û ⊗ (v* − v_cur), plus one
+    such term for each key in ``also`` ((direction, v_current) pairs: keys that must map to v* as
+    well, ``key="sink"``). ``hooks`` makes the same update in a forward pass (every position whose
+    key has a component along û changes), so an objective can see the folded edit exactly."""
 
     layer: int
     direction: Float[Tensor, " d_mlp"]
     v_current: Float[Tensor, " d_model"]
+    also: tuple[tuple[Tensor, Tensor], ...] = ()
+
+    def _terms(self) -> tuple[tuple[Tensor, Tensor], ...]:
+        return ((self.direction, self.v_current), *self.also)
 
     def delta(self, v_star: Float[Tensor, " d_model"]) -> LayerDelta:
-        """The rank-one factors û and v* − v_cur."""
-        return LayerDelta.rank_one(self.layer, self.direction, v_star - self.v_current)
+        """The factors: û and v* − v_cur (one column and row per key)."""
+        if not self.also:
+            return LayerDelta.rank_one(self.layer, self.direction, v_star - self.v_current)
+        terms = self._terms()
+        return LayerDelta(self.layer, torch.stack([d for d, _ in terms], 1), torch.stack([v_star - c for _, c in terms]))
 
     def hooks(self, v_star: Callable[[], Tensor]) -> list[Hook]:
-        return rank_one_update(hook_name("key", self.layer), hook_name("value", self.layer), self.direction,
-                               lambda: v_star() - self.v_current)
+        key, value = hook_name("key", self.layer), hook_name("value", self.layer)
+        return [h for direction, current in self._terms()
+                for h in rank_one_update(key, value, direction, lambda c=current: v_star() - c)]
 
 
 def solve_u(key: Float[Tensor, " d_mlp"], covariance: Tensor | None) -> Float[Tensor, " d_mlp"]:
@@ -76,8 +86,13 @@ def fold_at(
 ) -> RankOneFold:
     """The fold of ``request`` at ``layer``: k* at ``role``'s token averaged over ``templates``,
     u = C⁻¹k* (solved inside ``space``, the preserved keys' null space, when given), normalized
-    against k* and W k* ("consistent") or the bare prompt's key and value ("original")."""
+    against k* and W k* ("consistent") or the bare prompt's key and value ("original"). "sink" is
+    "consistent", except for a one-token subject at the first position (:mod:`toplens.core.sink`):
+    there k* and the bare prompt's key both map to v*."""
     k_star = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
+    if key_mode == "sink" and at_sink(adapter, request, role):
+        keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
+        return two_key_fold(adapter, layer, torch.stack([k_star, keys[0]]), sink_moment(adapter, layer), space)
     u = solve_u(k_star, covariance) if space is None else _restricted_u(k_star, covariance, space)
     if key_mode == "original":
         keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
@@ -94,3 +109,21 @@ def _restricted_u(key: Tensor, covariance: Tensor | None, space: NullSpace) -> T
     with k · u = 1 inside it (P k for C = I)."""
     c = torch.eye(len(key), dtype=torch.float64, device=key.device) if covariance is None else covariance
     return space.solve(c, key[:, None])[:, 0].to(key.dtype)
+
+
+def two_key_fold(adapter: ModelAdapter, layer: int, keys: Float[Tensor, "2 d_mlp"], c: Tensor,
+                 space: NullSpace | None = None) -> RankOneFold:
+    """The fold that maps each of ``keys`` to v*: U = C⁻¹K (KᵀC⁻¹K)⁻¹, so that k_i · U picks term
+    i alone (solved inside ``space`` when given); a pair of keys C cannot tell apart is an error."""
+    k = keys.double().T
+    ci_k = torch.linalg.solve(c.double(), k) if space is None else space.solve(c, k)
+    gram = k.T @ ci_k
+    if not bool(torch.isfinite(gram).all()) or float(torch.linalg.cond(gram)) > 1e8:
+        raise FloatingPointError(f"the two-key fold at layer {layer} is degenerate: its keys' Gram matrix has "
+                                 f"condition number {float(torch.linalg.cond(gram)):.3g}")
+    u = (ci_k @ torch.linalg.inv(gram)).T.to(torch.float32)
+    if space is not None:
+        for direction, key in zip(u, keys, strict=True):
+            check_direction(direction, key, space)
+    values = adapter.mlp_output(layer, keys)
+    return RankOneFold(layer, u[0].detach(), values[0].detach().float(), ((u[1].detach(), values[1].detach().float()),))

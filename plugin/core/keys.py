@@ -11,10 +11,11 @@ from torch import Tensor
 from toplens.core.positions import locate
 from toplens.model import ModelAdapter, hook_name
 
-KeyMode = Literal["consistent", "original"]
-KEY_MODES: tuple[str, ...] = ("consistent", "original")
+KeyMode = Literal["consistent", "original", "sink"]
+KEY_MODES: tuple[str, ...] = ("consistent", "original", "sink")
 """Which key k* a rank-one edit writes at: the mean over context-prefixed prompts ("consistent",
-ROME's choice) or the bare prompt's alone ("original")."""
+ROME's choice), the bare prompt's alone ("original"), or the mean and, where the subject is one
+token at the first position, the bare prompt's key as well ("sink", :mod:`toplens.core.sink`)."""
 
 Role = Literal["subject", "relation"]
 """Which token of a prompt an edit works at: the last subject token or the last prompt token

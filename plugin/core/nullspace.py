@@ -28,8 +28,9 @@ from torch import Tensor
 
 from toplens.core.covariance import SampledCorpus, key_second_moment
 from toplens.core.hparams import Hparams, HparamsError
-from toplens.core.keys import Role, mean_key
+from toplens.core.keys import Role, key_value_at, mean_key
 from toplens.core.requests import EditRequest
+from toplens.core.sink import at_sink
 from toplens.core.templates import context_templates, relation_prefixed
 from toplens.model import ModelAdapter
 
@@ -154,19 +155,20 @@ class SequentialProjection:
         base = self.spaces[layer, threshold]
         return base.without(torch.stack(earlier)) if earlier else base
 
-    def remember(self, adapter: ModelAdapter, requests: Sequence[EditRequest], layers: Sequence[int],
-                 context_lengths: tuple[tuple[int, int], ...], role: Role = "subject",
-                 relation_prefix: bool = False) -> None:
-        """Add each request's key k* at each edit layer (at ``role``'s token, the one the editor's
-        fold maps, averaged over the rewriting rows the fold averages: the context templates, and
-        TOP's relation-prefix row when ``relation_prefix``), on the model as it is now: call it
-        before applying that edit."""
-        templates = context_templates(adapter, context_lengths)
-        for layer in layers:
+    def remember(self, adapter: ModelAdapter, requests: Sequence[EditRequest], hp, role: Role = "subject") -> None:
+        """Add the keys each request's fold maps, at each of ``hp``'s edit layers, on the model as
+        it is now (call it before applying that edit): k* at ``role``'s token, averaged over the
+        rows the fold averages (the context templates, and TOP's relation-prefix row when
+        ``hp.relation_prefix``), and the bare prompt's key where ``hp.key`` is "sink" and the
+        subject is one token at the first position (:mod:`toplens.core.sink`)."""
+        templates = context_templates(adapter, hp.context_lengths)
+        for layer in hp.edit_layers:
             for request in requests:
-                rows = relation_prefixed(templates, request.prompt, relation_prefix)
-                key = mean_key(adapter, layer, rows, request.prompt, request.subject, role=role)
-                self.keys.setdefault(layer, []).append(key.detach().float().cpu())
+                rows = relation_prefixed(templates, request.prompt, getattr(hp, "relation_prefix", False))
+                keys = [mean_key(adapter, layer, rows, request.prompt, request.subject, role=role)]
+                if getattr(hp, "key", None) == "sink" and at_sink(adapter, request, role):
+                    keys.append(key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)[0][0])
+                self.keys.setdefault(layer, []).extend(k.detach().float().cpu() for k in keys)
 
     @contextmanager
     def active(self) -> Iterator["SequentialProjection"]:

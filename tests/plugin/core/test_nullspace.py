@@ -114,7 +114,7 @@ def test_in_a_sequential_run_a_later_edit_leaves_the_earlier_edits_keys_alone(ti
     with EditHandle(tiny_hooked) as handle:
         with run.active():
             first = editor.compute(tiny_hooked, REQUEST, hp)
-            run.remember(adapter, [REQUEST], hp.edit_layers, hp.context_lengths, role)
+            run.remember(adapter, [REQUEST], hp, role)
             handle.add(first)
             second = editor.compute(tiny_hooked, SECOND, hp)
         outside = editor.compute(tiny_hooked, SECOND, hp)
@@ -124,3 +124,23 @@ def test_in_a_sequential_run_a_later_edit_leaves_the_earlier_edits_keys_alone(ti
         scale = float(k.norm() * d.delta.double().norm())
         assert float((k @ d.delta.double()).norm()) <= 1e-5 * scale
         assert float((k @ d_out.delta.double()).norm()) > 1e-3 * float(k.norm() * d_out.delta.double().norm())
+
+
+def test_a_sink_edit_leaves_both_of_its_keys_to_the_later_edits(tiny_hooked):
+    """key="sink" with a one-token subject first: K_p holds the templates' mean key and the bare
+    prompt's key, and a later edit maps both to 0."""
+    from tests.plugin.core.test_fold import FIRST
+    hp = ROME.replace(project="nullspace", nullspace_threshold=0.5, key="sink")
+    adapter = ModelAdapter(tiny_hooked)
+    run = nullspace.SequentialProjection()
+    with EditHandle(tiny_hooked) as handle, run.active():
+        first = rome.compute(tiny_hooked, FIRST, hp)
+        assert first.deltas[0].rank == 2
+        run.remember(adapter, [FIRST], hp, "subject")
+        handle.add(first)
+        second = rome.compute(tiny_hooked, SECOND, hp)
+    (d,) = second.deltas
+    assert len(run.keys[d.layer]) == 2
+    for k in run.keys[d.layer]:
+        k = k.double()
+        assert float((k @ d.delta.double()).norm()) <= 1e-5 * float(k.norm() * d.delta.double().norm())

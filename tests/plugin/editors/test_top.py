@@ -284,3 +284,21 @@ def test_the_relation_prefix_is_one_more_rewriting_row_and_nothing_else(tiny_mod
     assert rows[-1] == "plays the: {}"
     assert torch.equal(on.deltas[0].delta, by_hand.deltas[0].delta)
     assert not torch.equal(on.deltas[0].delta, off.deltas[0].delta)
+
+
+def test_a_sink_edit_of_a_first_token_subject_maps_both_keys_and_reverts_bit_exactly(tiny_model):
+    """key="sink": where the subject is one token at the first position (no BOS), TOP's fold maps
+    the templates' mean key and the bare prompt's key (rank 2), and stage 2 optimizes through that
+    fold; elsewhere (a BOS first) it is the consistent fold. Either way the edit reverts bit for bit."""
+    from toplens.core.sink import at_sink
+    from tests.plugin.core.test_fold import FIRST
+    adapter = ModelAdapter(tiny_model)
+    weights = param_hash(tiny_model)
+    hp = FAST.replace(key="sink", v_num_grad_steps1=6, v_num_grad_steps2=6)
+    edit = top.compute(tiny_model, FIRST, hp, templates=TEMPLATES)
+    assert edit.deltas[0].rank == (2 if at_sink(adapter, FIRST) else 1)
+    consistent = top.compute(tiny_model, FIRST, hp.replace(key="consistent"), templates=TEMPLATES)
+    assert consistent.deltas[0].rank == 1
+    with apply_edit(tiny_model, edit):
+        assert param_hash(tiny_model) != weights
+    assert param_hash(tiny_model) == weights
