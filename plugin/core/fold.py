@@ -11,6 +11,8 @@ and value, as the ROME reference code does. RETS passes its subject-constrained 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -23,7 +25,7 @@ from toplens.core.interventions import rank_one_update
 from toplens.core.keys import KeyMode, Role, key_value_at, mean_key
 from toplens.core.nullspace import NullSpace, check_direction
 from toplens.core.requests import EditRequest
-from toplens.core.sink import at_sink, sink_moment
+from toplens.core.sink import sink_key, sink_moment
 from toplens.model import Hook, ModelAdapter, hook_name
 
 
@@ -88,11 +90,12 @@ def fold_at(
     u = C⁻¹k* (solved inside ``space``, the preserved keys' null space, when given), normalized
     against k* and W k* ("consistent") or the bare prompt's key and value ("original"). "sink" is
     "consistent", except for a one-token subject at the first position (:mod:`toplens.core.sink`):
-    there k* and the bare prompt's key both map to v*."""
+    there k* and the bare prompt's key both map to v*, solved against the first-position key
+    moment in place of ``covariance``."""
     k_star = mean_key(adapter, layer, templates, request.prompt, request.subject, role=role)
-    if key_mode == "sink" and at_sink(adapter, request, role):
-        keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
-        return two_key_fold(adapter, layer, torch.stack([k_star, keys[0]]), sink_moment(adapter, layer), space)
+    first = sink_key(adapter, layer, request, role) if key_mode == "sink" else None
+    if first is not None:
+        return two_key_fold(adapter, layer, torch.stack([k_star, first]), sink_moment(adapter, layer), space)
     u = solve_u(k_star, covariance) if space is None else _restricted_u(k_star, covariance, space)
     if key_mode == "original":
         keys, values = key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)
@@ -118,9 +121,10 @@ def two_key_fold(adapter: ModelAdapter, layer: int, keys: Float[Tensor, "2 d_mlp
     k = keys.double().T
     ci_k = torch.linalg.solve(c.double(), k) if space is None else space.solve(c, k)
     gram = k.T @ ci_k
-    if not bool(torch.isfinite(gram).all()) or float(torch.linalg.cond(gram)) > 1e8:
+    cond = float(torch.linalg.cond(gram)) if bool(torch.isfinite(gram).all()) else math.inf
+    if cond > 1e8:
         raise FloatingPointError(f"the two-key fold at layer {layer} is degenerate: its keys' Gram matrix has "
-                                 f"condition number {float(torch.linalg.cond(gram)):.3g}")
+                                 f"condition number {cond:.3g}")
     u = (ci_k @ torch.linalg.inv(gram)).T.to(torch.float32)
     if space is not None:
         for direction, key in zip(u, keys, strict=True):

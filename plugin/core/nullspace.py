@@ -28,9 +28,9 @@ from torch import Tensor
 
 from toplens.core.covariance import SampledCorpus, key_second_moment
 from toplens.core.hparams import Hparams, HparamsError
-from toplens.core.keys import Role, key_value_at, mean_key
+from toplens.core.keys import Role, mean_key
 from toplens.core.requests import EditRequest
-from toplens.core.sink import at_sink
+from toplens.core.sink import sink_key
 from toplens.core.templates import context_templates, relation_prefixed
 from toplens.model import ModelAdapter
 
@@ -166,8 +166,8 @@ class SequentialProjection:
             for request in requests:
                 rows = relation_prefixed(templates, request.prompt, getattr(hp, "relation_prefix", False))
                 keys = [mean_key(adapter, layer, rows, request.prompt, request.subject, role=role)]
-                if getattr(hp, "key", None) == "sink" and at_sink(adapter, request, role):
-                    keys.append(key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)[0][0])
+                first = sink_key(adapter, layer, request, role) if getattr(hp, "key", None) == "sink" else None
+                keys += [] if first is None else [first]
                 self.keys.setdefault(layer, []).extend(k.detach().float().cpu() for k in keys)
 
     @contextmanager

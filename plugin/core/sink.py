@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.keys import Role
+from toplens.core.keys import Role, key_value_at
 from toplens.core.positions import locate
 from toplens.core.requests import EditRequest
 from toplens.model import ModelAdapter, hook_name
@@ -33,6 +33,15 @@ def at_sink(adapter: ModelAdapter, request: EditRequest, role: Role = "subject")
     if role != "subject":
         return False
     return locate(adapter, request.prompt, request.subject).last_subject == 0
+
+
+def sink_key(adapter: ModelAdapter, layer: int, request: EditRequest,
+             role: Role = "subject") -> Float[Tensor, " d_mlp"] | None:
+    """The bare prompt's key at ``layer`` where :func:`at_sink` holds (the second key of
+    ``key="sink"``), else None."""
+    if not at_sink(adapter, request, role):
+        return None
+    return key_value_at(adapter, layer, [(request.prompt, request.subject)], role=role)[0][0]
 
 
 def sink_moment(adapter: ModelAdapter, layer: int) -> Float[Tensor, "d_mlp d_mlp"]:

@@ -94,7 +94,11 @@ def test_cli_batch_sizes_give_the_same_lines_and_a_bad_one_is_refused(tiny_hooke
     base = ["eval", "--methods", "rome", "--data", str(_rs_file(tmp_path)), "--hparams", FAST_JSON,
             "--generation-tokens", "3"]
     assert main(base + ["--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
-    assert main(base + ["--out", str(tmp_path / "default")]) == 0  # the default batches both records
+    from toplens.analyses.evaluation import runner
+    chunks, real = [], runner.chunk_lines
+    monkeypatch.setattr(runner, "chunk_lines", lambda model, chunk, *a: chunks.append(len(chunk)) or real(model, chunk, *a))
+    assert main(base + ["--out", str(tmp_path / "default")]) == 0
+    assert chunks == [2]  # the default batches both records
     one, default = (read_cases(tmp_path / d / CASES_FILE) for d in ("one", "default"))
     assert [x["generations"] for x in one] == [x["generations"] for x in default] and len(one) == 2
     for x, y in zip(one, default, strict=True):
