@@ -29,6 +29,7 @@ from toplens.core.hparams import Hparams
 from toplens.core.objective import rewrite_batch
 from toplens.core.optimize import StepEvent
 from toplens.core.positions import locate
+from toplens.core.relation_ie import measured_from_end
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Stage
 from toplens.core.templates import context_templates
@@ -190,7 +191,10 @@ def gradient_saliency(
     numbers = chosen_stages(all_stages, stages)
     chosen = [all_stages[i - 1] for i in numbers]
     templates = tuple(templates or context_templates(adapter, hp.context_lengths))
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], getattr(hp, "relation_position", "last"))
+    at = getattr(hp, "relation_position", "last")
+    la = [s.site.layer for s in all_stages if s.role == "relation" and s.site.kind == "resid_post"]
+    from_end = measured_from_end(adapter, request, at, la[0]) if la else None
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], at, from_end)
     probe = SaliencyProbe(adapter, batch, prompt_alignment(adapter, request, templates))
     recorder = _Recorder(probe, batch, chosen)
     editor.compute(adapter, request, hp, observe=recorder, templates=templates, progress=progress)

@@ -37,7 +37,7 @@ from torch import Tensor
 from toplens.core.corruption import MAX_ROWS, Corruption, answer_probs, clean_prob, make_corruption
 from toplens.core.interventions import patch_from
 from toplens.core.positions import locate
-from toplens.core.relation_positions import relation_position
+from toplens.core.relation_positions import relation_position, token_strategy
 from toplens.core.requests import EditRequest
 from toplens.core.scoring import top_tokens
 from toplens.model import ModelAdapter, hook_name
@@ -231,11 +231,11 @@ def settle(adapter: ModelAdapter, request: EditRequest, hp: H) -> tuple[H, LaCho
     edit layers keep the same gap."""
     if hp.rel_feat_layer != "auto":
         return hp, None
-    edit_layer = hp.layers[-1]
+    edit_layer, at = hp.layers[-1], token_strategy(hp.relation_position)  # a measured position needs la first
     if hp.auto_la == "request":  # the probe facts are measured only when the request gives no signal
-        choice = choose_la(adapter, request, edit_layer, relation_at=hp.relation_position,
-                           fallback=lambda: model_la(adapter, edit_layer, hp.relation_position).la)
+        choice = choose_la(adapter, request, edit_layer, relation_at=at,
+                           fallback=lambda: model_la(adapter, edit_layer, at).la)
     else:
-        choice = model_la(adapter, edit_layer, hp.relation_position)
+        choice = model_la(adapter, edit_layer, at)
     logger.info("rel_feat_layer='auto' (%s): la = %d for %r", hp.auto_la, choice.la, request.text)
     return hp.replace(rel_feat_layer=choice.la - edit_layer), choice

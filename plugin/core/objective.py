@@ -65,11 +65,11 @@ def check_rewrite_lengths(
 
 def rewrite_batch(
     adapter: ModelAdapter, request: EditRequest, templates: Sequence[str], kl_prompts: Sequence[str],
-    relation_at: str = "last",
+    relation_at: str = "last", from_end: int | None = None,
 ) -> RewriteBatch:
     """Tokenize the rewriting and KL prompts of ``request`` and locate every position, the
-    relation feature's by the ``relation_at`` strategy (refused first when a row would be longer
-    than the model's context)."""
+    relation feature's by the ``relation_at`` strategy (``from_end`` for a measured one; refused
+    first when a row would be longer than the model's context)."""
     check_rewrite_lengths(adapter, request, templates, kl_prompts)
     seqs, subj, rel, at, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], [], []
     for row, template in enumerate(templates):
@@ -79,7 +79,7 @@ def rewrite_batch(
         seqs.append(list(pos.tokens) + target[:-1])
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
-        at.append(relation_position(adapter, pos, relation_at))
+        at.append(relation_position(adapter, pos, relation_at, from_end))
         for j, tid in enumerate(target):
             t_rows.append(row), t_cols.append(pos.last_relation + j), t_ids.append(tid)
             t_w.append(1.0 / (len(target) * len(templates)))
@@ -88,7 +88,7 @@ def rewrite_batch(
         seqs.append(list(pos.tokens))
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
-        at.append(relation_position(adapter, pos, relation_at))
+        at.append(relation_position(adapter, pos, relation_at, from_end))
     device = adapter.device
     long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
     return RewriteBatch(adapter.to_batch(seqs), len(templates), long(subj), long(rel), long(t_rows),

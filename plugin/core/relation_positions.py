@@ -9,7 +9,10 @@ among the tokens after the subject:
 - ``"last_content"``: the last of them that is a word and not a function word (" play" in
   "Q: Which instrument does {} play? A:"); the last token when there is none;
 - ``"after_subject"``: the first of them, the earliest token that has read the subject and every
-  relation word before it ("?" in "Q: What is the capital of {}? A:").
+  relation word before it ("?" in "Q: What is the capital of {}? A:");
+- ``"max_ie"``: the token whose clean state at la, restored into a run with the subject corrupted,
+  recovers most of the answer (:mod:`toplens.core.relation_ie`); measured once per request on the
+  bare prompt and passed here as its distance from the last token (``from_end``).
 
 Either way the target is still predicted at the last token, which reads the chosen one through
 attention.
@@ -22,8 +25,10 @@ from typing import Literal
 from toplens.core.positions import PromptPositions
 from toplens.model import ModelAdapter
 
-RelationPosition = Literal["last", "last_content", "after_subject"]
-RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content", "after_subject")
+RelationPosition = Literal["last", "last_content", "after_subject", "max_ie"]
+RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content", "after_subject", "max_ie")
+#: the strategies read off a measurement of the request rather than off its tokens
+MEASURED: tuple[str, ...] = ("max_ie",)
 
 #: English function words that carry no relation: articles, pronouns, prepositions, auxiliaries,
 #: question words and the answer cues of question prompts
@@ -35,20 +40,31 @@ q a answer question called named known
 """.split())
 
 
+def token_strategy(strategy: str) -> str:
+    """``strategy`` where it reads h_r's position off the tokens, else "last" (where a measurement
+    that itself needs h_r's position, such as the automatic la, starts from)."""
+    return "last" if strategy in MEASURED else strategy
+
+
 def is_content(text: str) -> bool:
     """Whether a token's text is a word (holds a letter) that is not a function word."""
     word = text.strip().lower()
     return any(c.isalpha() for c in word) and word.strip(".,:;?!'\"()") not in FUNCTION_WORDS
 
 
-def relation_position(adapter: ModelAdapter, pos: PromptPositions, strategy: str) -> int:
+def relation_position(adapter: ModelAdapter, pos: PromptPositions, strategy: str, from_end: int | None = None) -> int:
     """The position of h_r in the prompt ``pos`` locates, by ``strategy`` (see the module): always
-    after the subject, the last token where a strategy finds nothing."""
+    after the subject, the last token where a strategy finds nothing. ``"max_ie"`` takes the
+    measured distance ``from_end`` from the last token (clipped to the tokens after the subject)."""
     if strategy not in RELATION_POSITIONS:
         raise ValueError(f"relation_position must be one of {list(RELATION_POSITIONS)}; got {strategy!r}")
+    if strategy in MEASURED and (isinstance(from_end, bool) or not isinstance(from_end, int) or from_end < 0):
+        raise ValueError(f"relation_position={strategy!r} needs the measured from_end (an int >= 0); got {from_end!r}")
     after = pos.relation_span  # last_subject + 1 .. last_relation
     if strategy == "last" or not after:
         return pos.last_relation
+    if strategy == "max_ie":
+        return max(after[0], pos.last_relation - from_end)
     if strategy == "after_subject":
         return after[0]
     special = set(getattr(adapter.tokenizer, "all_special_ids", ()))  # padding, unknown pieces

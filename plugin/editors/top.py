@@ -11,10 +11,9 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 ``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
 bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (docs/top_stage2.md):
 ``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), the
-``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected
-with ``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL
-holding the model's text about the subject (core.preservation); ``relation_prefix`` a rewriting row
-led by the prompt's relation words (core.templates.relation_prefixed)."""
+``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected with
+``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL holding the
+model's text about the subject (core.preservation); ``relation_prefix`` a row led by the relation words."""
 
 from __future__ import annotations
 
@@ -28,20 +27,20 @@ from toplens.core.auto_la import AUTO_LA, AutoLa, settle
 from toplens.core.covariance import fold_covariance
 from toplens.core.edits import EditHandle, WeightEdit
 from toplens.core.nullspace import nullspace_for
-from toplens.core.fold import RankOneFold, fold_at
+from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch, with_rewrite_term
-from toplens.core.optimize import OptimizationTrace
 from toplens.core.preservation import with_subject_kept
 from toplens.core.relation_positions import RELATION_POSITIONS, RelationPosition
-from toplens.core.relation import RESETS, RelationFeatureObjective, relation_objective, relation_resid
+from toplens.core.relation import RESETS, relation_objective, relation_resid
+from toplens.core.relation_ie import relation_ie
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
 from toplens.core.templates import context_templates, relation_prefixed
 from toplens.core.value import ValueSettings, rewrite_stage, run_stage
 from toplens.editors.base import Editor
-from toplens.editors.top_details import LayerDetails, TopDetails
+from toplens.editors.top_details import LayerDetails, Stages, TopDetails
 from toplens.model import ModelAdapter, Site
 
 Stage2 = Literal["faithful", "all_prompts"]
@@ -137,21 +136,6 @@ def stages(hp: TopHparams) -> tuple[Stage, ...]:
         Stage("subject", Site("value", layer), "subject", objective)))
 
 
-@dataclass(frozen=True)
-class Stages:
-    """Both stages at one edit layer before the fold: δ₁ at la, δ₂ at the edit site, the fold."""
-
-    la: int
-    v_init: Float[Tensor, " d_model"]
-    delta1: Float[Tensor, " d_model"]
-    trace1: OptimizationTrace
-    prob1: float
-    delta2: Float[Tensor, " d_model"]
-    trace2: OptimizationTrace
-    objective: RelationFeatureObjective
-    fold: RankOneFold
-
-
 def run_stages(
     adapter: ModelAdapter, request: EditRequest, hp: TopHparams, layer: int, templates: Sequence[str],
     covariance: Tensor | None = None, observe: Observer | None = None, progress: bool = False, space=None,
@@ -159,7 +143,8 @@ def run_stages(
     """Stage 1 then stage 2 at ``layer``; the model is not changed. h_r,init is computed once."""
     la = layer + hp.rel_feat_layer
     relation, subject = stages(hp.replace(layers=(layer,)))
-    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], hp.relation_position)
+    ie = relation_ie(adapter, request, la) if hp.relation_position == "max_ie" else None  # h_r's token, measured
+    batch = rewrite_batch(adapter, request, templates, [hp.kl_prompt], hp.relation_position, ie and ie.from_end)
     v_init = key_value_at(adapter, layer, [(request.prompt, request.subject)])[1][0]
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c, space=space)
@@ -177,7 +162,7 @@ def run_stages(
                                  hp.stage2_keep_texts, site, hp.stage2_keep_spare)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
                                    observe=observe, progress=progress)
-    return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold)
+    return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold, ie)
 
 
 def compute_one(
@@ -204,7 +189,7 @@ def compute_one(
             v_star = st.v_init + st.delta2
             deltas.append(st.fold.delta(v_star))
             details.append(LayerDetails(layer, st.la, st.trace1, st.trace2, st.objective.targets[0], st.v_init,
-                                        v_star, st.prob1, reached))
+                                        v_star, st.prob1, reached, st.relation_ie))
             if layer != hp.layers[-1]:
                 handle.add(WeightEdit("top", (request,), (deltas[-1],)))
     return WeightEdit("top", (request,), tuple(deltas), hp.to_dict(), TopDetails(tuple(details), hp.stage2, hp.key, choice))

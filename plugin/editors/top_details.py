@@ -1,5 +1,6 @@
-"""What a TOP edit reports: both stages at each edit layer (loss curves, ‖δ₁‖, ‖δ₂‖, h*_r, v*, and
-how close stage 2 came to h*_r). Produced by :mod:`toplens.editors.top`, which re-exports both types."""
+"""What TOP's two stages produce before the fold (``Stages``), and what a TOP edit reports: both stages
+at each edit layer (loss curves, ‖δ₁‖, ‖δ₂‖, h*_r, v*, how close stage 2 came to h*_r, and where h_r was
+read). Produced by :mod:`toplens.editors.top`, which re-exports them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,26 @@ from torch import Tensor
 
 from toplens.core.auto_la import LaChoice, ModelLa
 from toplens.core.edits import EditDetails
+from toplens.core.fold import RankOneFold
 from toplens.core.optimize import OptimizationTrace
+from toplens.core.relation import RelationFeatureObjective
+from toplens.core.relation_ie import RelationIE
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Both stages at one edit layer before the fold: δ₁ at la, δ₂ at the edit site, the fold."""
+
+    la: int
+    v_init: Float[Tensor, " d_model"]
+    delta1: Float[Tensor, " d_model"]
+    trace1: OptimizationTrace
+    prob1: float
+    delta2: Float[Tensor, " d_model"]
+    trace2: OptimizationTrace
+    objective: RelationFeatureObjective
+    fold: RankOneFold
+    relation_ie: RelationIE | None = None  # the measurement behind relation_position="max_ie"
 
 
 @dataclass(frozen=True)
@@ -26,6 +46,7 @@ class LayerDetails:
     v_star: Float[Tensor, " d_model"]
     stage1_target_prob: float
     reached: float
+    relation_ie: RelationIE | None = None  # where relation_position="max_ie" read h_r, and why
 
     @property
     def delta1_norm(self) -> float:
@@ -58,4 +79,5 @@ class TopDetails(EditDetails):
              "stage2_first_loss": d.stage2.losses[0], "stage1_converged": d.stage1.converged,
              "stage2_converged": d.stage2.converged, "delta1_norm": d.delta1_norm,
              "delta2_norm": d.delta2_norm, "stage1_target_prob": d.stage1_target_prob,
-             "reached": d.reached} for d in self.layers]}
+             "reached": d.reached,
+             "relation_from_end": None if d.relation_ie is None else d.relation_ie.from_end} for d in self.layers]}
