@@ -82,10 +82,13 @@ class SubjectPreservation:
         cols = torch.full_like(rows, self.last_subject)
         return [add_vector(hook_name("value", self.layer), delta, rows, cols)]
 
-    def __call__(self, delta: Tensor) -> LossTerms:
+    def edited_logits(self, delta: Tensor) -> Tensor:
+        """The next-token logits at every position after the subject, δ at the edit site."""
         with self.adapter.hooks(self.site_hooks(delta)):
-            logits = self.adapter.logits_at(self.tokens, self._rows, self._cols, self.layer, self._prefix)
-        kl = F.kl_div(self._log_probs(logits), self._clean, log_target=True, reduction="batchmean")
+            return self.adapter.logits_at(self.tokens, self._rows, self._cols, self.layer, self._prefix)
+
+    def __call__(self, delta: Tensor) -> LossTerms:
+        kl = F.kl_div(self._log_probs(self.edited_logits(delta)), self._clean, log_target=True, reduction="batchmean")
         return LossTerms(kl, kl=float(kl.detach()))
 
 

@@ -13,7 +13,8 @@ bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (do
 ``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), the
 ``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected with
 ``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL holding the
-model's text about the subject (core.preservation); ``relation_prefix`` a row led by the relation words."""
+model's text about the subject (core.preservation), ``stage2_leak_weight`` a penalty on o* overtaking that
+text's own next tokens (core.leak); ``relation_prefix`` a row led by the relation words."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from toplens.core.fold import fold_at
 from toplens.core.hparams import Hparams, HparamsError
 from toplens.core.keys import KEY_MODES, KeyMode, key_value_at
 from toplens.core.objective import rewrite_batch, with_rewrite_term
+from toplens.core.leak import with_object_kept_out
 from toplens.core.preservation import with_subject_kept
 from toplens.core.relation_positions import RELATION_POSITIONS, RelationPosition
 from toplens.core.relation import RESETS, relation_objective, relation_resid
@@ -77,6 +79,7 @@ class TopHparams(Hparams):
     stage2_keep_weight: float = 0.0
     stage2_keep_texts: tuple[int, int] = (5, 10)
     stage2_keep_spare: bool = False
+    stage2_leak_weight: float = 0.0  # o* kept from overtaking the subject's text (core.leak)
     relation_position: RelationPosition = "last"
     auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
     relation_prefix: bool = False
@@ -93,7 +96,7 @@ class TopHparams(Hparams):
                               ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS),
                               ("relation_position", RELATION_POSITIONS), ("auto_la", AUTO_LA)):
             self._choice(name, allowed)
-        self._positive("stage2_rewrite_weight", "stage2_keep_weight", allow_zero=True)
+        self._positive("stage2_rewrite_weight", "stage2_keep_weight", "stage2_leak_weight", allow_zero=True)
         self._positive_items("stage2_keep_texts")  # (count, tokens) of the subject's continuations
         self._template("kl_prompt")
         self._context_lengths()
@@ -160,6 +163,8 @@ def run_stages(
         loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
         loss = with_subject_kept(loss, adapter, request, layer, v_init, hp.stage2_keep_weight,
                                  hp.stage2_keep_texts, site, hp.stage2_keep_spare)
+        loss = with_object_kept_out(loss, adapter, request, layer, v_init, hp.stage2_leak_weight,
+                                    hp.stage2_keep_texts, site)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
                                    observe=observe, progress=progress)
     return Stages(la, v_init, one.delta, one.trace, one.target_prob, delta2, trace2, objective, fold, ie)
