@@ -142,6 +142,4 @@ def rewriting_nll(adapter: ModelAdapter, batch: RewriteBatch) -> Float[Tensor, "
 def delta_hook(stage: Stage, batch: RewriteBatch, delta: Float[Tensor, " d"]) -> Hook:
     """The current δ of ``stage`` (a detached copy) added at its site and token role in every
     rewriting prompt of ``batch``."""
-    rows = torch.arange(batch.n_rewrite, device=batch.tokens.device)
-    cols = batch.positions(stage.role)[: batch.n_rewrite]
-    return add_vector(stage.hook, delta.detach().clone(), rows, cols)
+    return add_vector(stage.hook, delta.detach().clone(), *batch.sites(stage.role, batch.n_rewrite))

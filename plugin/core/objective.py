@@ -21,7 +21,7 @@ from toplens.core.keys import Role
 from toplens.model import Hook, ModelAdapter, hook_name
 from toplens.core.optimize import LossTerms
 from toplens.core.positions import check_fits, locate, target_ids
-from toplens.core.relation_positions import relation_position
+from toplens.core.relation_positions import relation_sites
 from toplens.core.requests import EditRequest
 
 if TYPE_CHECKING:
@@ -43,9 +43,20 @@ class RewriteBatch:
     target_ids: Int[Tensor, " m"]
     target_weight: Float[Tensor, " m"]
     relation_at: Int[Tensor, " batch"]
+    relation_rows: Int[Tensor, " s"]  # every (row, position) site of h_r, row by row: one per row
+    relation_cols: Int[Tensor, " s"]  # unless relation_position="all" (each token after the subject)
 
     def positions(self, role: Role) -> Int[Tensor, " batch"]:
+        """One position per row: the last subject token, or h_r's (the last of a row's sites)."""
         return self.last_subject if role == "subject" else self.relation_at
+
+    def sites(self, role: Role, n_rows: int | None = None) -> tuple[Int[Tensor, " s"], Int[Tensor, " s"]]:
+        """The (rows, positions) where a δ of ``role`` acts, in the first ``n_rows`` rows (default all)."""
+        if role == "subject":
+            rows = self.rows[:n_rows]
+            return rows, self.last_subject[rows]
+        keep = self.relation_rows < (self.tokens.shape[0] if n_rows is None else n_rows)
+        return self.relation_rows[keep], self.relation_cols[keep]
 
     @property
     def rows(self) -> Int[Tensor, " batch"]:
@@ -71,7 +82,7 @@ def rewrite_batch(
     relation feature's by the ``relation_at`` strategy (``from_end`` for a measured one; refused
     first when a row would be longer than the model's context)."""
     check_rewrite_lengths(adapter, request, templates, kl_prompts)
-    seqs, subj, rel, at, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], [], []
+    seqs, subj, rel, sites, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], [], []
     for row, template in enumerate(templates):
         prompt = template.replace("{}", request.prompt)
         pos = locate(adapter, prompt, request.subject)
@@ -79,7 +90,7 @@ def rewrite_batch(
         seqs.append(list(pos.tokens) + target[:-1])
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
-        at.append(relation_position(adapter, pos, relation_at, from_end))
+        sites.append(relation_sites(adapter, pos, relation_at, from_end))
         for j, tid in enumerate(target):
             t_rows.append(row), t_cols.append(pos.last_relation + j), t_ids.append(tid)
             t_w.append(1.0 / (len(target) * len(templates)))
@@ -88,11 +99,13 @@ def rewrite_batch(
         seqs.append(list(pos.tokens))
         subj.append(pos.last_subject)
         rel.append(pos.last_relation)
-        at.append(relation_position(adapter, pos, relation_at, from_end))
+        sites.append(relation_sites(adapter, pos, relation_at, from_end))
     device = adapter.device
     long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    site_rows = [row for row, cols in enumerate(sites) for _ in cols]
     return RewriteBatch(adapter.to_batch(seqs), len(templates), long(subj), long(rel), long(t_rows),
-                        long(t_cols), long(t_ids), torch.tensor(t_w, device=device), long(at))
+                        long(t_cols), long(t_ids), torch.tensor(t_w, device=device), long([c[-1] for c in sites]),
+                        long(site_rows), long([c for cols in sites for c in cols]))
 
 
 @dataclass
@@ -121,14 +134,13 @@ class RewriteObjective:
         b = self.batch
         self._prefix = self.adapter.resid_before(b.tokens, self.start_layer)
         self._kl_rows = torch.arange(b.n_rewrite, b.tokens.shape[0], device=b.tokens.device)
-        self._kl_cols = b.positions(self.role)[b.n_rewrite:]
+        self._kl_cols = b.positions(self.role)[b.n_rewrite:]  # where the KL is read: one position per row
         with torch.no_grad():
             self.kl_init = self._logits(None)[1].log_softmax(-1)
 
     def site_hooks(self, delta: Tensor) -> list[Hook]:
-        """δ added at ``hook`` and ``role``'s position of every row."""
-        b = self.batch
-        return [add_vector(self.hook, delta, b.rows, b.positions(self.role))]
+        """δ added at ``hook`` and ``role``'s positions of every row."""
+        return [add_vector(self.hook, delta, *self.batch.sites(self.role))]
 
     def _logits(self, delta: Tensor | None) -> tuple[Tensor, Tensor]:
         b = self.batch

@@ -22,12 +22,11 @@ from toplens.model import Hook, ModelAdapter, hook_name
 RESETS = ("others", "others_but_subject", "none", "both")
 
 
-def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "n d_model"]:
-    """The residual after block ``la`` at the relation feature's position (``batch.relation_at``,
-    the last token by default) of each rewriting prompt."""
+def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "s d_model"]:
+    """The residual after block ``la`` at every site of the relation feature in the rewriting prompts
+    (``batch.sites("relation", batch.n_rewrite)``: one per prompt, the last token by default)."""
     (resid,) = adapter.capture(batch.tokens, [hook_name("resid_post", la)], la + 1)
-    rows = torch.arange(batch.n_rewrite, device=resid.device)
-    return resid[rows, batch.relation_at[: batch.n_rewrite]].detach()
+    return resid[batch.sites("relation", batch.n_rewrite)].detach()
 
 
 
@@ -35,25 +34,27 @@ def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float
 class RelationFeatureObjective:
     """vec_loss_factor · mean ‖h_r(δ) − h*_r‖ + decay, for δ added to the MLP output of ``layer``.
 
-    h_r is the residual after block ``stop_layer - 1`` at each row's ``relation_at`` position;
-    only blocks ``layer .. stop_layer - 1`` run (the residual entering ``layer`` is computed once).
+    h_r is the residual after block ``stop_layer - 1`` at each site (``site_rows``, ``site_cols``:
+    one per row, or several with ``relation_position="all"``); only blocks ``layer .. stop_layer - 1``
+    run (the residual entering ``layer`` is computed once).
 
     Args:
         adapter: the model.
         tokens: the prompts, one per row.
-        last_subject, relation_at: per row, δ's position and h_r's (``RewriteBatch.relation_at``).
+        last_subject: per row, δ's position; site_rows, site_cols: h_r's (``RewriteBatch.sites``).
         layer: the edit layer (δ goes on its ``hook_mlp_out``); stop_layer: la + 1.
-        targets: h*_r per row.
+        targets: h*_r per site.
         vec_loss_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
     """
 
     adapter: ModelAdapter
     tokens: Int[Tensor, "batch pos"]
     last_subject: Int[Tensor, " batch"]
-    relation_at: Int[Tensor, " batch"]
+    site_rows: Int[Tensor, " s"]
+    site_cols: Int[Tensor, " s"]
     layer: int
     stop_layer: int
-    targets: Float[Tensor, "batch d_model"]
+    targets: Float[Tensor, "s d_model"]
     vec_loss_factor: float
     weight_decay: float
     ref_norm: float
@@ -71,12 +72,17 @@ class RelationFeatureObjective:
             return [add_vector(hook_name("value", self.layer), delta, self._rows, self.last_subject)]
         return self.fold.hooks(lambda: self.v_init + delta)
 
-    def resid(self, delta: Tensor | None) -> Float[Tensor, "batch d_model"]:
-        """h_r of every row with δ at the edit site."""
+    def resid(self, delta: Tensor | None) -> Float[Tensor, "s d_model"]:
+        """h_r at every site with δ at the edit site."""
         hooks = [] if delta is None else self.site_hooks(delta)
         with self.adapter.hooks(hooks):
             resid = self.adapter.final_resid(self.tokens, self.layer, self._prefix, self.stop_layer)
-        return resid[self._rows, self.relation_at]
+        return resid[self.site_rows, self.site_cols]
+
+    @property
+    def h_star(self) -> Float[Tensor, " d_model"]:
+        """h*_r at the first row's last site (the bare prompt's h_r)."""
+        return self.targets[int((self.site_rows == 0).sum()) - 1]
 
     def __call__(self, delta: Float[Tensor, " d_model"]) -> LossTerms:
         distance = (self.resid(delta) - self.targets).norm(dim=-1).mean()
@@ -97,7 +103,7 @@ class RelationReadoutObjective(RelationFeatureObjective):
     """KL(P[· | h*_r] ‖ P[· | h_r(δ)]) + decay: stage 2 matched through what the model reads from h_r.
 
     δ is added to the MLP output of ``layer`` at the last subject token; at block ``la`` every
-    position but h_r's is reset to its unedited residual, so δ reaches the
+    position but h_r's sites is reset to its unedited residual, so δ reaches the
     prediction only through h_r (the decomposition P[o* | h_r] · P[h_r | v]). The target is the
     next-token distribution at the target positions with h*_r in place (stage 1's prediction).
     ``reset="both"`` averages the KL with the reset and the KL of the model as it is, so that the
@@ -116,16 +122,16 @@ class RelationReadoutObjective(RelationFeatureObjective):
         with torch.no_grad():
             (clean,) = self.adapter.capture(self.tokens, [la_hook], self.stop_layer)
             self._keep_clean = patch_from(la_hook, clean, self._reset_mask(clean.shape[:2]))
-            put = set_vectors(la_hook, self.targets, self._rows, self.relation_at)
+            put = set_vectors(la_hook, self.targets, self.site_rows, self.site_cols)
             with self.adapter.hooks([put]):
                 self._want = self.adapter.logits_at(self.tokens, self.target_rows, self.target_cols).log_softmax(-1)
 
     def _reset_mask(self, shape) -> Tensor:
-        """The positions reset to their clean residual at la: all but h_r's
+        """The positions reset to their clean residual at la: all but h_r's sites
         ("others", and the reset half of "both"), also sparing the last subject token
         ("others_but_subject"), or none ("none")."""
         mask = torch.ones(shape, dtype=torch.bool, device=self.tokens.device)
-        mask[self._rows, self.relation_at] = False
+        mask[self.site_rows, self.site_cols] = False
         if self.reset == "others_but_subject":
             mask[self._rows, self.last_subject] = False
         return mask if self.reset != "none" else torch.zeros_like(mask)
@@ -154,16 +160,19 @@ def relation_objective(
 ) -> RelationFeatureObjective:
     """The objective that moves h_r at la toward ``targets`` on ``rows`` of ``batch``, for δ at the
     MLP output of ``layer``: in L2 (``loss="l2"``) or through the prediction read from h_r
-    (``"readout"``); δ acts at the last subject token, or through ``fold`` when given."""
-    last_rel = batch.relation_at[rows]  # where h_r is read
+    (``"readout"``); δ acts at the last subject token, or through ``fold`` when given. ``rows`` starts
+    at row 0, and ``targets`` holds h*_r for each of their sites (``batch.sites``)."""
+    if rows.start not in (None, 0):
+        raise ValueError(f"rows must start at the first row; got {rows!r}")
+    at = batch.sites("relation", rows.stop)  # where h_r is read
     site = {"fold": fold, "v_init": v_init}
     v_norm = float(v_init.norm())
     if loss == "readout":
         keep = batch.target_rows < rows.stop
-        return RelationReadoutObjective(adapter, batch.tokens[rows], batch.last_subject[rows], last_rel, layer,
+        return RelationReadoutObjective(adapter, batch.tokens[rows], batch.last_subject[rows], *at, layer,
                                         la + 1, targets, vec_loss_factor, weight_decay, v_norm, **site,
                                         target_rows=batch.target_rows[keep], target_cols=batch.target_cols[keep],
                                         reset=reset)
-    tokens = batch.tokens[rows, : int(last_rel.max()) + 1]
-    return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], last_rel, layer, la + 1,
+    tokens = batch.tokens[rows, : int(at[1].max()) + 1]
+    return RelationFeatureObjective(adapter, tokens, batch.last_subject[rows], *at, layer, la + 1,
                                     targets, vec_loss_factor, weight_decay, v_norm, **site)

@@ -10,6 +10,7 @@ among the tokens after the subject:
   "Q: Which instrument does {} play? A:"); the last token when there is none;
 - ``"after_subject"``: the first of them, the earliest token that has read the subject and every
   relation word before it ("?" in "Q: What is the capital of {}? A:");
+- ``"all"``: every one of them (δ₁ is added at each, h*_r is matched at each);
 - ``"max_ie"``: the token whose clean state at la, restored into a run with the subject corrupted,
   recovers most of the answer (:mod:`toplens.core.relation_ie`); measured once per request on the
   bare prompt and passed here as its distance from the last token (``from_end``).
@@ -25,10 +26,12 @@ from typing import Literal
 from toplens.core.positions import PromptPositions
 from toplens.model import ModelAdapter
 
-RelationPosition = Literal["last", "last_content", "after_subject", "max_ie"]
-RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content", "after_subject", "max_ie")
+RelationPosition = Literal["last", "last_content", "after_subject", "all", "max_ie"]
+RELATION_POSITIONS: tuple[str, ...] = ("last", "last_content", "after_subject", "all", "max_ie")
 #: the strategies read off a measurement of the request rather than off its tokens
 MEASURED: tuple[str, ...] = ("max_ie",)
+#: the strategies with more than one position per prompt
+SEVERAL: tuple[str, ...] = ("all",)
 
 #: English function words that carry no relation: articles, pronouns, prepositions, auxiliaries,
 #: question words and the answer cues of question prompts
@@ -41,9 +44,9 @@ q a answer question called named known
 
 
 def token_strategy(strategy: str) -> str:
-    """``strategy`` where it reads h_r's position off the tokens, else "last" (where a measurement
-    that itself needs h_r's position, such as the automatic la, starts from)."""
-    return "last" if strategy in MEASURED else strategy
+    """``strategy`` where it reads one position off the tokens, else "last" (where a measurement
+    that needs one h_r position, such as the automatic la, starts from)."""
+    return "last" if strategy in MEASURED + SEVERAL else strategy
 
 
 def is_content(text: str) -> bool:
@@ -61,7 +64,7 @@ def relation_position(adapter: ModelAdapter, pos: PromptPositions, strategy: str
     if strategy in MEASURED and (isinstance(from_end, bool) or not isinstance(from_end, int) or from_end < 0):
         raise ValueError(f"relation_position={strategy!r} needs the measured from_end (an int >= 0); got {from_end!r}")
     after = pos.relation_span  # last_subject + 1 .. last_relation
-    if strategy == "last" or not after:
+    if strategy in ("last", "all") or not after:  # "all": its last site (relation_sites has them all)
         return pos.last_relation
     if strategy == "max_ie":
         return max(after[0], pos.last_relation - from_end)
@@ -72,3 +75,11 @@ def relation_position(adapter: ModelAdapter, pos: PromptPositions, strategy: str
         if pos.tokens[i] not in special and is_content(adapter.decode(pos.tokens[i])):
             return i
     return pos.last_relation
+
+
+def relation_sites(adapter: ModelAdapter, pos: PromptPositions, strategy: str, from_end: int | None = None) -> list[int]:
+    """Every position where h_r is read by ``strategy``: each token after the subject for "all", else
+    the one :func:`relation_position` gives."""
+    if strategy == "all" and pos.relation_span:
+        return list(pos.relation_span)
+    return [relation_position(adapter, pos, strategy, from_end)]

@@ -152,12 +152,13 @@ def run_stages(
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c, space=space)
     with adapter.frozen():  # the weights take no gradient: h_init builds no graph
-        h_init = relation_resid(adapter, batch, la)
-        one = rewrite_stage(adapter, batch, relation, h_init[0], hp.stage1_settings, desc=f"TOP stage 1 L{la}",
-                            observe=observe, progress=progress)
+        h_init = relation_resid(adapter, batch, la)  # at every site of h_r, row by row
         rows = slice(0, 1) if hp.stage2 == "faithful" else slice(0, batch.n_rewrite)
+        n_sites, bare = (len(batch.sites("relation", n)[0]) for n in (rows.stop, 1))
+        one = rewrite_stage(adapter, batch, relation, h_init[bare - 1], hp.stage1_settings,  # the bare prompt's h_r
+                            desc=f"TOP stage 1 L{la}", observe=observe, progress=progress)
         site = fold if hp.stage2_site == "fold" else None
-        objective = relation_objective(adapter, batch, rows, layer, la, h_init[rows] + one.delta, v_init,
+        objective = relation_objective(adapter, batch, rows, layer, la, h_init[:n_sites] + one.delta, v_init,
                                        loss=hp.stage2_loss, fold=site, vec_loss_factor=hp.vec_loss_factor,
                                        weight_decay=hp.v_weight_decay, reset=hp.stage2_reset)
         loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
@@ -193,7 +194,7 @@ def compute_one(
                 reached = st.objective.reached(st.delta2)
             v_star = st.v_init + st.delta2
             deltas.append(st.fold.delta(v_star))
-            details.append(LayerDetails(layer, st.la, st.trace1, st.trace2, st.objective.targets[0], st.v_init,
+            details.append(LayerDetails(layer, st.la, st.trace1, st.trace2, st.objective.h_star, st.v_init,
                                         v_star, st.prob1, reached, st.relation_ie))
             if layer != hp.layers[-1]:
                 handle.add(WeightEdit("top", (request,), (deltas[-1],)))

@@ -83,3 +83,43 @@ def test_top_edits_through_the_chosen_token(tiny_model):
     with unchecked(), pytest.raises(HparamsError, match="relation_position.*'first'"):
         FAST.replace(relation_position="first")
     assert top.TopHparams.from_dict({"relation_position": "after_subject"}).relation_position == "after_subject"
+
+
+def test_all_reads_h_r_at_every_token_after_the_subject(tiny_model):
+    adapter = ModelAdapter(tiny_model)
+    batch = rewrite_batch(adapter, QUESTION, TEMPLATES, ["{} is a"], "all")
+    last = rewrite_batch(adapter, QUESTION, TEMPLATES, ["{} is a"], "last")
+    rows, cols = batch.sites("relation")
+    for row in range(batch.tokens.shape[0]):
+        mine = cols[rows == row].tolist()
+        assert mine == list(range(int(batch.last_subject[row]) + 1, int(batch.last_relation[row]) + 1))
+    assert torch.equal(batch.relation_at, last.relation_at)  # one position per row: the last site
+    assert torch.equal(torch.stack(last.sites("relation")), torch.stack((last.rows, last.relation_at)))
+    n = batch.n_rewrite
+    assert relation_resid(adapter, batch, 2).shape == (int((rows < n).sum()), adapter.d_model)
+
+
+@pytest.mark.parametrize("loss", ["l2", "readout"])
+def test_stage_2_with_every_token_matches_h_r_at_each(tiny_model, loss):
+    adapter = ModelAdapter(tiny_model)
+    batch = rewrite_batch(adapter, QUESTION, TEMPLATES, ["{} is a"], "all")
+    v_init = torch.ones(adapter.d_model)
+    targets = relation_resid(adapter, batch, 2)
+    n_sites = len(batch.sites("relation", 1)[0])
+    objective = relation_objective(adapter, batch, slice(0, 1), 1, 2, targets[:n_sites], v_init, loss=loss)
+    assert n_sites > 1 and torch.equal(objective.h_star, targets[n_sites - 1])
+    with torch.no_grad():
+        assert torch.allclose(objective.resid(None), targets[:n_sites], atol=1e-5)
+        assert float(objective(torch.zeros(adapter.d_model)).total) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_top_with_every_token_adds_delta_1_at_each(tiny_model):
+    hp = FAST.replace(stage2_loss="readout", relation_position="all")
+    edit = top.compute(tiny_model, QUESTION, hp, templates=TEMPLATES)
+    last = top.compute(tiny_model, QUESTION, hp.replace(relation_position="last"), templates=TEMPLATES)
+    adapter = ModelAdapter(tiny_model)
+    details = edit.details.layers[0]
+    batch = rewrite_batch(adapter, QUESTION, TEMPLATES, [hp.kl_prompt], "all")
+    h_init = relation_resid(adapter, batch, details.la)[len(batch.sites("relation", 1)[0]) - 1]
+    assert float((details.h_star - h_init).norm()) == pytest.approx(details.delta1_norm, rel=1e-3)
+    assert not torch.allclose(last.details.layers[0].h_star, details.h_star)
