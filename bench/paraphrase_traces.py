@@ -58,7 +58,8 @@ def trace(adapter: ModelAdapter, prompt: str, subject: str, answer: str) -> dict
     positions = [c.positions.last_subject, c.last]
     with torch.no_grad():
         ie = indirect_effects(adapter, c, "resid", positions=positions, base_prob=low)  # [layer, 2]
-    share = (ie / max(high - low, 1e-9)).T  # [2, layer]
+    gap = high - low
+    share = (ie / gap if abs(gap) > 1e-12 else ie * float("nan")).T  # [2, layer]
     half = [layer for layer, s in enumerate(share[1].tolist()) if s >= 0.5]
     return {"p_new": high, "p_new_corrupted": low, "subject_share": float(share[0].max()),
             "subject_layer": int(share[0].argmax()), "last_half_layer": half[0] if half else None,
