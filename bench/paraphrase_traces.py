@@ -23,6 +23,7 @@ import torch
 from toplens import EditRequest, get_editor, load_model
 from toplens.analyses.evaluation.builder import builtin_records
 from toplens.analyses.tracing.causal_trace import indirect_effects
+from toplens.core.auto_la import MIN_GAP
 from toplens.core.corruption import clean_prob, corrupted_prob, make_corruption
 from toplens.editors.presets import get_preset
 from toplens.model import ModelAdapter
@@ -50,7 +51,7 @@ def pick(top: dict, rome: dict, n: int) -> list[tuple[int, str]]:
     return chosen[:n]
 
 
-def trace(adapter: ModelAdapter, prompt: str, subject: str, answer: str) -> dict:
+def trace(adapter: ModelAdapter, prompt: str, subject: str, answer: str, min_gap: float = MIN_GAP) -> dict:
     """P(o*) and, at the last subject token and the last token, the best share of the corrupted
     gap that restoring one block's residual recovers."""
     c = make_corruption(adapter, prompt.replace(subject, "{}", 1), subject, answer)
@@ -58,11 +59,12 @@ def trace(adapter: ModelAdapter, prompt: str, subject: str, answer: str) -> dict
     positions = [c.positions.last_subject, c.last]
     with torch.no_grad():
         ie = indirect_effects(adapter, c, "resid", positions=positions, base_prob=low)  # [layer, 2]
-    gap = high - low
-    share = (ie / gap if abs(gap) > 1e-12 else ie * float("nan")).T  # [2, layer]
+    gap = high - low  # too small a gap (the edit does not reach this prompt) has no shares to read
+    share = (ie / gap if gap > min_gap * high and gap != 0 else ie * float("nan")).T  # [2, layer]
     half = [layer for layer, s in enumerate(share[1].tolist()) if s >= 0.5]
-    return {"p_new": high, "p_new_corrupted": low, "subject_share": float(share[0].max()),
-            "subject_layer": int(share[0].argmax()), "last_half_layer": half[0] if half else None,
+    measured = bool(torch.isfinite(share).all())
+    return {"p_new": high, "p_new_corrupted": low, "subject_share": float(share[0].max()) if measured else None,
+            "subject_layer": int(share[0].argmax()) if measured else None, "last_half_layer": half[0] if half else None,
             "last_share_by_layer": [round(s, 3) for s in share[1].tolist()]}
 
 
@@ -109,13 +111,14 @@ def markdown(rows: list[dict], args) -> str:
              "and one prompt, traced for o*: P(o*) on the clean edited run, then, for the residual restored "
              "at the last subject token and at the last token, the largest share of P(o*) − P(o* | subject "
              "corrupted) that restoring the last subject token's residual after one block recovers (10 noise "
-             "samples) and that block, and the first block after which the last token's residual recovers half.", "",
+             "samples) and that block, and the first block after which the last token's residual recovers half "
+             "(– where corrupting the subject moves P(o*) by less than 5% of its clean value: nothing to trace).", "",
              "| case | method | prompt | P(o*) | P(o*), subject corrupted | subject: best share (block) | "
              "last token: half by block |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        subject = "–" if r["subject_share"] is None else f"{r['subject_share']:.2f} ({r['subject_layer']})"
         lines.append(f"| {r['case']} | {r['method']} | {r['prompt_kind']}: {r['prompt']} | {r['p_new']:.3f} | "
-                     f"{r['p_new_corrupted']:.3f} | {r['subject_share']:.2f} ({r['subject_layer']}) | "
-                     f"{r['last_half_layer']} |")
+                     f"{r['p_new_corrupted']:.3f} | {subject} | {r['last_half_layer'] or '–'} |")
     return "\n".join(lines) + "\n"
 
 
