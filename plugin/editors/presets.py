@@ -38,12 +38,14 @@ _TOP: dict[str, TopHparams] = {
     # ours (docs/top_stage2.md): edit layer 5 with la = 23; stage 2 matched through the prediction
     # read from h_r ("readout") rather than in L2, and optimized as the rank-one update the fold
     # makes ("fold"). The published stage 2 cannot reach h*_r through this model's narrow
-    # subject-to-relation channel. "smollm2-135m-faithful" keeps the published algorithm and the
-    # Qwen2.5 values, with 100 stage-2 steps.
+    # subject-to-relation channel. key="sink" also keys a one-token subject at the first position (which
+    # SmolLM2, with no BOS, reads without context) on the bare prompt (core.sink; docs/results.md: Score
+    # over ROME on the 200-case development benchmark). "smollm2-135m-faithful" keeps the published
+    # algorithm and the Qwen2.5 values, with 100 stage-2 steps.
     "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
                                vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
-                               **_COMMON),
+                               key="sink", **_COMMON),
     "smollm2-135m-faithful": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
                                         vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                         context_lengths=((5, 5), (5, 10)), **_COMMON),

@@ -23,7 +23,7 @@ PUBLISHED = {
     ("top", "qwen2.5-7b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                                 vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful"),
     ("top", "smollm2-135m"): dict(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
-                                  stage2_loss="readout", stage2_site="fold", mom2_adjustment=False),
+                                  stage2_loss="readout", stage2_site="fold", mom2_adjustment=False, key="sink"),
     ("rets", "gpt2-xl"): dict(layer=35, v_num_grad_steps=20, mom2_adjustment=True, constraint_weight=1.0),
     ("rets", "gpt-j-6b"): dict(layer=17, mom2_adjustment=True),
     ("rets", "qwen2.5-7b"): dict(layer=19, mom2_adjustment=False),
