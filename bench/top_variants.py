@@ -60,6 +60,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rome-sink": ("rome", {"key": "sink"}),
     "top-auto-rewrite-0.3": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 0.3}),
     "top-auto-rewrite-1": ("top", {"rel_feat_layer": "auto", "stage2_rewrite_weight": 1.0}),
+    # the development benchmark's baselines (docs/results.md): MEMIT, RETS and the published TOP stage 2
+    "memit": ("memit", {}),
+    "rets": ("rets", {}),
+    "top-faithful": ("top", {"rel_feat_layer": 5, "v_num_grad_steps1": 20, "v_num_grad_steps2": 100,
+                             "stage2_loss": "l2", "stage2_site": "subject"}),
+    # eleventh session (docs/top_stage2.md): over key="sink", the preset since then
+    "top-sink-none-keep5-spare": ("top", {"key": "sink", "stage2_reset": "none", "stage2_keep_weight": 5.0,
+                                          "stage2_keep_spare": True}),
+    "top-sink-none-leak5": ("top", {"key": "sink", "stage2_reset": "none", "stage2_leak_weight": 5.0}),
+    "top-sink-clamp2": ("top", {"key": "sink", "clamp_norm_factor": 2.0}),
+    "top-sink-ie": ("top", {"key": "sink", "relation_position": "max_ie"}),
+    "top-sink-all": ("top", {"key": "sink", "relation_position": "all"}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
