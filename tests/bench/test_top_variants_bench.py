@@ -3,6 +3,7 @@ import json
 import pytest
 
 from bench.top_variants import VARIANTS, main, parse_define, run_variant
+from toplens.editors.presets import get_preset
 
 METRICS = ("efficacy", "generalization", "s_specificity", "r_specificity", "efficacy_at_1")
 
@@ -41,4 +42,6 @@ def test_definitions_name_a_method_and_settings():
     assert parse_define('x=top:{"stage2_reset": "none"}') == ("x", ("top", {"stage2_reset": "none"}))
     with pytest.raises(SystemExit, match="NAME=METHOD:JSON"):
         parse_define("x=bogus:{}")
-    assert all(method in ("rome", "top") for method, _ in VARIANTS.values())
+    assert all(method in ("rome", "top", "rets", "memit") for method, _ in VARIANTS.values())
+    for method, settings in VARIANTS.values():  # every variant is a valid setting of its method
+        type(get_preset(method, None)).from_dict({**get_preset(method, None).to_dict(), **settings})
