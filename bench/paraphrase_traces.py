@@ -85,12 +85,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     top_dir, rome_dir = args.runs / args.top, args.runs / args.rome
     pairs = pick(outcomes(top_dir), outcomes(rome_dir), args.cases)
-    records = {r.case_id: r for r in builtin_records(max(c for c, _ in pairs) + 1)} if pairs else {}
+    records = {r.case_id: r for r in builtin_records()}  # case ids are the facts' ids, not list positions
     model = load_model()
     adapter = ModelAdapter(model)
     rows = []
     for case, paraphrase in pairs:
         request: EditRequest = records[case].request
+        if request.subject not in paraphrase:  # the trace corrupts the subject where it stands
+            print(f"case {case}: the paraphrase {paraphrase!r} does not contain the subject; skipped", file=sys.stderr)
+            continue
         for name, folder in ((args.top, top_dir), (args.rome, rome_dir)):
             editor, hp = edit_for(folder, adapter)
             with editor.apply(adapter, request, hp):
@@ -117,8 +120,9 @@ def markdown(rows: list[dict], args) -> str:
              "last token: half by block |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         subject = "–" if r["subject_share"] is None else f"{r['subject_share']:.2f} ({r['subject_layer']})"
+        half = "–" if r["last_half_layer"] is None else r["last_half_layer"]
         lines.append(f"| {r['case']} | {r['method']} | {r['prompt_kind']}: {r['prompt']} | {r['p_new']:.3f} | "
-                     f"{r['p_new_corrupted']:.3f} | {subject} | {r['last_half_layer'] or '–'} |")
+                     f"{r['p_new_corrupted']:.3f} | {subject} | {half} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the development benchmark's baselines (docs/results.md): MEMIT, RETS and the published TOP stage 2
     "memit": ("memit", {}),
     "rets": ("rets", {}),
+    # the published stage 2 over the SmolLM2 preset of the eleventh session, which had key="sink" (its
+    # 32-case row ran so); get_preset("top", "smollm2-135m-faithful") keeps the consistent key
     "top-faithful": ("top", {"rel_feat_layer": 5, "v_num_grad_steps1": 20, "v_num_grad_steps2": 100,
                              "stage2_loss": "l2", "stage2_site": "subject"}),
     # eleventh session (docs/top_stage2.md): over key="sink", the preset since then

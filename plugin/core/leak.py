@@ -12,9 +12,9 @@ position after the subject the penalty is
 with top_t the unedited model's most likely next token there and ``margin`` nats of room kept
 between them. Unlike the KL of :class:`~toplens.core.preservation.SubjectPreservation`, nothing else
 in those distributions is held, so the edit stays free to change how the subject is read, except
-that o* may not take over a slot of another fact. The edited fact's own slot is exempt:
-w_t = 1 − P_unedited(o | t), so a position where the unedited model expected the old object o (the
-text states the edited fact) weighs nothing, and positions whose top token is o* itself are left out.
+that o* may not take over a slot of another fact. The edited fact's own slot is down-weighted:
+w_t = 1 − P_unedited(o | t), so a position where the unedited model was sure of the old object o (the
+text states the edited fact) weighs little, and positions whose top token is o* itself are left out.
 """
 
 from __future__ import annotations

@@ -94,8 +94,9 @@ class SubjectPreservation:
 
 @dataclass
 class WithPenalty:
-    """``main(δ) + weight · penalty(δ)``, reported as main's parts with the weighted penalty as
-    ``penalty`` (so that the "fit" stop leaves it out: it holds the model in place, it fits nothing)."""
+    """``main(δ) + weight · penalty(δ)``, reported as main's parts with the weighted penalty added to
+    main's own ``penalty`` (so that the "fit" stop leaves every penalty out: they hold the model in
+    place, they fit nothing; wrappers stack)."""
 
     main: Callable[[Tensor], LossTerms]
     penalty: Callable[[Tensor], LossTerms]
@@ -105,7 +106,7 @@ class WithPenalty:
         a, b = self.main(delta), self.penalty(delta)
         extra = self.weight * b.total
         return LossTerms(a.total + extra, nll=a.nll, kl=a.kl, decay=a.decay, distance=a.distance,
-                         rewrite_nll=a.rewrite_nll, penalty=float(extra.detach()))
+                         rewrite_nll=a.rewrite_nll, penalty=(a.penalty or 0.0) + float(extra.detach()))
 
 
 def objects_first_tokens(adapter: ModelAdapter, request: EditRequest) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
 """o* kept out of the subject's own text: zero where o* stays margin nats below the unedited model's
-top token, growing as it overtakes, exempt where the model expected o, and a TOP stage 2 that, given
+top token, growing as it overtakes, down-weighted where the model expected o, and a TOP stage 2 that, given
 the term, lets o* rise less in that text."""
 
 import pytest
@@ -46,7 +46,7 @@ def test_no_change_no_penalty_and_overtaking_is_penalized(tiny_model):
     assert delta.grad is not None and float(delta.grad.norm()) > 0
 
 
-def test_the_old_objects_slot_is_exempt(tiny_model):
+def test_the_old_objects_slot_is_down_weighted(tiny_model):
     adapter = ModelAdapter(tiny_model)
     with_o, _ = _leak(adapter)
     without_o, _ = _leak(adapter, true=False)

@@ -59,6 +59,14 @@ def test_the_penalty_adds_to_the_total_and_the_fit_stop_leaves_it_out():
     assert not LoopSettings(5, 0.1, None, 0.05, stop_rule="total").stops(terms)
 
 
+def test_stacked_penalties_add_up_and_the_fit_stop_leaves_both_out():
+    main = lambda d: LossTerms(d.sum() * 0 + 0.01, kl=0.01)  # noqa: E731
+    penalty = lambda d: LossTerms(d.sum() * 0 + 2.0, kl=2.0)  # noqa: E731
+    terms = WithPenalty(WithPenalty(main, penalty, 0.5), penalty, 0.25)(torch.zeros(3))
+    assert float(terms.total) == pytest.approx(1.51) and terms.penalty == pytest.approx(1.5)
+    assert LoopSettings(5, 0.1, None, 0.05, stop_rule="fit").stops(terms)
+
+
 def test_top_with_the_term_moves_the_subjects_text_less(tiny_model):
     adapter = ModelAdapter(tiny_model)
     hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", v_num_grad_steps2=20)
