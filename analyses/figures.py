@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from toplens.analyses.evaluation.intervals import Bounds
 from toplens.analyses.evaluation.results import METRIC_LABELS, METRICS, Summary
 from toplens.analyses.evaluation.sequential import SequentialResult
 from toplens.analyses.sweep import SweepPoint
@@ -87,6 +88,22 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def _ends(bounds: Sequence[Bounds | None]) -> np.ndarray:
+    """The intervals' low and high ends, [2, n]; NaN where an interval is missing."""
+    return np.array([[math.nan, math.nan] if b is None else [b.low, b.high] for b in bounds]).reshape(-1, 2).T
+
+
+def _errors(values: Sequence[float], bounds: Sequence[Bounds | None]) -> np.ndarray:
+    """Error bar lengths [2, n] below and above each value (none drawn where NaN: a value or its
+    interval missing); a value outside its interval gets 0 on that side."""
+    low, high = _ends(bounds)
+    return np.clip(np.array([np.subtract(values, low), np.subtract(high, values)]), 0.0, None)
+
+
+def _point_bounds(points: Sequence[SweepPoint], name: str) -> list[Bounds | None]:
+    return [None if p.intervals is None else getattr(p.intervals, name) for p in points]
+
+
 # ------------------------------------------------------------------------------- heatmaps
 def saliency_heatmap(grad: LayerPositionMap, *, edit_layer: int | None = None, title: str | None = None,
                      mark_argmax: bool = True) -> Figure:
@@ -150,7 +167,8 @@ def _bar_labels(ax: Axes, bars, values: Sequence[float], fmt: str) -> None:
 
 def rie_bars(rows: Sequence[RieRow]) -> Figure:
     """RIE = log[IE(o*, edited) / IE(o, original)] per method at the last subject and last relation
-    tokens (the paper's Table 3 as bars: a balanced method has similar bars)."""
+    tokens (the paper's Table 3 as bars: a balanced method has similar bars), with error bars for
+    the 95% bootstrap intervals over requests where the rows have them."""
     if not rows:
         raise ValueError("rows: give at least one RieRow")
     x = np.arange(len(rows))
@@ -159,7 +177,9 @@ def rie_bars(rows: Sequence[RieRow]) -> Figure:
     for offset, (name, label) in zip((-0.2, 0.2), (("subject", "last subject token"),
                                                    ("relation", "last relation token"))):
         values = [_nan(getattr(r, name)) for r in rows]
-        _bar_labels(ax, ax.bar(x + offset, np.nan_to_num(values, nan=0.0), 0.4, label=label), values, "{:.2f}")
+        yerr = _errors(values, [getattr(r, f"{name}_ci") for r in rows])
+        bars = ax.bar(x + offset, np.nan_to_num(values, nan=0.0), 0.4, yerr=yerr, capsize=3, label=label)
+        _bar_labels(ax, bars, values, "{:.2f}")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, [f"{r.method}\n(n={r.n})" for r in rows])
     ax.set_xlabel("method")
@@ -180,8 +200,12 @@ def _sorted_points(points: Sequence[SweepPoint]) -> list[SweepPoint]:
 
 def _sweep_lines(ax: Axes, points: Sequence[SweepPoint], edit_layer: int | None) -> None:
     las = [p.la for p in points]
-    for name, label in SWEEP_METRICS:
-        ax.plot(las, [_nan(getattr(p, name)) for p in points], marker="o", label=label)
+    values = {name: [_nan(getattr(p, name)) for p in points] for name, _ in EVAL_METRICS}
+    lines = [ax.plot(las, values[name], marker="o", label=label, linestyle="--" if name == "score" else "-")[0]
+             for name, label in EVAL_METRICS]
+    for line, (name, _) in zip(lines, EVAL_METRICS):  # the 95% intervals over records
+        ax.errorbar(las, values[name], _errors(values[name], _point_bounds(points, name)), fmt="none",
+                    ecolor=line.get_color(), capsize=3, alpha=0.7)
     if edit_layer is not None:
         ax.axvline(edit_layer, color="gray", linestyle="--", linewidth=1.0, label=f"edit layer {edit_layer}")
     ax.set_xticks(sorted(set(las) | ({edit_layer} if edit_layer is not None else set())))
@@ -196,6 +220,8 @@ def _tradeoff(ax: Axes, points: Sequence[SweepPoint]) -> None:
     kept = [p for p in points if p.generalization is not None and p.r_specificity is not None]
     gen, rspec = [p.generalization for p in kept], [p.r_specificity for p in kept]
     ax.plot(gen, rspec, color="lightgray", zorder=1)
+    ax.errorbar(gen, rspec, xerr=_errors(gen, _point_bounds(kept, "generalization")),
+                yerr=_errors(rspec, _point_bounds(kept, "r_specificity")), fmt="none", ecolor="gray", capsize=2)
     ax.scatter(gen, rspec, c=[p.la for p in kept], cmap="viridis", zorder=2)
     at: dict[tuple[float, float], list[int]] = {}
     for p in kept:  # points that coincide share one label
@@ -209,8 +235,9 @@ def _tradeoff(ax: Axes, points: Sequence[SweepPoint]) -> None:
 
 
 def sweep_curve(points: Sequence[SweepPoint], edit_layer: int | None = None, *, tradeoff: bool = True) -> Figure:
-    """The la sweep (the paper's Fig. 5): the four rates against la, and optionally a second panel
-    with Generalization against R-Specificity, each point labelled by its la."""
+    """The la sweep (the paper's Fig. 5): the four rates and their Score (dashed) against la with
+    their 95% intervals over records as error bars, and optionally a second panel with
+    Generalization against R-Specificity, each point labelled by its la and with its intervals."""
     ordered = _sorted_points(points)
     fig = Figure(figsize=(10.0 if tradeoff else 5.5, 4.0), layout="constrained")
     axes = fig.subplots(1, 2 if tradeoff else 1, squeeze=False)[0]

@@ -5,7 +5,9 @@ the subject's value at the edit layer l so that it reproduces h_r (stage 2). The
 la trades Generalization against R-Specificity. Here each la in a list (default l+1, l+5, l+10,
 L−5, L−1, clipped to [l+1, L−1]) gets TOP edits of a set of COUNTERFACT_RS records, one record at
 a time from the original weights, and the dataset means of Efficacy, Generalization,
-S-Specificity and R-Specificity in percent. Fluency generations are skipped.
+S-Specificity and R-Specificity in percent. Fluency generations are skipped. Each point also
+gives the Score (the harmonic mean of the four) and, from its per-record rates, the 95% bootstrap
+interval over records of each rate and of the Score (:mod:`~toplens.analyses.evaluation.intervals`).
 
 With several edit layers (the GPT2-XL preset edits 17 and 18), l is the last one: la is that
 layer's relation-feature layer and each earlier layer's is shifted by the same rel_feat_layer.
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from toplens import as_adapter
@@ -26,6 +30,7 @@ from toplens.editors.top import TopHparams
 
 from toplens.analyses.evaluation import metrics as m
 from toplens.analyses.evaluation.evaluate import Measurement, evaluate_case, measure
+from toplens.analyses.evaluation.intervals import Bounds, bootstrap
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.results import METRICS, CaseResult, summarize
 
@@ -48,9 +53,39 @@ class SweepCase:
 
 
 @dataclass(frozen=True)
+class SweepIntervals:
+    """The bootstrap interval over records (percent) of each rate's mean and of the Score at one
+    la; None where no resample defines the statistic."""
+
+    efficacy: Bounds | None
+    generalization: Bounds | None
+    s_specificity: Bounds | None
+    r_specificity: Bounds | None
+    score: Bounds | None
+    n: int
+    level: float
+    draws: int
+
+    def to_json(self) -> dict[str, Any]:
+        bounds = {name: None if (b := getattr(self, name)) is None else b.to_json() for name in (*METRICS, "score")}
+        return {**bounds, "n": self.n, "level": self.level, "draws": self.draws}
+
+
+def case_intervals(cases: Sequence[SweepCase]) -> SweepIntervals | None:
+    """The bootstrap interval over ``cases`` of the four rates' means and their Score (None
+    without cases); a record whose rate is undefined is left out of that rate's mean."""
+    if not cases:
+        return None
+    table = np.array([[np.nan if (v := getattr(c, name)) is None else v / 100.0 for name in METRICS]
+                      for c in cases], dtype=float)
+    interval = bootstrap(table)
+    return SweepIntervals(*Bounds.columns(interval), interval.n, interval.level, interval.draws)
+
+
+@dataclass(frozen=True)
 class SweepPoint:
     """TOP's quality at one relation-feature layer la (rates in percent, means over the records),
-    with each record's own rates in ``cases``."""
+    with each record's own rates in ``cases``; the Score and the intervals derive from these."""
 
     la: int
     efficacy: float | None
@@ -58,6 +93,30 @@ class SweepPoint:
     s_specificity: float | None
     r_specificity: float | None
     cases: tuple[SweepCase, ...] = ()
+
+    @property
+    def score(self) -> float | None:
+        """The harmonic mean of the four rates in percent (0 if one is 0, None if one is undefined)."""
+        return m.score(self.efficacy, self.generalization, self.s_specificity, self.r_specificity)
+
+    @cached_property
+    def intervals(self) -> SweepIntervals | None:
+        """The 95% bootstrap interval over ``cases`` of each rate and the Score (None without cases)."""
+        return case_intervals(self.cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The point's fields, its Score and its intervals, then its cases."""
+        out = asdict(self)
+        cases = out.pop("cases")
+        intervals = None if self.intervals is None else self.intervals.to_json()
+        return {**out, "score": self.score, "intervals": intervals, "cases": cases}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepPoint":
+        """A point from its dict; a stored Score and intervals (absent in older files) are derived anew."""
+        names = {f.name for f in fields(cls)} - {"cases"}
+        cases = tuple(SweepCase(**c) for c in data.get("cases", ()))
+        return cls(**{k: v for k, v in data.items() if k in names}, cases=cases)
 
 
 @dataclass(frozen=True)
@@ -78,15 +137,14 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"edit_layer": self.edit_layer, "n_records": self.n_records, "n_layers": self.n_layers,
                 "model_name": self.model_name, "hparams": json.loads(json.dumps(dict(self.hparams))),
-                "points": [asdict(p) for p in self.points]}
+                "points": [p.to_dict() for p in self.points]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
-        points = tuple(SweepPoint(**{**p, "cases": tuple(SweepCase(**c) for c in p.get("cases", ()))})
-                       for p in data["points"])
+        points = tuple(SweepPoint.from_dict(p) for p in data["points"])
         return cls(points, int(data["edit_layer"]), int(data["n_records"]), data.get("n_layers"),
                    data.get("model_name"), data.get("hparams") or {})
 
@@ -170,6 +228,6 @@ def _sweep_one(model, records: Sequence[Record], befores: Sequence[Measurement],
         cases.append(ev.result)
         bar.update(1)
     point = sweep_point(la, cases)
-    logger.info("la=%d: efficacy %s, generalization %s, s-spec %s, r-spec %s", la, point.efficacy,
-                point.generalization, point.s_specificity, point.r_specificity)
+    logger.info("la=%d: efficacy %s, generalization %s, s-spec %s, r-spec %s, score %s", la, point.efficacy,
+                point.generalization, point.s_specificity, point.r_specificity, point.score)
     return point

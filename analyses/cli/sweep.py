@@ -1,4 +1,5 @@
-"""`toplens sweep`: TOP's la sweep, Efficacy, Generalization, S-/R-Specificity per la."""
+"""`toplens sweep`: TOP's la sweep, Efficacy, Generalization, S-/R-Specificity and Score per la,
+with their 95% bootstrap intervals over records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_model_args, add_out_arg, check_at_least,
                                          check_hparams_flag, check_las, check_requests_fit, check_writable, emit,
                                          hparams_overrides, load, parse_ints, records_from, resolve_all)
+from toplens.analyses.evaluation.intervals import Bounds
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.analyses.outputs import save_sweep
 from toplens.analyses.sweep import SweepResult, la_sweep
@@ -50,9 +52,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_sweep(result: SweepResult) -> str:
-    cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [f"TOP la sweep, edit layer {result.edit_layer}, {result.n_records} records", "",
-             f"{'la':>4}" + "".join(f"{METRIC_ABBREVIATIONS[name]:>8}" for name in METRICS)]
+    """One row per la: each rate and the Score in percent with its 95% bootstrap interval over records."""
+    columns = [*METRICS, "score"]
+    header = [METRIC_ABBREVIATIONS[name] for name in METRICS] + ["Score"]
+    lines = [f"TOP la sweep, edit layer {result.edit_layer}, {result.n_records} records "
+             "(95% bootstrap interval over records in brackets)", "",
+             f"{'la':>4}" + "".join(f"{h:>21}" for h in header)]
     for p in result.points:
-        lines.append(f"{p.la:>4}" + "".join(f"{cell(getattr(p, name)):>8}" for name in METRICS))
+        intervals = p.intervals
+        cells = [_cell(getattr(p, name), None if intervals is None else getattr(intervals, name)) for name in columns]
+        lines.append(f"{p.la:>4}" + "".join(f"{c:>21}" for c in cells))
     return "\n".join(lines)
+
+
+def _cell(value: float | None, bounds: Bounds | None) -> str:
+    """``72.5 [68.0, 77.1]``; ``-`` where the value is undefined; no brackets without bounds."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}" + ("" if bounds is None else f" [{bounds.low:.1f}, {bounds.high:.1f}]")

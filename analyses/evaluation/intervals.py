@@ -5,6 +5,8 @@ a case) is summarized as the evaluation summarizes it: each column's mean over t
 is defined, and the Score, the harmonic mean of the four COUNTERFACT_RS means. The intervals
 resample cases with replacement, so that rates measured on the same case move together; a paired
 interval resamples the same cases for two methods, the way to tell whether a difference is real.
+:func:`bootstrap_mean` does the same for the plain mean of one column of values (not rates), with
+the same resamples; :class:`Bounds` holds one column's interval for a result's dataclass.
 """
 
 from __future__ import annotations
@@ -70,6 +72,32 @@ def paired_bootstrap(base: Float[np.ndarray, "cases columns"], other: Float[np.n
     value = table_values(other, score_columns) - table_values(base, score_columns)
     diffs = _draws(other[picks], score_columns) - _draws(base[picks], score_columns)
     return _interval(value, diffs, len(base), level)
+
+
+def bootstrap_mean(values: Float[np.ndarray, " cases"], *, draws: int = DRAWS, seed: int = SEED,
+                   level: float = 0.95) -> Interval:
+    """The mean of ``values`` over the cases where it is defined (not in %), and its percentile
+    bootstrap interval over cases (value, low and high each of length 1)."""
+    table = np.asarray(values, dtype=float)[:, None]
+    picks = _picks(len(table), draws, seed)
+    return _interval(_nanmean(table[None])[0], _nanmean(table[picks]), len(table), level)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The low and high ends of one statistic's bootstrap interval."""
+
+    low: float
+    high: float
+
+    def to_json(self) -> list[float]:
+        return [self.low, self.high]
+
+    @classmethod
+    def columns(cls, interval: Interval) -> list["Bounds | None"]:
+        """Each column's bounds (None where the column has no defined draw)."""
+        return [None if np.isnan(lo) or np.isnan(hi) else cls(float(lo), float(hi))
+                for lo, hi in zip(interval.low, interval.high)]
 
 
 def _picks(n: int, draws: int, seed: int) -> np.ndarray:

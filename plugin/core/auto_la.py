@@ -34,13 +34,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from toplens.core.corruption import MAX_ROWS, Corruption, answer_probs, clean_prob, make_corruption
-from toplens.core.interventions import patch_from
+from toplens.core.corruption import MAX_ROWS, Corruption, answer_probs, clean_prob, make_corruption, restored_probs
 from toplens.core.positions import locate
 from toplens.core.relation_positions import relation_position, token_strategy
 from toplens.core.requests import EditRequest
 from toplens.core.scoring import top_tokens
-from toplens.model import ModelAdapter, hook_name
+from toplens.model import ModelAdapter
 
 logger = logging.getLogger(__name__)
 H = TypeVar("H")  # TopHparams (core does not import the editors)
@@ -106,20 +105,8 @@ def restored_last_token(adapter: ModelAdapter, corruption: Corruption, layers: t
     samples per layer, batched in forwards of at most ``MAX_ROWS`` rows), averaged over samples."""
     at = corruption.last if position is None else position
     per = max(1, MAX_ROWS // corruption.n_samples)
-    return torch.cat([_restored(adapter, corruption, layers[i:i + per], at) for i in range(0, len(layers), per)])
-
-
-def _restored(adapter: ModelAdapter, corruption: Corruption, layers: tuple[int, ...], at: int) -> Float[Tensor, " layer"]:
-    c = corruption
-    names = [hook_name("resid_post", layer) for layer in layers]
-    clean = adapter.capture(c.tokens, names, stop_layer=max(layers) + 1)
-    n = c.n_samples
-    patches = []
-    for i, (name, state) in enumerate(zip(names, clean)):
-        mask = torch.zeros(len(layers) * n, c.n_positions, dtype=torch.bool)
-        mask[i * n:(i + 1) * n, at] = True
-        patches.append(patch_from(name, state.detach().expand(len(layers) * n, -1, -1), mask))
-    return answer_probs(adapter, c, patches, repeats=len(layers)).view(len(layers), n).mean(-1)
+    return torch.cat([restored_probs(adapter, corruption, [(layer, at) for layer in layers[i:i + per]])
+                      for i in range(0, len(layers), per)])
 
 
 def choose_la(adapter: ModelAdapter, request: EditRequest, edit_layer: int, *, rule: str = "rise",

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from toplens.core.interventions import Hook, add_noise
+from toplens.core.interventions import Hook, add_noise, patch_from
 from toplens.core.positions import PromptPositions, locate, target_ids
 from toplens.model import ModelAdapter, as_adapter, hook_name
 
@@ -152,6 +152,25 @@ def answer_probs(
     with torch.no_grad(), adapter.hooks([noise_hook(c, repeats), *patches]):
         logits = adapter.logits_at(tokens, rows, cols, start_layer, resid)
     return logits.float().softmax(-1)[:, c.answer_id]
+
+
+@torch.no_grad()
+def restored_probs(adapter: ModelAdapter, corruption: Corruption,
+                   sites: Sequence[tuple[int, int]]) -> Float[Tensor, " site"]:
+    """P(answer) with the subject corrupted and, for each (layer, position) of ``sites``, the clean
+    residual after that block restored at that one position (one copy of the noise samples per
+    site, one forward), averaged over the samples."""
+    c, layers = corruption, sorted({layer for layer, _ in sites})
+    names = {layer: hook_name("resid_post", layer) for layer in layers}
+    clean = dict(zip(layers, adapter.capture(c.tokens, [names[layer] for layer in layers], stop_layer=layers[-1] + 1)))
+    n, rows = c.n_samples, len(sites) * c.n_samples
+    patches = []
+    for layer in layers:
+        mask = torch.zeros(rows, c.n_positions, dtype=torch.bool)
+        for i, (at_layer, at) in enumerate(sites):
+            mask[i * n:(i + 1) * n, at] = at_layer == layer
+        patches.append(patch_from(names[layer], clean[layer].detach().expand(rows, -1, -1), mask))
+    return answer_probs(adapter, c, patches, repeats=len(sites)).view(len(sites), n).mean(-1)
 
 
 @torch.no_grad()

@@ -21,14 +21,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from toplens.core.corruption import Corruption, answer_probs, clean_prob, make_corruption
-from toplens.core.interventions import patch_from
+from toplens.core.corruption import answer_probs, clean_prob, make_corruption, restored_probs
 from toplens.core.requests import EditRequest
 from toplens.core.scoring import top_tokens
-from toplens.model import ModelAdapter, hook_name
+from toplens.model import ModelAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +52,6 @@ class RelationIE:
         return self.positions[-1] - self.from_end
 
 
-def restored_at(adapter: ModelAdapter, corruption: Corruption, layer: int,
-                positions: tuple[int, ...]) -> Float[Tensor, " position"]:
-    """P(o) at the last position with the subject corrupted and the clean residual after block
-    ``layer`` restored at one of ``positions`` (one copy of the noise samples per position, one
-    forward), averaged over the samples."""
-    c, name = corruption, hook_name("resid_post", layer)
-    (clean,) = adapter.capture(c.tokens, [name], stop_layer=layer + 1)
-    n, rows = c.n_samples, len(positions) * c.n_samples
-    mask = torch.zeros(rows, c.n_positions, dtype=torch.bool)
-    for i, at in enumerate(positions):
-        mask[i * n:(i + 1) * n, at] = True
-    patch = patch_from(name, clean.detach().expand(rows, -1, -1), mask)
-    return answer_probs(adapter, c, [patch], repeats=len(positions)).view(len(positions), n).mean(-1)
-
-
 @torch.no_grad()
 def relation_ie(adapter: ModelAdapter, request: EditRequest, la: int, *, n_samples: int = SAMPLES,
                 seed: int = 0, min_gap: float | None = None) -> RelationIE:
@@ -85,7 +67,7 @@ def relation_ie(adapter: ModelAdapter, request: EditRequest, la: int, *, n_sampl
         logger.info("relation_position='max_ie' for %r: corrupting the subject moves P(%r) only from %.3g to "
                     "%.3g; h_r stays at the last token", request.text, answer, high, low)
         return RelationIE(la, positions, (float("nan"),) * len(positions), high, low, answer, 0)
-    effects = (restored_at(adapter, c, la, positions) - low).tolist()
+    effects = (restored_probs(adapter, c, [(la, at) for at in positions]) - low).tolist()
     best = max(range(len(positions)), key=lambda i: (effects[i], i))  # ties to the later token
     return RelationIE(la, positions, tuple(effects), high, low, answer, positions[-1] - positions[best])
 

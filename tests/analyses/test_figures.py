@@ -2,11 +2,13 @@ import math
 
 import pytest
 import torch
+from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
 from toplens.analyses import figures
 from toplens.analyses.evaluation.results import Rates, Summary
-from toplens.analyses.sweep import SweepPoint
+from toplens.analyses.evaluation.intervals import Bounds
+from toplens.analyses.sweep import SweepCase, SweepPoint
 from toplens.analyses.tracing.maps import LayerPositionMap, position_roles
 from toplens.analyses.tracing.rie import RieRow
 
@@ -90,6 +92,14 @@ def test_rie_bars_groups_subject_and_relation_per_method():
         figures.rie_bars([])
 
 
+def test_rie_bars_draw_the_intervals_over_requests():
+    rows = [RieRow("ROME", 4.6, 2.2, 10, Bounds(3.9, 5.1), Bounds(1.2, 2.4)), RieRow("TOP", 2.0, 1.7, 10)]
+    (ax,) = figures.rie_bars(rows).axes
+    subject, relation = [c.errorbar for c in ax.containers if isinstance(c, BarContainer)]
+    assert _bars(subject)[0] == pytest.approx([3.9, 5.1]) and _bars(relation)[0] == pytest.approx([1.2, 2.4])
+    assert _bars(subject)[1] is None  # TOP's row has no interval
+
+
 def test_sweep_curve_lines_and_tradeoff_panel():
     points = [SweepPoint(10, 100.0, 60.0, 90.0, 70.0), SweepPoint(6, 100.0, 80.0, 85.0, 50.0),
               SweepPoint(29, 90.0, None, 95.0, 85.0)]
@@ -98,10 +108,33 @@ def test_sweep_curve_lines_and_tradeoff_panel():
     assert lines.get_xlabel() == "relation-feature layer la" and "%" in lines.get_ylabel()
     assert [list(line.get_xdata()) for line in lines.get_lines()[:4]] == [[6, 10, 29]] * 4
     assert [t.get_text() for t in lines.get_legend().get_texts()] == [
-        "Efficacy", "Generalization", "S-Specificity", "R-Specificity", "edit layer 5"]
+        "Efficacy", "Generalization", "S-Specificity", "R-Specificity", "Score", "edit layer 5"]
     assert scatter.get_xlabel() == "Generalization (%)" and scatter.get_ylabel() == "R-Specificity (%)"
     assert sorted(t.get_text() for t in scatter.texts) == ["la=10", "la=6"]  # la 29 has no Generalization
     assert len(figures.sweep_curve(points, tradeoff=False).axes) == 1
+
+
+def _bars(container: ErrorbarContainer) -> list[list[float] | None]:
+    """Each error bar's [bottom, top] (None where none is drawn)."""
+    (segments,) = container.lines[2]
+    return [[float(s[0, 1]), float(s[1, 1])] if len(s) else None for s in segments.get_segments()]
+
+
+def test_sweep_curve_draws_the_intervals_over_records_as_error_bars():
+    cases = (SweepCase(0, 100.0, 100.0, 50.0, 0.0), SweepCase(1, 100.0, 0.0, 50.0, 100.0))
+    with_cases = SweepPoint(2, 100.0, 50.0, 50.0, 50.0, cases)
+    fig = figures.sweep_curve([with_cases, SweepPoint(3, 90.0, 40.0, 60.0, 30.0)], edit_layer=1)
+    lines, scatter = fig.axes
+    bars = [c for c in lines.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 5  # four rates and the Score
+    efficacy, generalization = _bars(bars[0]), _bars(bars[1])
+    assert efficacy[0] == [100.0, 100.0] and generalization[0] == [0.0, 100.0]
+    assert generalization[0] == with_cases.intervals.generalization.to_json()
+    assert efficacy[1] is None and generalization[1] is None  # no cases, no bar
+    score = with_cases.intervals.score
+    assert _bars(bars[4])[0] == pytest.approx([score.low, score.high])
+    (tradeoff,) = [c for c in scatter.containers if isinstance(c, ErrorbarContainer)]
+    assert len(tradeoff.lines[2]) == 2  # Generalization and R-Specificity bars
 
 
 @pytest.mark.parametrize("points", [[], [SweepPoint(3, 1.0, 1.0, 1.0, 1.0)] * 2])

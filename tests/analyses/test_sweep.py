@@ -1,5 +1,7 @@
 import dataclasses
+import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import param_hash, unchecked
@@ -7,7 +9,9 @@ from tests.conftest import param_hash, unchecked
 from toplens.analyses.evaluation import evaluate as ev
 from toplens.analyses import sweep
 from toplens.analyses.evaluation.records import Record
-from toplens.analyses.sweep import SweepResult, at_la, default_las, la_sweep
+from toplens.analyses.evaluation.intervals import Bounds, bootstrap
+from toplens.analyses.evaluation.metrics import harmonic_mean
+from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, la_sweep
 from toplens import EditRequest
 from toplens import editors
 from toplens.editors import top
@@ -100,6 +104,8 @@ def test_sweep_on_a_tiny_model_reverts_and_skips_generation(request, name, monke
         assert [c.case_id for c in point.cases] == [r.case_id for r in RECORDS]
         assert all(c.efficacy == 100.0 for c in point.cases)
         assert sum(c.r_specificity for c in point.cases) / len(point.cases) == pytest.approx(point.r_specificity)
+        assert point.intervals.n == 2 and point.intervals.efficacy == Bounds(100.0, 100.0)
+        _assert_holds(point)
     assert SweepResult.from_json(result.to_json()) == result
 
 
@@ -109,3 +115,71 @@ def test_preset_is_used_when_no_hparams_are_given(tiny_hooked, monkeypatch):
                         sweep.SweepPoint(la, None, None, None, None))
     result = la_sweep(tiny_hooked, RECORDS[:1], progress=False)
     assert result.edit_layer == 2 and result.las == [3] and result.hparams["layers"] == [2]
+
+
+RATE_NAMES = ("efficacy", "generalization", "s_specificity", "r_specificity")
+
+
+def _point(rows, la=2) -> SweepPoint:
+    """A point whose means are those of its cases' rates (percent; None where undefined)."""
+    cases = tuple(SweepCase(i, *row) for i, row in enumerate(rows))
+    means = [None if not (vs := [r[j] for r in rows if r[j] is not None]) else sum(vs) / len(vs) for j in range(4)]
+    return SweepPoint(la, *means, cases)
+
+
+ROWS = [(100.0, 50.0, 100.0, 0.0), (100.0, 100.0, 50.0, 100.0), (0.0, None, 100.0, 50.0),
+        (100.0, 25.0, 75.0, 100.0), (100.0, 75.0, 100.0, 50.0)]
+
+
+def _assert_holds(point: SweepPoint) -> None:
+    for name in (*RATE_NAMES, "score"):
+        bounds, value = getattr(point.intervals, name), getattr(point, name)
+        assert bounds.low - 1e-9 <= value <= bounds.high + 1e-9, name
+
+
+def test_score_is_the_harmonic_mean_of_the_four_rates():
+    point = _point(ROWS)
+    assert point.score == pytest.approx(harmonic_mean([getattr(point, n) for n in RATE_NAMES]))
+    assert SweepPoint(2, 100.0, 0.0, 90.0, 80.0).score == 0.0
+    assert SweepPoint(2, 100.0, None, 90.0, 80.0).score is None
+
+
+def test_intervals_are_the_bootstrap_of_the_cases_and_hold_the_point():
+    point = _point(ROWS)
+    table = np.array([[np.nan if v is None else v / 100 for v in row] for row in ROWS])
+    expected = bootstrap(table)
+    assert point.intervals.n == 5 and point.intervals.draws == 2000 and point.intervals.level == 0.95
+    for j, name in enumerate((*RATE_NAMES, "score")):
+        bounds = getattr(point.intervals, name)
+        assert [bounds.low, bounds.high] == pytest.approx([expected.low[j], expected.high[j]])
+    assert point.intervals.efficacy.low < point.intervals.efficacy.high  # the 0 case widens it
+    _assert_holds(point)
+
+
+def test_cases_with_one_rate_give_a_zero_width_interval_at_that_rate():
+    point = _point([(100.0, 50.0, 75.0, 25.0)] * 6)
+    for name, rate in zip(RATE_NAMES, (100.0, 50.0, 75.0, 25.0)):
+        assert getattr(point.intervals, name) == Bounds(rate, rate)
+    assert point.intervals.score.low == point.intervals.score.high == pytest.approx(point.score)
+
+
+def test_a_point_without_cases_or_without_a_rate_has_no_interval():
+    assert SweepPoint(2, 100.0, 50.0, 75.0, 25.0).intervals is None
+    point = _point([(100.0, None, 75.0, 25.0), (0.0, None, 50.0, 25.0)])
+    assert point.intervals.generalization is None and point.intervals.score is None
+    assert point.intervals.efficacy is not None
+
+
+def test_json_has_the_score_and_intervals_and_old_json_derives_them():
+    result = SweepResult((_point(ROWS), _point(ROWS[:2], la=3)), edit_layer=1, n_records=5, n_layers=4)
+    data = json.loads(result.to_json())
+    first = data["points"][0]
+    assert first["score"] == pytest.approx(result.points[0].score)
+    assert first["intervals"]["r_specificity"] == result.points[0].intervals.r_specificity.to_json()
+    assert first["intervals"]["n"] == 5 and first["intervals"]["level"] == 0.95
+    assert SweepResult.from_dict(data) == result
+    for point in data["points"]:  # as written before the intervals were added
+        del point["score"], point["intervals"]
+    old = SweepResult.from_dict(data)
+    assert old == result and [p.intervals for p in old.points] == [p.intervals for p in result.points]
+    assert old.points[0].intervals is not None

@@ -9,7 +9,12 @@ def test_rie_prints_a_table(toplens, tiny_hooked, tmp_path):
                               "--out", str(tmp_path)], tiny_hooked)
     assert status == 0
     assert "rome" in out and "top" in out and "subject" in out
-    assert json.loads((tmp_path / "rie.json").read_text())["rows"][0]["n"] == 2
+    rows = json.loads((tmp_path / "rie.json").read_text())["rows"]
+    assert rows[0]["n"] == 2
+    for row, line in zip(rows, out.splitlines()[1:3], strict=True):  # each mean with its interval over requests
+        low, high = row["subject_ci"]
+        assert low <= row["subject"] <= high and len(row["relation_ci"]) == 2
+        assert line.split()[:5] == [row["method"], "2", f"{row['subject']:.2f}", f"[{low:.2f},", f"{high:.2f}]"]
     assert (tmp_path / "rie.png").exists()
 
 

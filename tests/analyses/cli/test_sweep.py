@@ -2,6 +2,9 @@ import json
 
 from tests.analyses.cli.conftest import FAST, known_facts
 
+from toplens.analyses.cli.sweep import format_sweep
+from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult
+
 
 def test_sweep_writes_points_and_figure(toplens, tiny_hooked, tmp_path):
     status, out, _ = toplens(["sweep", "--data", known_facts(tmp_path), "--n", "2", "--las", "2,3", "--hparams",
@@ -10,7 +13,22 @@ def test_sweep_writes_points_and_figure(toplens, tiny_hooked, tmp_path):
     data = json.loads((tmp_path / "o" / "sweep.json").read_text())
     assert [p["la"] for p in data["points"]] == [2, 3] and data["n_records"] == 2
     assert (tmp_path / "o" / "sweep.png").stat().st_size > 0 and "R-Spec" in out
-    assert out.splitlines()[2].split() == ["la", "Eff", "Gen", "S-Spec", "R-Spec"]
+    assert out.splitlines()[2].split() == ["la", "Eff", "Gen", "S-Spec", "R-Spec", "Score"]
+    for point, row in zip(data["points"], out.splitlines()[3:], strict=True):  # known facts: Efficacy only
+        low, high = point["intervals"]["efficacy"]
+        assert low <= point["efficacy"] <= high and point["intervals"]["n"] == 2
+        assert row.split() == [str(point["la"]), f"{point['efficacy']:.1f}", f"[{low:.1f},", f"{high:.1f}]"] + ["-"] * 4
+
+
+def test_sweep_table_shows_each_rate_and_the_score_with_its_interval():
+    cases = (SweepCase(0, 100.0, 50.0, 100.0, 0.0), SweepCase(1, 100.0, 50.0, 100.0, 100.0))
+    points = (SweepPoint(2, 100.0, 50.0, 100.0, 50.0, cases), SweepPoint(3, 90.0, None, 80.0, 70.0))
+    rows = format_sweep(SweepResult(points, edit_layer=1, n_records=2)).splitlines()
+    assert "95% bootstrap interval" in rows[0]
+    cells = [c.strip() for c in rows[3][4:].split("]")[:5]]
+    assert cells[:3] == ["100.0 [100.0, 100.0", "50.0 [50.0, 50.0", "100.0 [100.0, 100.0"]
+    assert cells[3] == "50.0 [0.0, 100.0" and cells[4].startswith("66.7 [0.0, ")  # 4 / (1 + 2 + 1 + 2)
+    assert rows[4].split() == ["3", "90.0", "-", "80.0", "70.0", "-"]  # no cases: no brackets
 
 
 def test_sweep_names_a_bad_las(toplens):

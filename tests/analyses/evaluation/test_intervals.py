@@ -4,7 +4,7 @@ intervals hold them, and a paired difference of a table with itself is exactly z
 import numpy as np
 import pytest
 
-from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap, table_values
+from toplens.analyses.evaluation.intervals import Bounds, bootstrap, bootstrap_mean, paired_bootstrap, table_values
 from toplens.analyses.evaluation.metrics import harmonic_mean
 
 RNG = np.random.default_rng(0)
@@ -71,3 +71,37 @@ def test_unpaired_shapes_and_empty_tables_are_refused():
 
 def test_intervals_compare_by_value():
     assert bootstrap(RATES) == bootstrap(RATES.copy()) and bootstrap(RATES) != bootstrap(RATES, seed=1)
+
+
+def test_bootstrap_mean_is_numpys_mean_inside_its_interval():
+    values = np.random.default_rng(1).normal(1.0, 2.0, size=37)
+    interval = bootstrap_mean(values)
+    assert interval.value.shape == interval.low.shape == interval.high.shape == (1,)
+    assert interval.value[0] == np.mean(values)
+    assert interval.low[0] < interval.value[0] < interval.high[0]
+    assert (interval.n, interval.draws, interval.level) == (37, 2000, 0.95)
+
+
+def test_bootstrap_mean_resamples_as_the_table_bootstrap_does():
+    column = RATES[:, 1]
+    one, table = bootstrap_mean(column), bootstrap(column[:, None], score_columns=1)
+    assert [one.low[0] * 100, one.high[0] * 100] == pytest.approx([table.low[0], table.high[0]])
+    assert bootstrap_mean(column, seed=5) != one
+
+
+def test_bootstrap_mean_of_a_constant_is_a_point_and_nan_is_left_out():
+    constant = bootstrap_mean(np.full(9, 1.7))
+    assert constant.value[0] == constant.low[0] == constant.high[0] == 1.7
+    assert bootstrap_mean(np.array([1.0, np.nan, 3.0])).value[0] == 2.0
+    with pytest.raises(ValueError, match="at least one case"):
+        bootstrap_mean(np.zeros(0))
+
+
+def test_bounds_per_column_are_none_where_no_draw_is_defined():
+    rates = RATES.copy()
+    rates[:, 3] = np.nan
+    interval = bootstrap(rates)
+    bounds = Bounds.columns(interval)
+    assert len(bounds) == 6 and bounds[3] is None and bounds[5] is None  # no R-Specificity: no Score
+    assert bounds[0] == Bounds(float(interval.low[0]), float(interval.high[0]))
+    assert bounds[0].to_json() == [interval.low[0], interval.high[0]]

@@ -2,6 +2,7 @@
 restored into the subject-corrupted run, recovers most of P(o); measured on the bare prompt and
 carried to every rewriting row as a distance from the last token."""
 
+import dataclasses
 import math
 
 import pytest
@@ -61,17 +62,29 @@ def test_every_rewriting_row_reads_h_r_at_the_measured_word(tiny_model):
 
 
 def test_top_reads_h_r_where_the_effect_is_largest(tiny_model, monkeypatch):
+    """TOP takes h_r at the measured word: the measurement is wrapped so that it picks a word two
+    tokens before the last one (a random model's effects often pick the last token itself, which
+    the last-token rule would read too), and stage 1's δ₁ is measured at that word."""
     monkeypatch.setattr(relation_ie_module, "MIN_GAP", -math.inf)  # a random model's gap may be any size
+    measured = []
+
+    def two_before_the_end(*args, **kwargs):
+        measured.append(dataclasses.replace(relation_ie(*args, **kwargs), from_end=2))
+        return measured[-1]
+
+    monkeypatch.setattr(top, "relation_ie", two_before_the_end)
     adapter = ModelAdapter(tiny_model)
     request = _known(adapter)
     hp = FAST.replace(stage2_loss="readout", relation_position="max_ie")
-    edit = top.compute(tiny_model, request, hp, templates=TEMPLATES)
+    deltas = {}
+    observe = lambda stage, event: deltas.__setitem__(stage.name, event.delta.detach().clone())  # noqa: E731
+    edit = top.compute(tiny_model, request, hp, templates=TEMPLATES, observe=observe)
     details = edit.details.layers[0]
-    measured = relation_ie(adapter, request, details.la)
-    assert details.relation_ie.effects == pytest.approx(measured.effects, abs=1e-6)
-    assert details.relation_ie.from_end == measured.from_end and edit.hparams["relation_position"] == "max_ie"
-    assert edit.details.summary()["layers"][0]["relation_from_end"] == measured.from_end
-    at = rewrite_batch(adapter, request, TEMPLATES, [hp.kl_prompt], "max_ie", measured.from_end)
+    assert len(measured) == 1 and details.relation_ie == measured[0] and edit.hparams["relation_position"] == "max_ie"
+    assert edit.details.summary()["layers"][0]["relation_from_end"] == 2
+    at = rewrite_batch(adapter, request, TEMPLATES, [hp.kl_prompt], "max_ie", 2)
+    assert int(at.relation_at[0]) == int(at.last_relation[0]) - 2
     (resid,) = adapter.capture(at.tokens[:1], [f"blocks.{details.la}.hook_resid_post"], details.la + 1)
-    h_init = resid[0, int(at.relation_at[0])]
-    assert float((details.h_star - h_init).norm()) == pytest.approx(details.delta1_norm, rel=1e-3)
+    h_init, h_last = resid[0, int(at.relation_at[0])], resid[0, int(at.last_relation[0])]
+    assert not torch.allclose(h_init, h_last, atol=1e-3)  # two different words
+    assert torch.allclose(details.h_star, h_init + deltas["relation"], atol=1e-4)  # h*_r = h_r,init + δ₁ at the word
