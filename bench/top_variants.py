@@ -74,6 +74,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-sink-clamp2": ("top", {"key": "sink", "clamp_norm_factor": 2.0}),
     "top-sink-ie": ("top", {"key": "sink", "relation_position": "max_ie"}),
     "top-sink-all": ("top", {"key": "sink", "relation_position": "all"}),
+    # twelfth session: the edit layer moved up, la kept at 23
+    "top-sink-l8": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15}),
+    "top-sink-l12": ("top", {"key": "sink", "layers": [12], "rel_feat_layer": 11}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]

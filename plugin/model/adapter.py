@@ -12,6 +12,7 @@ import logging
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -250,13 +251,15 @@ class ModelAdapter(PrefixCacheRuns):
         return self.capture(tokens, [name], stop_layer=stop if stop < self.n_layers else None)[0]
 
     def unembed(self, resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-        """Final norm and unembedding of residual vectors taken after the last block."""
-        normed = self.model.ln_final(resid.unsqueeze(0)).squeeze(0)
-        if self.backend == "hooked" and not getattr(self.cfg, "output_logits_soft_cap", -1.0) > 0:
-            # HookedTransformer's Unembed copies the transposed [d_model, d_vocab] matrix on every
-            # call, which costs more than the product for a few rows; the product needs no copy
-            return normed @ self.model.W_U + self.model.b_U
-        return self.model.unembed(normed.unsqueeze(0)).squeeze(0)
+        """Final norm and unembedding of residual vectors taken after the last block, in the weights'
+        own precision even under autocast: the rows are few, and no half-precision copy of the
+        vocabulary matrix (often the largest) is kept for the backward pass."""
+        with torch.autocast(resid.device.type, enabled=False):
+            normed = self.model.ln_final(resid.to(self.dtype).unsqueeze(0)).squeeze(0)
+            if self.backend == "hooked" and not getattr(self.cfg, "output_logits_soft_cap", -1.0) > 0:
+                # the product as Unembed computes it, without its copy where W_U is not a transposed view
+                return F.linear(normed, self.model.W_U.T, self.model.b_U)
+            return self.model.unembed(normed.unsqueeze(0)).squeeze(0)
 
     def logits_at(
         self,

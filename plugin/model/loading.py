@@ -133,24 +133,27 @@ def hooked_from_llama(hf, tokenizer, name: str):
     """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed).
 
     Its parameters are ``hf``'s own tensors in their layout (``W_in`` a transposed view of
-    ``up_proj.weight``, ...; ``W_U`` alone a copy), nothing randomly initialised; TL's forward, which
-    gives ``F.linear`` ``W.T.contiguous()``, then copies none of the blocks' weights (a copy the
-    backward pass keeps while an editor optimises; the full unembedding still copies ``W_U``). ``hf`` must not be used afterwards: it shares the weights."""
+    ``up_proj.weight``, ...; ``W_U`` a transposed view of ``lm_head.weight``, itself ``W_E`` where the
+    embeddings are tied), nothing randomly initialised; TL's forward, which gives ``F.linear``
+    ``W.T.contiguous()``, then copies none of the weights (a copy the backward pass would keep while
+    an editor optimises). ``hf`` must not be used afterwards: it shares the weights."""
     cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
     model = _hooked_shell(cfg, tokenizer)
     return _assign_state(model, _checkpoint_state(hf, cfg)).eval()
 
 
 def _checkpoint_state(hf, cfg) -> dict[str, torch.Tensor]:
-    """TransformerLens' conversion of ``hf``'s weights: views of its tensors (no autograd history),
-    but ``W_U`` copied into TransformerLens' own layout (``ModelAdapter.unembed`` multiplies by it,
-    and a tied ``lm_head`` is ``W_E``'s storage). No two entries may share a storage."""
+    """TransformerLens' conversion of ``hf``'s weights: views of its tensors (no autograd history, no
+    copy). ``W_U`` is the transposed view of ``lm_head.weight``, which for a checkpoint with tied
+    embeddings is ``W_E``'s storage: the one pair allowed to share one, as the checkpoint itself does
+    (the editors write W_out only). No other two entries may share a storage."""
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     with torch.no_grad():
         state = {key: tensor.detach() for key, tensor in convert_llama_weights(hf, cfg).items()}
-    state["unembed.W_U"] = state["unembed.W_U"].contiguous()
-    storages = [tensor.untyped_storage().data_ptr() for tensor in state.values() if tensor.numel()]
+    tied = state["unembed.W_U"].untyped_storage().data_ptr() == state["embed.W_E"].untyped_storage().data_ptr()
+    storages = [tensor.untyped_storage().data_ptr() for key, tensor in state.items()
+                if tensor.numel() and not (tied and key == "unembed.W_U")]
     if len(set(storages)) != len(storages):
         raise ValueError("two converted weights share a storage: an edit of one would change the other")
     return state

@@ -80,12 +80,14 @@ def test_hooked_from_llama_takes_the_checkpoints_tensors_bit_for_bit(sp_tokenize
     for key, tensor in expected.items():
         assert got[key].dtype == tensor.dtype and torch.equal(got[key], tensor), key
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    # the checkpoint's own tensors, not copies; W_U alone is a copy, contiguous, on a storage of its own
+    # the checkpoint's own tensors, not copies: W_U is lm_head's transposed view (W_E's storage when
+    # tied, the one pair that shares one), so the unembedding copies nothing either
     layer = hf.model.layers[1]
     assert model.blocks[1].mlp.W_in.data_ptr() == layer.mlp.up_proj.weight.data_ptr()
     assert model.blocks[1].attn.W_Q.data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
-    assert model.W_U.is_contiguous()
-    storages = [p.untyped_storage().data_ptr() for p in model.parameters()]
+    assert model.W_U.data_ptr() == hf.lm_head.weight.data_ptr() and model.W_U.T.is_contiguous()
+    assert (model.W_U.data_ptr() == model.W_E.data_ptr()) == tied
+    storages = [p.untyped_storage().data_ptr() for name, p in model.named_parameters() if not (tied and name == "unembed.W_U")]
     assert len(set(storages)) == len(storages)
     tokens = torch.tensor([sp_tokenizer("Paris is the capital of France").input_ids])
     expected_logits, logits = reference(tokens), model(tokens)
