@@ -77,6 +77,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # twelfth session: the edit layer moved up, la kept at 23
     "top-sink-l8": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15}),
     "top-sink-l12": ("top", {"key": "sink", "layers": [12], "rel_feat_layer": 11}),
+    "top-sink-mom2": ("top", {"key": "sink", "mom2_adjustment": True}),  # C⁻¹ in the fold (sampled-text C)
+    "top-sink-l8-mom2": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
