@@ -171,6 +171,17 @@ def step_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def with_section(text: str, section: str) -> str:
+    """``text`` with its section headed like ``section`` (up to the next top-level heading) replaced
+    by ``section``, or ``section`` put first where it has none: the other benches' sections stay."""
+    head = section.splitlines()[0] + "\n"
+    if not text.startswith(head) and ("\n" + head) not in text:
+        return section.rstrip("\n") + "\n\n" + text if text else section
+    start = 0 if text.startswith(head) else text.index("\n" + head) + 1
+    after = text.find("\n# ", start + len(head))
+    return text[:start] + section.rstrip("\n") + "\n" + (text[after:] if after >= 0 else "")
+
+
 def write_docs(results: list[dict], meta: dict) -> None:
     """Write the tables of this run (docs/benchmarks.md) and its JSON."""
     lines = ["# Edit latency on the bundled model", "",
@@ -196,7 +207,8 @@ def write_docs(results: list[dict], meta: dict) -> None:
     rss = "; ".join(f"{b}: {mb:.0f} MB" for b, mb in meta["edit_rss_mb"].items()) or "not measured"
     lines += ["", f"Peak RSS of one `toplens edit` (the demo request, its own process): {rss}. "
               f"Peak RSS of this benchmark: {meta['peak_rss_mb']:.0f} MB. Whole run: {meta['seconds']:.0f} s.", ""]
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    doc = ROOT / "docs" / "benchmarks.md"
+    doc.write_text(with_section(doc.read_text() if doc.exists() else "", "\n".join(lines)))
     (ROOT / "docs" / "benchmarks.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 

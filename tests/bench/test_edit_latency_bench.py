@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.edit_latency import StepClock, optimized_layer
+from bench.edit_latency import StepClock, optimized_layer, with_section
 from toplens.editors import get_editor
 from toplens.editors.memit import MemitHparams
 from toplens.editors.rets import RetsHparams
@@ -38,3 +38,12 @@ def test_each_lever_path_changes_one_setting_of_the_reference_path_and_fast_chan
     changed = {p: {f for f in fields if getattr(PATHS[p](base), f) != getattr(base, f)} for p in PATHS}
     assert changed == {"reference": set(), "bf16": {"precision"}, "fit": {"stop_rule"},
                        "rows": {"context_lengths"}, "fast": set(fields)}
+
+
+def test_the_docs_section_is_replaced_and_the_other_benches_sections_stay():
+    old = "# Edit latency on the bundled model\n\nold table\n\n# Evaluation throughput\n\nkept\n"
+    new = "# Edit latency on the bundled model\n\nnew table\n"
+    assert with_section(old, new) == "# Edit latency on the bundled model\n\nnew table\n\n# Evaluation throughput\n\nkept\n"
+    assert with_section("", new) == new
+    assert with_section("# Other\n\nkept\n", new) == new + "\n# Other\n\nkept\n"
+    assert with_section("# Intro\n\nx\n" + old, new).startswith("# Intro\n\nx\n# Edit latency on the bundled model\n\nnew table")
