@@ -160,6 +160,8 @@ def restored_probs(adapter: ModelAdapter, corruption: Corruption,
     """P(answer) with the subject corrupted and, for each (layer, position) of ``sites``, the clean
     residual after that block restored at that one position (one copy of the noise samples per
     site, one forward), averaged over the samples."""
+    if not sites:
+        raise ValueError("sites: give at least one (layer, position) to restore; got none")
     c, layers = corruption, sorted({layer for layer, _ in sites})
     names = {layer: hook_name("resid_post", layer) for layer in layers}
     clean = dict(zip(layers, adapter.capture(c.tokens, [names[layer] for layer in layers], stop_layer=layers[-1] + 1)))

@@ -102,8 +102,8 @@ class Hparams:
 
     Attributes:
         precision: "float32" (published), or "bfloat16": the model's forward passes while δ is
-            optimized run under bfloat16 autocast; δ, the loss, Adam's state and everything
-            measured after the optimization stay in float32. Only for a float32 model. "auto":
+            optimized run under bfloat16 autocast; δ, the loss, Adam's state, the unembedding and
+            everything measured after the optimization stay in float32. Only for a float32 model. "auto":
             bfloat16 where the device multiplies in it natively, else float32
             (:mod:`toplens.core.precision`).
         stop_rule: "total" (published): stop once the whole loss is below the stage's threshold;

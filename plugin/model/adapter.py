@@ -251,14 +251,12 @@ class ModelAdapter(PrefixCacheRuns):
         return self.capture(tokens, [name], stop_layer=stop if stop < self.n_layers else None)[0]
 
     def unembed(self, resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-        """Final norm and unembedding of residual vectors taken after the last block, in the weights'
-        own precision even under autocast: the rows are few, and no half-precision copy of the
-        vocabulary matrix (often the largest) is kept for the backward pass."""
+        """Final norm and unembedding of residuals after the last block, in the weights' precision even
+        under autocast (no half-precision copy of the vocabulary matrix is kept for backward)."""
         with torch.autocast(resid.device.type, enabled=False):
             normed = self.model.ln_final(resid.to(self.dtype).unsqueeze(0)).squeeze(0)
             if self.backend == "hooked" and not getattr(self.cfg, "output_logits_soft_cap", -1.0) > 0:
-                # the product as Unembed computes it, without its copy where W_U is not a transposed view
-                return F.linear(normed, self.model.W_U.T, self.model.b_U)
+                return F.linear(normed, self.model.W_U.T, self.model.b_U)  # Unembed's product, never its copy
             return self.model.unembed(normed.unsqueeze(0)).squeeze(0)
 
     def logits_at(
@@ -309,10 +307,8 @@ class ModelAdapter(PrefixCacheRuns):
         tokens = self.to_batch(prompts)
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(seed)
-            out = self.model.generate(
-                tokens, max_new_tokens=n_tokens, stop_at_eos=False, do_sample=True, top_k=top_k,
-                use_past_kv_cache=True, verbose=False, return_type="tokens",
-            )
+            out = self.model.generate(tokens, max_new_tokens=n_tokens, stop_at_eos=False, do_sample=True, top_k=top_k,
+                                      use_past_kv_cache=True, verbose=False, return_type="tokens")
         return [row.tolist() for row in out]
 
 

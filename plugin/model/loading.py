@@ -133,10 +133,9 @@ def hooked_from_llama(hf, tokenizer, name: str):
     """Wrap a Hugging Face Llama model as a HookedTransformer (TL's weight conversion, unprocessed).
 
     Its parameters are ``hf``'s own tensors in their layout (``W_in`` a transposed view of
-    ``up_proj.weight``, ...; ``W_U`` a transposed view of ``lm_head.weight``, itself ``W_E`` where the
-    embeddings are tied), nothing randomly initialised; TL's forward, which gives ``F.linear``
-    ``W.T.contiguous()``, then copies none of the weights (a copy the backward pass would keep while
-    an editor optimises). ``hf`` must not be used afterwards: it shares the weights."""
+    ``up_proj.weight``, ... ``W_U`` of ``lm_head.weight``), nothing randomly initialised; TL's forward
+    (``F.linear`` of ``W.T.contiguous()``) then copies no weight, a copy the backward pass would keep
+    while an editor optimises. ``hf`` must not be used afterwards: it shares the weights."""
     cfg = _hooked_config_from_llama(hf.config, name, next(hf.parameters()).dtype)
     model = _hooked_shell(cfg, tokenizer)
     return _assign_state(model, _checkpoint_state(hf, cfg)).eval()
@@ -144,9 +143,8 @@ def hooked_from_llama(hf, tokenizer, name: str):
 
 def _checkpoint_state(hf, cfg) -> dict[str, torch.Tensor]:
     """TransformerLens' conversion of ``hf``'s weights: views of its tensors (no autograd history, no
-    copy). ``W_U`` is the transposed view of ``lm_head.weight``, which for a checkpoint with tied
-    embeddings is ``W_E``'s storage: the one pair allowed to share one, as the checkpoint itself does
-    (the editors write W_out only). No other two entries may share a storage."""
+    copy). ``W_U`` views ``lm_head.weight``, with tied embeddings ``W_E``'s storage: the one pair
+    allowed to share one, as in the checkpoint (the editors write W_out only)."""
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     with torch.no_grad():

@@ -23,8 +23,10 @@ def test_sites_together_equal_each_site_alone(tiny_model):
     sites = [(0, c.last), (1, c.positions.last_subject), (0, c.positions.last_subject), (1, c.last)]
     together = restored_probs(adapter, c, sites)
     alone = torch.cat([restored_probs(adapter, c, [site]) for site in sites])
-    assert together.shape == (len(sites),)
+    assert together.shape == (len(sites),) and len(set(together.tolist())) == len(sites)  # a mix-up would show
     assert torch.allclose(together, alone, atol=1e-6)
+    with pytest.raises(ValueError, match="sites"):
+        restored_probs(adapter, c, [])
 
 
 def test_restoring_before_the_subject_or_the_final_state_bounds_the_effect(tiny_model):

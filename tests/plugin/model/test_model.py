@@ -139,3 +139,18 @@ def test_unembed_matches_the_models_own_unembedding(tiny_model):
     tokens = adapter.to_batch([adapter.tokenize("The Eiffel Tower is in")])
     final = adapter.final_resid(tokens)[0]
     torch.testing.assert_close(adapter.unembed(final), adapter.logits(tokens)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_unembed_under_autocast_runs_in_the_weights_precision_and_passes_the_gradient(tiny_model):
+    """Under bfloat16 autocast (the fast path) the final norm and the unembedding stay in float32:
+    the logits equal those without autocast, and the residual still gets its gradient."""
+    adapter = ModelAdapter(tiny_model)
+    tokens = adapter.to_batch([adapter.tokenize("The Eiffel Tower is in")])
+    final = adapter.final_resid(tokens)[0].detach()
+    plain = adapter.unembed(final)
+    resid = final.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = adapter.unembed(resid)
+    assert logits.dtype == torch.float32 and torch.equal(logits, plain)
+    logits.logsumexp(-1).sum().backward()
+    assert resid.grad is not None and float(resid.grad.norm()) > 0
