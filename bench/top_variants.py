@@ -81,6 +81,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-sink-l8-mom2": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True}),
     "top-sink-l8-mom2-keep5-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
+    "top-sink-l8-keep5-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "stage2_reset": "none",
+                                        "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
+    "top-sink-l8-mom2-keep2-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                             "stage2_reset": "none", "stage2_keep_weight": 2.0, "stage2_keep_spare": True}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
