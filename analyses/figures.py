@@ -2,9 +2,8 @@
 the la sweep curve, COUNTERFACT_RS bars and the sequential-editing curves.
 
 Each function returns a ``matplotlib.figure.Figure`` built without pyplot (no display, no global
-state; it renders with Agg when saved, and notebooks show it when it is the cell's value).
-``save_figure`` writes it as PNG and PDF. Heatmaps put the layer on the y axis (0 at the bottom)
-and the prompt's tokens on the x axis; the last subject and last relation tokens are in bold.
+state; notebooks show it as a cell's value); ``save_figure`` writes PNG and PDF. Heatmaps put the
+layer on the y axis (0 at the bottom), the tokens on the x axis, the last subject and relation tokens bold.
 """
 
 from __future__ import annotations
@@ -66,8 +65,7 @@ def _heatmap(fig: Figure, ax: Axes, m: LayerPositionMap, values: np.ndarray, tit
     fig.colorbar(image, ax=ax, label=m.quantity)
     _token_axis(ax, m.tokens, m.roles)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set(ylabel="layer", title=title)
 
 
 def _mark_layer(ax: Axes, layer: int | None, n_layers: int) -> None:
@@ -88,15 +86,10 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _ends(bounds: Sequence[Bounds | None]) -> np.ndarray:
-    """The intervals' low and high ends, [2, n]; NaN where an interval is missing."""
-    return np.array([[math.nan, math.nan] if b is None else [b.low, b.high] for b in bounds]).reshape(-1, 2).T
-
-
 def _errors(values: Sequence[float], bounds: Sequence[Bounds | None]) -> np.ndarray:
-    """Error bar lengths [2, n] below and above each value (none drawn where NaN: a value or its
-    interval missing); a value outside its interval gets 0 on that side."""
-    low, high = _ends(bounds)
+    """Error bar lengths [2, n] below and above each value (NaN, none drawn, where either is missing;
+    0 on the side where a value lies outside its interval)."""
+    low, high = np.array([[math.nan, math.nan] if b is None else [b.low, b.high] for b in bounds]).reshape(-1, 2).T
     return np.clip(np.array([np.subtract(values, low), np.subtract(high, values)]), 0.0, None)
 
 
@@ -166,9 +159,8 @@ def _bar_labels(ax: Axes, bars, values: Sequence[float], fmt: str) -> None:
 
 
 def rie_bars(rows: Sequence[RieRow]) -> Figure:
-    """RIE = log[IE(o*, edited) / IE(o, original)] per method at the last subject and last relation
-    tokens (the paper's Table 3 as bars: a balanced method has similar bars), with error bars for
-    the 95% bootstrap intervals over requests where the rows have them."""
+    """RIE = log[IE(o*, edited) / IE(o, original)] per method at the last subject and last relation tokens
+    (the paper's Table 3 as bars), with the rows' 95% bootstrap intervals over requests as error bars."""
     if not rows:
         raise ValueError("rows: give at least one RieRow")
     x = np.arange(len(rows))
@@ -182,9 +174,8 @@ def rie_bars(rows: Sequence[RieRow]) -> Figure:
         _bar_labels(ax, bars, values, "{:.2f}")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, [f"{r.method}\n(n={r.n})" for r in rows])
-    ax.set_xlabel("method")
-    ax.set_ylabel("RIE = log(IE edited / IE original)")
-    ax.set_title("Relative indirect effect at the subject and relation")
+    ax.set(xlabel="method", ylabel="RIE = log(IE edited / IE original)",
+           title="Relative indirect effect at the subject and relation")
     ax.legend(fontsize="small")
     return fig
 
@@ -209,10 +200,7 @@ def _sweep_lines(ax: Axes, points: Sequence[SweepPoint], edit_layer: int | None)
     if edit_layer is not None:
         ax.axvline(edit_layer, color="gray", linestyle="--", linewidth=1.0, label=f"edit layer {edit_layer}")
     ax.set_xticks(sorted(set(las) | ({edit_layer} if edit_layer is not None else set())))
-    ax.set_xlabel("relation-feature layer la")
-    ax.set_ylabel("percent (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("TOP quality against la")
+    ax.set(xlabel="relation-feature layer la", ylabel="percent (%)", ylim=(-2, 102), title="TOP quality against la")
     ax.legend(fontsize="small")
 
 
@@ -229,15 +217,12 @@ def _tradeoff(ax: Axes, points: Sequence[SweepPoint]) -> None:
     for xy, las in at.items():
         ax.annotate("la=" + ", ".join(map(str, las)), xy, textcoords="offset points", xytext=(4, 4),
                     fontsize="small")
-    ax.set_xlabel("Generalization (%)")
-    ax.set_ylabel("R-Specificity (%)")
-    ax.set_title("Generalization vs R-Specificity")
+    ax.set(xlabel="Generalization (%)", ylabel="R-Specificity (%)", title="Generalization vs R-Specificity")
 
 
 def sweep_curve(points: Sequence[SweepPoint], edit_layer: int | None = None, *, tradeoff: bool = True) -> Figure:
-    """The la sweep (the paper's Fig. 5): the four rates and their Score (dashed) against la with
-    their 95% intervals over records as error bars, and optionally a second panel with
-    Generalization against R-Specificity, each point labelled by its la and with its intervals."""
+    """The la sweep (the paper's Fig. 5): the four rates and their Score (dashed) against la, with 95%
+    intervals over records as error bars, and optionally Generalization against R-Specificity by la."""
     ordered = _sorted_points(points)
     fig = Figure(figsize=(10.0 if tradeoff else 5.5, 4.0), layout="constrained")
     axes = fig.subplots(1, 2 if tradeoff else 1, squeeze=False)[0]
@@ -273,9 +258,7 @@ def eval_bars(summaries: Mapping[str, Summary]) -> Figure:
                       label=f"{method} (n={summary.n_cases})")
         _bar_labels(ax, bars, values, "{:.1f}")
     ax.set_xticks(x, [label for _, label in EVAL_METRICS])
-    ax.set_ylabel("percent (%)")
-    ax.set_ylim(0, 110)
-    ax.set_title("COUNTERFACT_RS")
+    ax.set(ylabel="percent (%)", ylim=(0, 110), title="COUNTERFACT_RS")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
@@ -294,10 +277,8 @@ def sequential_curves(results: Sequence[SequentialResult]) -> Figure:
             ax.plot([p.edits for p in r.points], [_nan(getattr(p, name)) for p in r.points], marker="o",
                     label=r.label)
         ax.set_title(label, fontsize="medium")
-        ax.set_xlabel("edits")
         ax.set_xscale("symlog", linthresh=10)
-        if name != "fluency":
-            ax.set_ylim(-5, 105)
+        ax.set(xlabel="edits", **({} if name == "fluency" else {"ylim": (-5, 105)}))
     axes[0].legend(fontsize="small")
     return fig
 
