@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "auto_la_rules.json")
     args = parser.parse_args(argv)
     adapter = ModelAdapter(load_model())
-    edit_layer = get_preset("top", None).layers[-1]
+    edit_layer = get_preset("top", "smollm2-135m-l5").layers[-1]  # the layer its recorded runs used (5)
     rows = case_rows(adapter, load_dataset("builtin", limit=args.n), edit_layer)
     model = model_la(adapter, edit_layer)
     for rule in ("rise", "half"):

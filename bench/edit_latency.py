@@ -29,6 +29,8 @@ from toplens.editors import get_editor
 from toplens.core.objective import rewrite_batch
 from toplens.core.precision import native_bfloat16
 from toplens.editors.presets import FAST_CONTEXT, fast_path, get_preset, reference_path
+
+REFERENCE = "smollm2-135m-reference"  # the SmolLM2 presets' values on the reference path
 from toplens.core.scoring import target_probability
 from toplens.core.templates import context_templates
 
@@ -115,7 +117,7 @@ PATHS = {
 
 def run_method(adapter, method: str, requests, path: str = "reference") -> dict:
     editor = get_editor(method)
-    hp = PATHS[path](get_preset(method, None, adapter.n_layers))
+    hp = PATHS[path](get_preset(method, REFERENCE, adapter.n_layers))
     rows = [edit_once(adapter, editor, req, hp) for req in requests]
     bare = bare_pass_seconds(adapter, editor, requests[0], hp)
     stage1 = [x for r in rows for x in r["step_seconds_1"]]
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
     results = []
     for backend in args.backends.split(","):
         adapter = as_adapter(load_model(backend=backend))
-        for lengths in (get_preset("rome", None).context_lengths, FAST_CONTEXT):  # drawn outside the timings
+        for lengths in (get_preset("rome", REFERENCE).context_lengths, FAST_CONTEXT):  # drawn outside the timings
             context_templates(adapter, lengths)
         levers = set(filter(None, args.lever_methods.split(",")))
         results += [run_method(adapter, m, requests, path) for m in args.methods.split(",")

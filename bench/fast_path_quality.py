@@ -1,6 +1,8 @@
 """Quality of the fast path against the reference path on built-in COUNTERFACT_RS cases: the same
-``toplens eval`` run twice on the same cases (no generations), once with the presets as they are
-(the reference path) and once with the fast path's settings (:func:`toplens.editors.presets.fast_path`).
+``toplens eval`` run twice on the same cases (no generations), once with the reference path's
+settings (``get_preset(method, "smollm2-135m-reference")``: float32, the stop on the whole loss, 11
+rewriting rows) and once with the fast path's (:func:`toplens.editors.presets.fast_path`, the presets'
+default).
 Reports every rate per method and path, and the fast − reference difference with a paired
 bootstrap 95% interval over cases. Writes docs/fast_path_quality.md and .json.
 
@@ -21,13 +23,16 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import paired_bootstrap, table_values
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import fast_path
+from toplens.editors.presets import fast_path, get_preset
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
 _LEVERS = fast_path(RomeHparams())
 FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
         "context_lengths": [list(x) for x in _LEVERS.context_lengths]}
+_REF = get_preset("rome", "smollm2-135m-reference")
+REFERENCE = {"precision": _REF.precision, "stop_rule": _REF.stop_rule,
+             "context_lengths": [list(x) for x in _REF.context_lengths]}
 COLUMNS = (*METRICS, "score")
 
 
@@ -35,8 +40,7 @@ def run_eval(methods: list[str], n: int, out: Path, fast: bool) -> None:
     """``toplens eval`` on the first ``n`` built-in cases, resuming from ``out``."""
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))", "eval", "--methods", ",".join(methods), "--data", "builtin",
            "--limit", str(n), "--no-generation", "--out", str(out), "--json"]
-    if fast:
-        cmd += ["--hparams", json.dumps({m: FAST for m in methods})]
+    cmd += ["--hparams", json.dumps({m: FAST if fast else REFERENCE for m in methods})]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 

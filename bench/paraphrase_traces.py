@@ -71,7 +71,8 @@ def trace(adapter: ModelAdapter, prompt: str, subject: str, answer: str, min_gap
 def edit_for(folder: Path, adapter: ModelAdapter):
     settings = json.loads(folder.with_name(f"{folder.name}.settings.json").read_text())
     editor = get_editor(settings["method"])
-    preset = get_preset(settings["method"], None)
+    # the variants are defined over the twelfth session's presets (bench/top_variants.py: TOP's layer-5 one)
+    preset = get_preset(settings["method"], "smollm2-135m-l5" if settings["method"] == "top" else None)
     return editor, type(preset).from_dict({**preset.to_dict(), **settings["hparams"]})
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import fast_path
+from toplens.editors.presets import fast_path, get_preset
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,30 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                         "stage2_keep_weight": 5.0, "stage2_keep_spare": True}),
     "top-sink-l8-mom2-keep2-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 2.0, "stage2_keep_spare": True}),
+    # thirteenth session: the kept text's weight between the two screened, and the null-space
+    # projection of the fold (S-Specificity at layer 8)
+    "top-sink-l8-mom2-ns": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                    "project": "nullspace"}),
+    "top-sink-l8-ns": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "project": "nullspace"}),
+    "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                             "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }
 COLUMNS = (*METRICS, EFFICACY_AT_1)
 HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
 
 
+def base_settings(method: str) -> dict:
+    """The values by which the preset the variants were defined over (TOP: "smollm2-135m-l5", the
+    twelfth session's preset) differs from today's preset, so that a variant keeps its meaning."""
+    if method != "top":
+        return {}
+    then, now = get_preset("top", "smollm2-135m-l5").to_dict(), get_preset("top", None).to_dict()
+    return {k: v for k, v in then.items() if now[k] != v}
+
+
 def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data: str = "builtin") -> None:
-    """``toplens eval`` of one variant on the first ``n`` built-in cases, resuming from ``out``."""
+    """``toplens eval`` of one variant on the first ``n`` built-in cases, resuming from ``out``
+    (its settings are stored over the base preset, which the command line adds)."""
     hparams = {**FAST, **settings}
     stored = out.parent / f"{out.name}.settings.json"
     if stored.exists() and json.loads(stored.read_text()) != {"method": method, "hparams": hparams}:
@@ -100,7 +117,7 @@ def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data:
     stored.write_text(json.dumps({"method": method, "hparams": hparams}, indent=2))
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))",
            "eval", "--methods", method, "--data", data, "--limit", str(n), "--no-generation",
-           "--out", str(out), "--json", "--hparams", json.dumps(hparams)]
+           "--out", str(out), "--json", "--hparams", json.dumps({**base_settings(method), **hparams})]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 

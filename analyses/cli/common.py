@@ -182,7 +182,7 @@ def read_json_object(text: str | None, flag: str = "--hparams") -> dict[str, Any
     """A JSON object given inline or as the path of a file holding one ({} when ``text`` is empty)."""
     if not text:
         return {}
-    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
+    source = Path(text).read_text(encoding="utf-8") if _is_file(text) else text
     try:
         raw = json.loads(source)
     except json.JSONDecodeError as err:
@@ -191,6 +191,17 @@ def read_json_object(text: str | None, flag: str = "--hparams") -> dict[str, Any
     if not isinstance(raw, dict):
         raise ValueError(f"{flag} must be a JSON object; got {text!r}")
     return raw
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file; inline JSON (a ``{``) and names the system refuses
+    (too long for a path, for one) are not files."""
+    if text.lstrip().startswith("{"):
+        return False
+    try:
+        return Path(text).is_file()
+    except OSError:
+        return False
 
 
 def hparams_overrides(text: str | None, methods: Sequence[str],

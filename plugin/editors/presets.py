@@ -1,7 +1,10 @@
 """Hyperparameter presets per model: the published ones, and ours for the bundled SmolLM2.
 
 ROME's published values are from its GPT2-XL and GPT-J configs; the SmolLM2-135M values were
-chosen by measurement (docs/presets.md says how).
+chosen by measurement (docs/presets.md says how). The bundled model's presets run on the fast path
+(:func:`fast_path`: its quality against the reference path is in docs/fast_path_quality.md); the
+same values on the reference path, as first measured, are "smollm2-135m-reference". The faithful
+TOP preset stays on the reference path, as published.
 """
 
 from __future__ import annotations
@@ -35,24 +38,29 @@ _TOP: dict[str, TopHparams] = {
                            vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful", **_COMMON),
     "qwen2.5-7b": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                              vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful", **_COMMON),
-    # ours (docs/top_stage2.md): edit layer 5 with la = 23; stage 2 matched through the prediction
-    # read from h_r ("readout") rather than in L2, and optimized as the rank-one update the fold
-    # makes ("fold"). The published stage 2 cannot reach h*_r through this model's narrow
-    # subject-to-relation channel. key="sink" also keys a one-token subject at the first position (which
-    # SmolLM2, with no BOS, reads without context) on the bare prompt (core.sink; docs/results.md: Score
-    # over ROME on the 200-case development benchmark). "smollm2-135m-faithful" keeps the published
-    # algorithm and the Qwen2.5 values, with 100 stage-2 steps.
-    "smollm2-135m": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
-                               vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
-                               stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
-                               key="sink", **_COMMON),
+    # ours (docs/top_stage2.md): stage 2 matched through the prediction read from h_r ("readout")
+    # rather than in L2, and optimized as the rank-one update the fold makes ("fold"): the published
+    # stage 2 cannot reach h*_r through this model's narrow subject-to-relation channel. key="sink"
+    # also keys a one-token subject at the first position (which SmolLM2, with no BOS, reads without
+    # context) on the bare prompt (core.sink). "smollm2-135m-l5" (the twelfth session's preset):
+    # edit layer 5, la = 23. "smollm2-135m" (thirteenth session): edit layer 8 (Generalization), C⁻¹
+    # in the fold (S-Specificity back), and a KL holding what the model writes after the subject's
+    # name, o and o* spared, at weight 3 (R-Specificity); docs/results.md has both on 200 cases.
+    # "smollm2-135m-faithful" keeps the published algorithm and the Qwen2.5 values, 100 stage-2 steps.
+    "smollm2-135m-l5": TopHparams(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
+                                  vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
+                                  stage2_loss="readout", stage2_site="fold", context_lengths=((5, 5), (5, 10)),
+                                  key="sink", **_COMMON),
     "smollm2-135m-faithful": TopHparams(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=100,
                                         vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful",
                                         context_lengths=((5, 5), (5, 10)), **_COMMON),
 }
-# ours: the SmolLM2 preset with stage2_keep_weight=5, for users who rank R-Specificity first
+_TOP["smollm2-135m"] = _TOP["smollm2-135m-l5"].replace(layers=(8,), rel_feat_layer=15, mom2_adjustment=True,
+                                                       stage2_reset="none", stage2_keep_weight=3.0,
+                                                       stage2_keep_spare=True)
+# ours: the layer-5 preset with stage2_keep_weight=5, for users who rank R-Specificity first
 # (docs/top_stage2.md, eighth session: R-Spec 94.1 against 80.9, Generalization 61.3 against 72.3)
-_TOP["smollm2-135m-specific"] = _TOP["smollm2-135m"].replace(stage2_keep_weight=5.0)
+_TOP["smollm2-135m-specific"] = _TOP["smollm2-135m-l5"].replace(stage2_keep_weight=5.0)
 # RETS: only the edit layers are published (GPT2-XL 35, GPT-J 17, Llama-2-7B 22); the rest are
 # ROME's values, on which the RETS code is built.
 _RETS: dict[str, RetsHparams] = {
@@ -85,7 +93,14 @@ _ALIASES = {
     "qwen2.5-7b": "qwen2.5-7b", "qwen2.5-7b-instruct": "qwen2.5-7b", "smollm2": "smollm2-135m",
     "smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
     "smollm2-135m-faithful": "smollm2-135m-faithful", "smollm2-135m-specific": "smollm2-135m-specific",
+    "smollm2-135m-reference": "smollm2-135m-reference", "smollm2-135m-l5": "smollm2-135m-l5",
 }
+#: the bundled model's presets that get_preset returns on the fast path
+_FAST_BY_DEFAULT = ("smollm2-135m", "smollm2-135m-specific", "smollm2-135m-l5")
+_REFERENCE = "smollm2-135m-reference"
+#: an unknown model's TOP preset: the layer-5 one, which needs no statistics of the model (no C, no
+#: sampled text of the subject), at the same relative depth
+_FALLBACK = "smollm2-135m-l5"
 
 
 def model_key(model_name: str | None) -> str | None:
@@ -107,15 +122,20 @@ def register(method: str, model: str, hparams: Hparams) -> None:
 
 
 def get_preset(method: str, model_name: str | None, n_layers: int | None = None) -> Hparams:
-    """The preset of ``method`` for a model. An unknown model gets the SmolLM2 preset with its
-    layer(s) moved to the same relative depth (and clipped to the model)."""
+    """The preset of ``method`` for a model. The bundled SmolLM2's (no name, "smollm2-135m",
+    "smollm2-135m-specific") are on the fast path; "smollm2-135m-reference" gives the same values on
+    the reference path. An unknown model gets the SmolLM2 preset on the reference path (for TOP
+    the layer-5 one, "smollm2-135m-l5") with its layer(s) moved to the same relative depth (and
+    clipped to the model); ``fast_path`` opts in."""
     if method not in _TABLES:
         raise ValueError(f"method must be one of {sorted(_TABLES)}; got {method!r}")
     key = model_key(model_name)
     table = _TABLES[method]
+    if key == _REFERENCE and "smollm2-135m" in table:
+        return table["smollm2-135m"]
     if key in table:
-        return table[key]
-    fallback = table.get("smollm2-135m") or _DEFAULTS[method]()
+        return fast_path(table[key]) if key in _FAST_BY_DEFAULT else table[key]
+    fallback = table.get(_FALLBACK) or table.get("smollm2-135m") or _DEFAULTS[method]()
     return fallback if n_layers is None else _rescaled(fallback, n_layers)
 
 
@@ -151,5 +171,5 @@ def fast_path(hp: Hparams) -> Hparams:
 def reference_path(hp: Hparams) -> Hparams:
     """``hp`` with the published precision and stop: float32 and the stop on the whole loss. The
     context templates stay as ``hp`` has them, so this undoes only those two levers of
-    :func:`fast_path`; the presets themselves are the reference path."""
+    :func:`fast_path`; ``get_preset(method, "smollm2-135m-reference")`` is the whole reference path."""
     return hp.replace(precision="float32", stop_rule="total")

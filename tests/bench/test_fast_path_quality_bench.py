@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench.fast_path_quality import FAST, compare, markdown
+from bench.fast_path_quality import FAST, REFERENCE, compare, markdown
 from toplens.editors.presets import FAST_CONTEXT
 
 
@@ -28,5 +28,6 @@ def test_compare_pairs_cases_skips_undefined_rates_and_brackets_the_difference(t
     assert "Incomplete" in markdown([r], 3)
 
 
-def test_the_fast_settings_are_the_fast_paths():
+def test_the_fast_settings_are_the_fast_paths_and_the_reference_ones_the_reference_paths():
     assert FAST == {"precision": "auto", "stop_rule": "fit", "context_lengths": [list(x) for x in FAST_CONTEXT]}
+    assert REFERENCE == {"precision": "float32", "stop_rule": "total", "context_lengths": [[5, 5], [5, 10]]}

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from toplens.analyses.cli import build_parser
+from toplens.analyses.cli.checks import UsageError
 from toplens.analyses.cli.common import hparams_overrides, parse_ints, parse_methods, resolve_hparams
 from toplens.editors.presets import get_preset
 
@@ -36,6 +37,13 @@ def test_no_object_or_an_empty_one_overrides_nothing(tmp_path):
     assert hparams_overrides(str(path), ["top"]) == {"top": {"rel_feat_layer": 2}}
     with pytest.raises(ValueError, match="--hparams must be a JSON object"):
         hparams_overrides("[1]", ["rome"])
+
+
+def test_a_long_inline_object_is_read_inline_and_not_as_a_path():
+    long = {"top": {"kl_prompt": "{} is a" + " x" * 200, "v_lr": 0.1}}  # longer than a file name may be
+    assert hparams_overrides(json.dumps(long), ["top"]) == long
+    with pytest.raises(UsageError, match=r"--hparams: '(x){300}' \(not an existing file either\) is not JSON"):
+        hparams_overrides("x" * 300, ["top"])
 
 
 def test_a_method_outside_the_presets_can_be_keyed():

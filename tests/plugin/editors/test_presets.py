@@ -2,7 +2,7 @@ import pytest
 
 from toplens.editors import MemitHparams, RetsHparams, RomeHparams
 from toplens.editors.top import TopHparams
-from toplens.editors.presets import get_preset, methods, model_key
+from toplens.editors.presets import fast_path, get_preset, methods, model_key
 
 MODELS = {"gpt2-xl": "gpt2-xl", "EleutherAI/gpt-j-6b": "gpt-j-6b", "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
           "smollm2-135m": "smollm2-135m"}
@@ -15,15 +15,16 @@ PUBLISHED = {
     ("rome", "gpt-j-6b"): dict(layer=5, v_num_grad_steps=20, clamp_norm_factor=4.0, mom2_adjustment=True),
     ("rome", "qwen2.5-7b"): dict(layer=5, v_num_grad_steps=20, mom2_adjustment=False),
     ("rome", "smollm2-135m"): dict(layer=5, v_num_grad_steps=20, mom2_adjustment=False,
-                                   context_lengths=((5, 5), (5, 10))),
+                                   context_lengths=((2, 5),)),  # the fast path's rows
     ("top", "gpt2-xl"): dict(layers=(17, 18), rel_feat_layer=1, v_num_grad_steps1=25, v_num_grad_steps2=25,
                              vec_loss_factor=0.1, mom2_adjustment=True, stage2="faithful"),
     ("top", "gpt-j-6b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                               vec_loss_factor=0.06, mom2_adjustment=True, stage2="faithful"),
     ("top", "qwen2.5-7b"): dict(layers=(5,), rel_feat_layer=5, v_num_grad_steps1=20, v_num_grad_steps2=20,
                                 vec_loss_factor=0.1, mom2_adjustment=False, stage2="faithful"),
-    ("top", "smollm2-135m"): dict(layers=(5,), rel_feat_layer=18, v_num_grad_steps1=20, v_num_grad_steps2=40,
-                                  stage2_loss="readout", stage2_site="fold", mom2_adjustment=False, key="sink"),
+    ("top", "smollm2-135m"): dict(layers=(8,), rel_feat_layer=15, v_num_grad_steps1=20, v_num_grad_steps2=40,
+                                  stage2_loss="readout", stage2_site="fold", mom2_adjustment=True, key="sink",
+                                  stage2_reset="none", stage2_keep_weight=3.0, stage2_keep_spare=True),
     ("rets", "gpt2-xl"): dict(layer=35, v_num_grad_steps=20, mom2_adjustment=True, constraint_weight=1.0),
     ("rets", "gpt-j-6b"): dict(layer=17, mom2_adjustment=True),
     ("rets", "qwen2.5-7b"): dict(layer=19, mom2_adjustment=False),
@@ -54,13 +55,38 @@ def test_every_method_has_the_published_preset_for_every_published_model(method,
 def test_smollm_top_preset_and_the_faithful_one_beside_it():
     ours, faithful = get_preset("top", "smollm2-135m"), get_preset("top", "smollm2-135m-faithful")
     assert isinstance(ours, TopHparams) and isinstance(faithful, TopHparams)
-    assert (ours.stage2_loss, ours.stage2_site, ours.layers, ours.rel_feat_layer) == ("readout", "fold", (5,), 18)
+    assert (ours.stage2_loss, ours.stage2_site, ours.layers, ours.rel_feat_layer) == ("readout", "fold", (8,), 15)
+    layer5 = get_preset("top", "smollm2-135m-l5")  # the twelfth session's preset: la = 23 from layer 5
+    assert (layer5.layers, layer5.rel_feat_layer, layer5.stage2_keep_weight, layer5.mom2_adjustment) == ((5,), 18, 0.0,
+                                                                                                         False)
+    assert ours == layer5.replace(layers=(8,), rel_feat_layer=15, mom2_adjustment=True, stage2_reset="none",
+                                  stage2_keep_weight=3.0, stage2_keep_spare=True)
     assert (faithful.stage2_loss, faithful.stage2_site, faithful.rel_feat_layer) == ("l2", "subject", 5)
     published = get_preset("top", "qwen2.5-7b")
     assert faithful.replace(v_num_grad_steps2=published.v_num_grad_steps2,
                             context_lengths=published.context_lengths) == published
     assert get_preset("top", None) == ours  # no name: the bundled model's preset
-    assert get_preset("top", "smollm2-135m-specific") == ours.replace(stage2_keep_weight=5.0)
+    assert get_preset("top", "smollm2-135m-specific") == layer5.replace(stage2_keep_weight=5.0)
+
+
+@pytest.mark.parametrize("method", ["rome", "top", "rets", "memit"])
+def test_the_bundled_models_presets_are_the_reference_ones_on_the_fast_path(method):
+    reference = get_preset(method, "smollm2-135m-reference")
+    assert (reference.precision, reference.stop_rule, reference.context_lengths) == ("float32", "total",
+                                                                                     ((5, 5), (5, 10)))
+    for name in (None, "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert get_preset(method, name) == fast_path(reference) != reference
+    assert get_preset(method, "gpt2-xl").precision == "float32"  # published presets stay as published
+    unknown = get_preset(method, "some/other-model", n_layers=30)  # on the reference path; TOP: the layer-5 one
+    base = reference if method != "top" else get_preset("top", "smollm2-135m-l5")
+    assert unknown == base.replace(precision="float32", stop_rule="total", context_lengths=((5, 5), (5, 10)))
+
+
+def test_the_faithful_top_stays_on_the_reference_path_and_the_specific_one_is_fast():
+    faithful, specific = get_preset("top", "smollm2-135m-faithful"), get_preset("top", "smollm2-135m-specific")
+    assert (faithful.precision, faithful.stop_rule) == ("float32", "total")
+    assert specific == get_preset("top", "smollm2-135m-l5").replace(stage2_keep_weight=5.0)
+    assert specific.precision == "auto" and specific.context_lengths == ((2, 5),)
 
 
 def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
