@@ -29,12 +29,11 @@ from toplens.editors import get_editor
 from toplens.core.objective import rewrite_batch
 from toplens.core.precision import native_bfloat16
 from toplens.editors.presets import FAST_CONTEXT, fast_path, get_preset, reference_path
-
-REFERENCE = "smollm2-135m-reference"  # the SmolLM2 presets' values on the reference path
 from toplens.core.scoring import target_probability
 from toplens.core.templates import context_templates
 
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "smollm2-135m-reference"  # the SmolLM2 presets' values on the reference path
 KNOWN = ROOT.parent / "shared" / "data" / "known_1000.json"
 
 
@@ -115,9 +114,18 @@ PATHS = {
 }
 
 
+def reference_preset(method: str, n_layers: int):
+    """The preset the recorded runs timed, on the reference path: the SmolLM2 preset's values
+    (TOP: the layer-5 preset, "smollm2-135m-l5", with the reference path's rows)."""
+    if method != "top":
+        return get_preset(method, REFERENCE, n_layers)
+    rows = get_preset("rome", REFERENCE).context_lengths
+    return reference_path(get_preset("top", "smollm2-135m-l5", n_layers)).replace(context_lengths=rows)
+
+
 def run_method(adapter, method: str, requests, path: str = "reference") -> dict:
     editor = get_editor(method)
-    hp = PATHS[path](get_preset(method, REFERENCE, adapter.n_layers))
+    hp = PATHS[path](reference_preset(method, adapter.n_layers))
     rows = [edit_once(adapter, editor, req, hp) for req in requests]
     bare = bare_pass_seconds(adapter, editor, requests[0], hp)
     stage1 = [x for r in rows for x in r["step_seconds_1"]]

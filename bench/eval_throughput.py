@@ -5,7 +5,7 @@ and how far the two agree prompt by prompt.
     python bench/eval_throughput.py [--n 40] [--batch-sizes 8,16] [--methods rome,top] [--no-generation]
         [--out-dir bench/out/eval_throughput] [--doc docs/eval_throughput.md]
 
-Both paths run each method's SmolLM2 preset on the fast path. Agreement: per prompt of every
+Both paths run each method's SmolLM2 preset on the fast path (TOP: the layer-5 one, "smollm2-135m-l5", which the recorded runs used). Agreement: per prompt of every
 metric, the largest NLL difference between the paths, the prompts whose outcome differs (an
 outcome may differ only where its two NLLs lie within float order of each other), and the
 generated texts that differ.
@@ -55,7 +55,7 @@ def texts_differing(a: Path, b: Path) -> tuple[int, int]:
 def timed(model, records, methods, out: Path, batch_size: int, tokens: int) -> tuple[EvalResult, float]:
     """One fresh run_eval (its folder emptied first) and its wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    hparams = {m: fast_path(get_preset(m, "smollm2-135m")) for m in methods}
+    hparams = {m: fast_path(get_preset(m, "smollm2-135m-l5")) for m in methods}  # TOP: the recorded layer-5 preset
     start = time.perf_counter()
     result = run_eval(model, records, methods, out, hparams=hparams, generation_tokens=tokens, batch_size=batch_size)
     return result, time.perf_counter() - start

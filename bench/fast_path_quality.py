@@ -23,7 +23,7 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import paired_bootstrap, table_values
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import fast_path, get_preset
+from toplens.editors.presets import changed_fields, fast_path, get_preset
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +36,16 @@ REFERENCE = {"precision": _REF.precision, "stop_rule": _REF.stop_rule,
 COLUMNS = (*METRICS, "score")
 
 
+def base_settings(method: str) -> dict:
+    """TOP's recorded runs used the layer-5 preset ("smollm2-135m-l5"): its values over today's."""
+    return changed_fields("top", "smollm2-135m-l5") if method == "top" else {}
+
+
 def run_eval(methods: list[str], n: int, out: Path, fast: bool) -> None:
     """``toplens eval`` on the first ``n`` built-in cases, resuming from ``out``."""
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))", "eval", "--methods", ",".join(methods), "--data", "builtin",
            "--limit", str(n), "--no-generation", "--out", str(out), "--json"]
-    cmd += ["--hparams", json.dumps({m: FAST if fast else REFERENCE for m in methods})]
+    cmd += ["--hparams", json.dumps({m: {**base_settings(m), **(FAST if fast else REFERENCE)} for m in methods})]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -74,8 +79,9 @@ def markdown(results: list[dict], n: int) -> str:
     head = ["method", "path", "n", *(METRIC_ABBREVIATIONS.get(c, "Score") for c in COLUMNS), "s/case (median)"]
     lines = [f"# Fast path against reference path: quality on {n} built-in cases", "",
              "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
-             f"{n} --no-generation` on the presets (reference path) and with `--hparams` {json.dumps(FAST)} "
-             "(the fast path), the same cases. Rates in %; the last row of each method is fast − reference "
+             f"{n} --no-generation` with `--hparams` {json.dumps(REFERENCE)} (the reference path) and with "
+             f"{json.dumps(FAST)} (the fast path), over each method's SmolLM2 preset (TOP: the layer-5 one), "
+             "the same cases. Rates in %; the last row of each method is fast − reference "
              "with a paired bootstrap 95% interval over cases (2000 draws). s/case is the whole case "
              "(edit and measurement), wall time, and says nothing about what else ran on the machine.", "",
              *[f"**Incomplete:** only {r['n']} of the {n} cases have both paths for {r['method']} (one eval holds "

@@ -23,7 +23,7 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import fast_path, get_preset
+from toplens.editors.presets import changed_fields, fast_path
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,10 +100,7 @@ HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
 def base_settings(method: str) -> dict:
     """The values by which the preset the variants were defined over (TOP: "smollm2-135m-l5", the
     twelfth session's preset) differs from today's preset, so that a variant keeps its meaning."""
-    if method != "top":
-        return {}
-    then, now = get_preset("top", "smollm2-135m-l5").to_dict(), get_preset("top", None).to_dict()
-    return {k: v for k, v in then.items() if now[k] != v}
+    return changed_fields("top", "smollm2-135m-l5") if method == "top" else {}
 
 
 def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data: str = "builtin") -> None:

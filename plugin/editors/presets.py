@@ -122,8 +122,9 @@ def register(method: str, model: str, hparams: Hparams) -> None:
 
 
 def get_preset(method: str, model_name: str | None, n_layers: int | None = None) -> Hparams:
-    """The preset of ``method`` for a model. The bundled SmolLM2's (no name, "smollm2-135m",
-    "smollm2-135m-specific") are on the fast path; "smollm2-135m-reference" gives the same values on
+    """The preset of ``method`` for a model. The bundled SmolLM2's (no name, "smollm2-135m", and
+    TOP's variants "smollm2-135m-specific" and "-l5", which give the other methods their own) are on
+    the fast path (a registered editor's without context templates as it is); "smollm2-135m-reference" gives the same values on
     the reference path. An unknown model gets the SmolLM2 preset on the reference path (for TOP
     the layer-5 one, "smollm2-135m-l5") with its layer(s) moved to the same relative depth (and
     clipped to the model); ``fast_path`` opts in."""
@@ -133,10 +134,20 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     table = _TABLES[method]
     if key == _REFERENCE and "smollm2-135m" in table:
         return table["smollm2-135m"]
+    if key in _FAST_BY_DEFAULT and "smollm2-135m" in table:  # a variant TOP names: the method's own preset
+        chosen = table.get(key, table["smollm2-135m"])
+        return fast_path(chosen) if hasattr(chosen, "context_lengths") else chosen
     if key in table:
-        return fast_path(table[key]) if key in _FAST_BY_DEFAULT else table[key]
+        return table[key]
     fallback = table.get(_FALLBACK) or table.get("smollm2-135m") or _DEFAULTS[method]()
     return fallback if n_layers is None else _rescaled(fallback, n_layers)
+
+
+def changed_fields(method: str, model_name: str) -> dict:
+    """The fields (as JSON values) in which the preset ``model_name`` differs from the bundled
+    model's default preset of ``method``: what a ``--hparams`` needs to run that preset."""
+    then, now = get_preset(method, model_name).to_dict(), get_preset(method, None).to_dict()
+    return {k: v for k, v in then.items() if now[k] != v}
 
 
 def preset_or_given(method: str, given: Hparams | None, model_name: str | None, n_layers: int | None) -> Hparams:
@@ -158,7 +169,7 @@ def _rescaled(hp: Hparams, n_layers: int) -> Hparams:
 
 FAST_CONTEXT: tuple[tuple[int, int], ...] = ((2, 5),)
 """The fast path's context templates: the bare prompt and two 5-token prefixes (3 rewriting rows
-instead of the presets' 11)."""
+instead of the reference path's 11)."""
 
 
 def fast_path(hp: Hparams) -> Hparams:

@@ -47,3 +47,13 @@ def test_the_docs_section_is_replaced_and_the_other_benches_sections_stay():
     assert with_section("", new) == new
     assert with_section("# Other\n\nkept\n", new) == new + "\n# Other\n\nkept\n"
     assert with_section("# Intro\n\nx\n" + old, new).startswith("# Intro\n\nx\n# Edit latency on the bundled model\n\nnew table")
+
+
+@pytest.mark.parametrize("method", ["rome", "top", "rets", "memit"])
+def test_the_timed_presets_are_the_recorded_ones_on_the_reference_path(method):
+    from bench.edit_latency import reference_preset
+
+    hp = reference_preset(method, 30)
+    assert (hp.precision, hp.stop_rule, hp.context_lengths) == ("float32", "total", ((5, 5), (5, 10)))
+    if method == "top":  # the layer-5 preset the recorded table timed
+        assert (hp.layers, hp.rel_feat_layer, hp.stage2_keep_weight) == ((5,), 18, 0.0)

@@ -31,6 +31,7 @@ def test_the_settings_of_a_folder_are_its_methods_preset_with_its_overrides(tmp_
         "key": "sink", "context_lengths": [[2, 5]]}}))
     editor, hp = edit_for(tmp_path / "top-x", None)
     assert editor.name == "top" and hp.key == "sink" and hp.context_lengths == ((2, 5),)
+    assert (hp.layers, hp.rel_feat_layer, hp.stage2_keep_weight) == ((5,), 18, 0.0)  # over the layer-5 preset
 
 
 def test_after_the_last_block_the_last_token_carries_the_whole_gap(tiny_hooked):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench.top_variants import VARIANTS, main, parse_define, run_variant
+from bench.top_variants import VARIANTS, base_settings, main, parse_define, run_variant
 from toplens.editors.presets import get_preset
 
 METRICS = ("efficacy", "generalization", "s_specificity", "r_specificity", "efficacy_at_1")
@@ -43,5 +43,14 @@ def test_definitions_name_a_method_and_settings():
     with pytest.raises(SystemExit, match="NAME=METHOD:JSON"):
         parse_define("x=bogus:{}")
     assert all(method in ("rome", "top", "rets", "memit") for method, _ in VARIANTS.values())
-    for method, settings in VARIANTS.values():  # every variant is a valid setting of its method
-        type(get_preset(method, None)).from_dict({**get_preset(method, None).to_dict(), **settings})
+    for method, settings in VARIANTS.values():  # every variant is a valid setting of its method, as it runs
+        type(get_preset(method, None)).from_dict({**get_preset(method, None).to_dict(), **base_settings(method),
+                                                  **settings})
+
+
+def test_the_variants_run_over_the_layer_5_preset_they_were_defined_over():
+    preset = get_preset("top", None).to_dict()
+    top = {**preset, **base_settings("top")}
+    assert (list(top["layers"]), top["rel_feat_layer"], top["stage2_keep_weight"], top["mom2_adjustment"]) == (
+        [5], 18, 0.0, False)
+    assert base_settings("rome") == {}

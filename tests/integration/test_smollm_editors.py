@@ -57,7 +57,8 @@ def test_top_stage1_relation_feature_predicts_the_target(smollm_hooked):
     assert adapter.model.to_string([top1]) == DANIELLE.target_new
     assert info.stage1_target_prob > 0.9
     # after the fold the edited model's h_r at la carries o* by itself: with every other position
-    # reset to its clean residual at la (stage 2's readout objective), o* is still the top token
+    # reset to its clean residual at la, o* is still the top token (the preset's stage 2 resets
+    # nothing, stage2_reset="none", so this is a property of its edit, not its objective)
     (clean,) = adapter.capture(tokens, [hook_name("resid_post", info.la)])
     others = torch.ones(clean.shape[:2], dtype=torch.bool)
     others[0, last] = False
@@ -89,8 +90,9 @@ def test_memit_batch_from_a_requests_file(tmp_path, capsys):
 
 
 def test_the_automatic_la_is_the_presets_la_on_smollm(smollm_hooked):
-    """rel_feat_layer="auto" measures la on the probe facts: on SmolLM2 (edit layer 5) the restored
-    share jumps at block 23, the preset's fixed la, and most probe facts are measurable."""
+    """rel_feat_layer="auto" measures la on the probe facts: on SmolLM2 (from the preset's edit
+    layer, 8) the restored share jumps at block 23, the preset's fixed la, and most probe facts are
+    measurable."""
     from toplens.core.auto_la import PROBE_FACTS, model_la
     hp = get_preset("top", None)
     choice = model_la(ModelAdapter(smollm_hooked), hp.layers[0])

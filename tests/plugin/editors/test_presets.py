@@ -74,9 +74,12 @@ def test_the_bundled_models_presets_are_the_reference_ones_on_the_fast_path(meth
     reference = get_preset(method, "smollm2-135m-reference")
     assert (reference.precision, reference.stop_rule, reference.context_lengths) == ("float32", "total",
                                                                                      ((5, 5), (5, 10)))
-    for name in (None, "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+    for name in (None, "smollm2", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"):
         assert get_preset(method, name) == fast_path(reference) != reference
-    assert get_preset(method, "gpt2-xl").precision == "float32"  # published presets stay as published
+    if method != "top":  # TOP's variant names give the other methods their own fast preset
+        assert get_preset(method, "smollm2-135m-specific") == get_preset(method, "smollm2-135m-l5") == fast_path(reference)
+    published = get_preset(method, "gpt2-xl")  # published presets stay as published
+    assert published.precision == "float32" and published == get_preset(method, "gpt2-xl", n_layers=48)
     unknown = get_preset(method, "some/other-model", n_layers=30)  # on the reference path; TOP: the layer-5 one
     base = reference if method != "top" else get_preset("top", "smollm2-135m-l5")
     assert unknown == base.replace(precision="float32", stop_rule="total", context_lengths=((5, 5), (5, 10)))
@@ -87,6 +90,8 @@ def test_the_faithful_top_stays_on_the_reference_path_and_the_specific_one_is_fa
     assert (faithful.precision, faithful.stop_rule) == ("float32", "total")
     assert specific == get_preset("top", "smollm2-135m-l5").replace(stage2_keep_weight=5.0)
     assert specific.precision == "auto" and specific.context_lengths == ((2, 5),)
+    layer5 = get_preset("top", "smollm2-135m-l5")
+    assert (layer5.precision, layer5.stop_rule, layer5.context_lengths) == ("auto", "fit", ((2, 5),))
 
 
 def test_unknown_model_gets_the_bundled_preset_at_the_same_relative_depth():
