@@ -147,7 +147,7 @@ def markdown(rows: list[dict], variants: dict, baseline: str, data: str = "built
     form = "" if data == "builtin" else " in question form"
     lines = [f"# TOP variants on the built-in benchmark{form}", "",
              f"Written by `python bench/top_variants.py`: `toplens eval --data {data} --no-generation` per "
-             f"variant on the same first cases, each over its method's SmolLM2 preset with the fast path's levers "
+             f"variant on the same first cases, each over its method's SmolLM2 preset (TOP: the layer-5 one, `smollm2-135m-l5`; `top-sink` is that preset) with the fast path's levers "
              f"{json.dumps(FAST)}. Rates in %, with a bootstrap 95% interval over cases (2000 draws); the Score is "
              "the harmonic mean of Eff, Gen, S-Spec and R-Spec (Eff@1 is beside it). NLL columns: the median NLL of "
              f"o* after the edit on the rewrite prompt and on the paraphrases. The rows below the first table are "
