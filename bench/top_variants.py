@@ -90,6 +90,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-sink-l8-mom2-ns": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                     "project": "nullspace"}),
     "top-sink-l8-ns": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "project": "nullspace"}),
+    # the thirteenth session's preset over the layer-5 base, and with the relation taken after the subject
+    "top-l8-keep3": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                             "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
+    "top-l8-keep3-after": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                   "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
+                                   "relation_position": "after_subject"}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }
