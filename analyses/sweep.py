@@ -15,6 +15,7 @@ layer's relation-feature layer and each earlier layer's is shifted by the same r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -151,6 +152,41 @@ class SweepResult:
     @classmethod
     def from_json(cls, text: str) -> "SweepResult":
         return cls.from_dict(json.loads(text))
+
+
+# ------------------------------------------------------------------------------- joining sweeps
+#: what every joined sweep must share: the same records, model and TOP settings
+_SHARED = ("edit_layer", "n_records", "n_layers", "model_name", "hparams")
+
+
+def join_sweeps(results: Sequence[SweepResult]) -> SweepResult:
+    """One sweep from sweeps of the same records, model and TOP settings, each run at its own las
+    (one la per process or per machine); the points come out in ascending la.
+
+    Raises ValueError, naming the field, where the sweeps differ in a shared field or in their
+    records' case ids, or where two of them hold the same la."""
+    if not results:
+        raise ValueError("results: give at least one sweep to join")
+    first = results[0]
+    for i, other in enumerate(results[1:], start=1):
+        for name in _SHARED:
+            if getattr(other, name) != getattr(first, name):
+                raise ValueError(f"sweep {i}: {name} {getattr(other, name)!r} differs from sweep 0's "
+                                 f"{getattr(first, name)!r}; only sweeps of one setup can be joined")
+    points = [p for r in results for p in r.points]
+    _check_joinable(points)
+    return dataclasses.replace(first, points=tuple(sorted(points, key=lambda p: p.la)))
+
+
+def _check_joinable(points: Sequence[SweepPoint]) -> None:
+    """Each la once, and every point over the same case ids (points without cases are not checked)."""
+    las = [p.la for p in points]
+    if repeated := sorted({la for la in las if las.count(la) > 1}):
+        raise ValueError(f"la: {repeated} appear in more than one sweep; each la must be swept once")
+    ids = {tuple(c.case_id for c in p.cases) for p in points if p.cases}
+    if len(ids) > 1:
+        raise ValueError(f"cases: the sweeps edited different records ({sorted(ids)[:2]} ...); "
+                         "join only sweeps over the same records")
 
 
 # ------------------------------------------------------------------------------- the la list

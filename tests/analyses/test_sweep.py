@@ -11,7 +11,7 @@ from toplens.analyses import sweep
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.intervals import Bounds, bootstrap
 from toplens.analyses.evaluation.metrics import harmonic_mean
-from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, la_sweep
+from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, join_sweeps, la_sweep
 from toplens import EditRequest
 from toplens import editors
 from toplens.editors import top
@@ -183,3 +183,33 @@ def test_json_has_the_score_and_intervals_and_old_json_derives_them():
     old = SweepResult.from_dict(data)
     assert old == result and [p.intervals for p in old.points] == [p.intervals for p in result.points]
     assert old.points[0].intervals is not None
+
+
+def _sweep(*las, rows=ROWS, **fields) -> SweepResult:
+    setup = {"edit_layer": 1, "n_records": len(rows), "n_layers": 4, "model_name": "tiny", "hparams": {"v_lr": 0.5}}
+    return SweepResult(tuple(_point(rows, la=la) for la in las), **{**setup, **fields})
+
+
+def test_joined_sweeps_hold_every_point_in_ascending_la():
+    joined = join_sweeps([_sweep(3), _sweep(2)])
+    assert joined == _sweep(2, 3)
+    assert join_sweeps([_sweep(2)]) == _sweep(2)
+
+
+@pytest.mark.parametrize("other, field", [
+    (_sweep(3, edit_layer=0), "edit_layer"), (_sweep(3, n_layers=5), "n_layers"),
+    (_sweep(3, model_name="other"), "model_name"), (_sweep(3, hparams={"v_lr": 0.1}), "hparams"),
+    (_sweep(3, rows=ROWS[:4]), "n_records"), (_sweep(2), "la: [2]"),
+])
+def test_sweeps_of_different_setups_or_the_same_la_are_not_joined(other, field):
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        join_sweeps([_sweep(2), other])
+
+
+def test_sweeps_over_different_records_are_not_joined():
+    shifted = SweepResult((dataclasses.replace(_point(ROWS, la=3), cases=tuple(
+        SweepCase(i + 10, *row) for i, row in enumerate(ROWS))),), 1, len(ROWS), 4, "tiny", {"v_lr": 0.5})
+    with pytest.raises(ValueError, match="cases: the sweeps edited different records"):
+        join_sweeps([_sweep(2), shifted])
+    with pytest.raises(ValueError, match="results"):
+        join_sweeps([])

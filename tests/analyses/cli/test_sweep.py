@@ -34,3 +34,25 @@ def test_sweep_table_shows_each_rate_and_the_score_with_its_interval():
 def test_sweep_names_a_bad_las(toplens):
     status, _, err = toplens(["sweep", "--las", "2,x"])
     assert status == 2 and "--las must be comma-separated integers" in err
+
+
+def test_sweeps_run_one_la_each_merge_into_the_sweep_of_both(toplens, tiny_hooked, tmp_path):
+    common = ["sweep", "--data", known_facts(tmp_path), "--n", "2", "--hparams", json.dumps(FAST["top"])]
+    for las, name in (("2,3", "both"), ("3", "la3"), ("2", "la2")):
+        assert toplens([*common, "--las", las, "--out", str(tmp_path / name)], tiny_hooked)[0] == 0
+    status, out, _ = toplens(["merge", str(tmp_path / "la3"), str(tmp_path / "la2"), "--out", str(tmp_path / "m")])
+    assert status == 0 and "TOP la sweep, edit layer 1, 2 records" in out
+    merged = json.loads((tmp_path / "m" / "sweep.json").read_text())
+    assert merged == json.loads((tmp_path / "both" / "sweep.json").read_text())
+    assert (tmp_path / "m" / "sweep.png").stat().st_size > 0
+
+
+def test_merge_names_a_folder_without_a_sweep_and_a_repeated_la(toplens, tiny_hooked, tmp_path):
+    common = ["sweep", "--data", known_facts(tmp_path), "--n", "1", "--las", "2", "--hparams", json.dumps(FAST["top"])]
+    for name in ("a", "b"):
+        assert toplens([*common, "--out", str(tmp_path / name)], tiny_hooked)[0] == 0
+    (tmp_path / "empty").mkdir()
+    status, _, err = toplens(["merge", str(tmp_path / "a"), str(tmp_path / "empty"), "--out", str(tmp_path / "m")])
+    assert status == 2 and "folders:" in err and "empty" in err and "sweep.json" in err
+    status, _, err = toplens(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert status == 2 and "la: [2] appear in more than one sweep" in err
