@@ -31,7 +31,7 @@ from toplens.editors.top import TopHparams
 
 from toplens.analyses.evaluation import metrics as m
 from toplens.analyses.evaluation.evaluate import Measurement, evaluate_case, measure
-from toplens.analyses.evaluation.intervals import Bounds, bootstrap
+from toplens.analyses.evaluation.intervals import Bounds, bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.results import METRICS, CaseResult, summarize
 
@@ -77,10 +77,14 @@ def case_intervals(cases: Sequence[SweepCase]) -> SweepIntervals | None:
     without cases); a record whose rate is undefined is left out of that rate's mean."""
     if not cases:
         return None
-    table = np.array([[np.nan if (v := getattr(c, name)) is None else v / 100.0 for name in METRICS]
-                      for c in cases], dtype=float)
-    interval = bootstrap(table)
+    interval = bootstrap(_rate_table(cases))
     return SweepIntervals(*Bounds.columns(interval), interval.n, interval.level, interval.draws)
+
+
+def _rate_table(cases: Sequence[SweepCase]) -> np.ndarray:
+    """[case, rate] as fractions, NaN where a case's rate is undefined."""
+    return np.array([[np.nan if (v := getattr(c, name)) is None else v / 100.0 for name in METRICS]
+                     for c in cases], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,9 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"edit_layer": self.edit_layer, "n_records": self.n_records, "n_layers": self.n_layers,
                 "model_name": self.model_name, "hparams": json.loads(json.dumps(dict(self.hparams))),
-                "points": [p.to_dict() for p in self.points]}
+                "points": [p.to_dict() for p in self.points],
+                "score_vs_best": [{**asdict(d), "bounds": None if d.bounds is None else d.bounds.to_json()}
+                                  for d in score_differences(self)]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -152,6 +158,29 @@ class SweepResult:
     @classmethod
     def from_json(cls, text: str) -> "SweepResult":
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class SweepDifference:
+    """One la's Score minus the best la's (points of percent) on the same records, with the paired
+    95% bootstrap interval over records (both las' rates of a record are resampled together)."""
+
+    la: int
+    best_la: int
+    score: float
+    bounds: Bounds | None
+
+
+def score_differences(result: SweepResult) -> tuple[SweepDifference, ...]:
+    """Each la's Score − the best la's Score, paired over records: whether the best la is better
+    than the others beyond sampling noise. Empty where the points hold no per-record rates, no
+    Score, or different records."""
+    points = [p for p in result.points if p.cases and p.score is not None]
+    if not points or len({tuple(c.case_id for c in p.cases) for p in points}) > 1:
+        return ()
+    best = max(points, key=lambda p: p.score)
+    diffs = [(p, paired_bootstrap(_rate_table(best.cases), _rate_table(p.cases))) for p in points]
+    return tuple(SweepDifference(p.la, best.la, float(d.value[-1]), Bounds.columns(d)[-1]) for p, d in diffs)
 
 
 # ------------------------------------------------------------------------------- joining sweeps

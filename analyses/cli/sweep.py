@@ -11,7 +11,7 @@ from toplens.analyses.cli.common import (add_data_arg, add_hparams_arg, add_mode
 from toplens.analyses.evaluation.intervals import Bounds
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.analyses.outputs import save_sweep
-from toplens.analyses.sweep import SweepResult, la_sweep
+from toplens.analyses.sweep import SweepResult, la_sweep, score_differences
 
 LAS_HELP = "comma-separated relation-feature layers (default l+1, l+5, l+10, L-5, L-1)"
 
@@ -55,18 +55,23 @@ def format_sweep(result: SweepResult) -> str:
     """One row per la: each rate and the Score in percent with its 95% bootstrap interval over records."""
     columns = [*METRICS, "score"]
     header = [METRIC_ABBREVIATIONS[name] for name in METRICS] + ["Score"]
+    diffs = {d.la: d for d in score_differences(result)}
+    header += [f"Score - la {next(iter(diffs.values())).best_la} (paired)"] if diffs else []
     lines = [f"TOP la sweep, edit layer {result.edit_layer}, {result.n_records} records "
              "(95% bootstrap interval over records in brackets)", "",
-             f"{'la':>4}" + "".join(f"{h:>21}" for h in header)]
+             f"{'la':>4}" + "".join(f"{h:>21}" for h in header[:5]) + "".join(f"{h:>27}" for h in header[5:])]
     for p in result.points:
         intervals = p.intervals
         cells = [_cell(getattr(p, name), None if intervals is None else getattr(intervals, name)) for name in columns]
-        lines.append(f"{p.la:>4}" + "".join(f"{c:>21}" for c in cells))
+        cells += [_cell(diffs[p.la].score, diffs[p.la].bounds, signed=True) if p.la in diffs else "-"] if diffs else []
+        lines.append(f"{p.la:>4}" + "".join(f"{c:>21}" for c in cells[:5]) + "".join(f"{c:>27}" for c in cells[5:]))
     return "\n".join(lines)
 
 
-def _cell(value: float | None, bounds: Bounds | None) -> str:
-    """``72.5 [68.0, 77.1]``; ``-`` where the value is undefined; no brackets without bounds."""
+def _cell(value: float | None, bounds: Bounds | None, signed: bool = False) -> str:
+    """``72.5 [68.0, 77.1]`` (``+1.2 [-0.4, +2.9]`` when signed); ``-`` where the value is undefined;
+    no brackets without bounds."""
     if value is None:
         return "-"
-    return f"{value:.1f}" + ("" if bounds is None else f" [{bounds.low:.1f}, {bounds.high:.1f}]")
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f.format(value) + ("" if bounds is None else f" [{f.format(bounds.low)}, {f.format(bounds.high)}]")

@@ -9,9 +9,9 @@ from tests.conftest import param_hash, unchecked
 from toplens.analyses.evaluation import evaluate as ev
 from toplens.analyses import sweep
 from toplens.analyses.evaluation.records import Record
-from toplens.analyses.evaluation.intervals import Bounds, bootstrap
+from toplens.analyses.evaluation.intervals import Bounds, bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.metrics import harmonic_mean
-from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, join_sweeps, la_sweep
+from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, join_sweeps, la_sweep, score_differences
 from toplens import EditRequest
 from toplens import editors
 from toplens.editors import top
@@ -213,3 +213,24 @@ def test_sweeps_over_different_records_are_not_joined():
         join_sweeps([_sweep(2), shifted])
     with pytest.raises(ValueError, match="results"):
         join_sweeps([])
+
+
+def test_each_la_is_compared_with_the_best_on_the_same_records():
+    other = [(100.0, 0.0, 100.0, 0.0), (0.0, 100.0, 50.0, 100.0), (0.0, None, 100.0, 50.0),
+             (100.0, 25.0, 75.0, 0.0), (100.0, 75.0, 0.0, 50.0)]
+    result = SweepResult((_point(ROWS, la=2), _point(other, la=3)), edit_layer=1, n_records=5, n_layers=4)
+    best, worse = score_differences(result)
+    assert result.points[0].score > result.points[1].score and best.best_la == worse.best_la == 2
+    assert (best.la, best.score, best.bounds) == (2, 0.0, Bounds(0.0, 0.0))
+    table = lambda rows: np.array([[np.nan if v is None else v / 100 for v in row] for row in rows])  # noqa: E731
+    expected = paired_bootstrap(table(ROWS), table(other))
+    assert worse.score == pytest.approx(result.points[1].score - result.points[0].score)
+    assert [worse.bounds.low, worse.bounds.high] == pytest.approx([expected.low[-1], expected.high[-1]])
+    assert json.loads(result.to_json())["score_vs_best"][1] == {
+        "la": 3, "best_la": 2, "score": worse.score, "bounds": [worse.bounds.low, worse.bounds.high]}
+
+
+def test_no_comparison_without_cases_or_over_different_records():
+    assert score_differences(SweepResult((SweepPoint(2, 100.0, 50.0, 75.0, 25.0),), 1, 1)) == ()
+    shifted = dataclasses.replace(_point(ROWS, la=3), cases=tuple(SweepCase(i + 10, *r) for i, r in enumerate(ROWS)))
+    assert score_differences(SweepResult((_point(ROWS), shifted), 1, 5)) == ()

@@ -28,7 +28,9 @@ def test_sweep_table_shows_each_rate_and_the_score_with_its_interval():
     cells = [c.strip() for c in rows[3][4:].split("]")[:5]]
     assert cells[:3] == ["100.0 [100.0, 100.0", "50.0 [50.0, 50.0", "100.0 [100.0, 100.0"]
     assert cells[3] == "50.0 [0.0, 100.0" and cells[4].startswith("66.7 [0.0, ")  # 4 / (1 + 2 + 1 + 2)
-    assert rows[4].split() == ["3", "90.0", "-", "80.0", "70.0", "-"]  # no cases: no brackets
+    assert rows[4].split() == ["3", "90.0", "-", "80.0", "70.0", "-", "-"]  # no cases: no brackets, no difference
+    assert rows[2].split()[-5:] == ["Score", "-", "la", "2", "(paired)"]  # the paired difference to the best la
+    assert rows[3].endswith("+0.0 [+0.0, +0.0]")  # the best la against itself
 
 
 def test_sweep_names_a_bad_las(toplens):
