@@ -143,8 +143,7 @@ class SweepResult:
         return {"edit_layer": self.edit_layer, "n_records": self.n_records, "n_layers": self.n_layers,
                 "model_name": self.model_name, "hparams": json.loads(json.dumps(dict(self.hparams))),
                 "points": [p.to_dict() for p in self.points],
-                "score_vs_best": [{**asdict(d), "bounds": None if d.bounds is None else d.bounds.to_json()}
-                                  for d in score_differences(self)]}
+                "score_vs_best": [d.to_json() for d in score_differences(self)]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -167,16 +166,25 @@ class SweepDifference:
 
     la: int
     best_la: int
-    score: float
+    difference: float
     bounds: Bounds | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"la": self.la, "best_la": self.best_la, "difference": self.difference,
+                "bounds": None if self.bounds is None else self.bounds.to_json()}
 
 
 def score_differences(result: SweepResult) -> tuple[SweepDifference, ...]:
-    """Each la's Score − the best la's Score, paired over records: whether the best la is better
-    than the others beyond sampling noise. Empty where the points hold no per-record rates, no
-    Score, or different records."""
+    """Each la's Score − the highest Score's la (ties: the lowest la), paired over records. The best
+    la is chosen on the same records, so the differences lean against the other las; an interval
+    that excludes zero still says the gap is larger than resampling the records explains. Empty
+    (with a warning where some points have records) unless every point holds a Score and per-record
+    rates over the same records in the same order."""
     points = [p for p in result.points if p.cases and p.score is not None]
-    if not points or len({tuple(c.case_id for c in p.cases) for p in points}) > 1:
+    if len(points) < len(result.points) or len({tuple(c.case_id for c in p.cases) for p in points}) > 1:
+        if points:
+            logger.warning("la sweep: no paired comparison, as the points lack a Score or per-record rates, "
+                           "or hold different records")
         return ()
     best = max(points, key=lambda p: p.score)
     diffs = [(p, paired_bootstrap(_rate_table(best.cases), _rate_table(p.cases))) for p in points]
@@ -214,7 +222,7 @@ def _check_joinable(points: Sequence[SweepPoint]) -> None:
         raise ValueError(f"la: {repeated} appear in more than one sweep; each la must be swept once")
     ids = {tuple(c.case_id for c in p.cases) for p in points if p.cases}
     if len(ids) > 1:
-        raise ValueError(f"cases: the sweeps edited different records ({sorted(ids)[:2]} ...); "
+        raise ValueError(f"cases: the sweeps edited different records ({sorted(ids, key=repr)[:2]} ...); "
                          "join only sweeps over the same records")
 
 

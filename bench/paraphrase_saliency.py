@@ -2,11 +2,12 @@
 on a missed paraphrase would still respond to a change of the residual stream, against the rewrite
 prompt that the edit was fitted to, for TOP's edit and ROME's. Writes docs/paraphrase_saliency.md and .json.
 
-    python bench/paraphrase_saliency.py --runs bench/out/dev200 [--top NAME] [--rome rome] [--cases 6]
+    python bench/paraphrase_saliency.py --runs bench/out/dev200 [--top NAME] [--rome NAME] [--cases 6]
 
 The (case, paraphrase) pairs are chosen as in ``bench/paraphrase_traces.py`` (both edits take the
-rewrite, TOP misses the paraphrase and ROME takes it), keeping only strong TOP edits: P(o*) > 1/2 on
-the rewrite prompt in the evaluation run (NLL below ln 2), so that a miss is not a weak edit's. Each edit is recomputed with its folder's settings and
+rewrite, TOP misses the paraphrase and ROME takes it), keeping only strong TOP edits, P(o*) > 1/2 on
+the rewrite prompt in the evaluation run (NLL below ln 2), so that a miss is not a weak edit's.
+Each edit is recomputed with its folder's settings and
 applied; one forward and backward pass of the prompt followed by o* (teacher forced) gives
 ‖∂NLL(o*)/∂h‖ at ``blocks.{l}.hook_resid_post`` for every block l and prompt position, through backward
 hooks. The table reads that map at the token roles an edit acts on: the last subject token at the edit
@@ -26,7 +27,7 @@ import torch
 
 from toplens.analyses.evaluation.builder import builtin_records
 from toplens.core.interventions import capture_grad
-from toplens.core.positions import locate
+from toplens.core.positions import locate, target_ids
 from toplens import load_model
 from toplens.model import ModelAdapter, hook_name
 
@@ -43,8 +44,9 @@ def strong(folder: Path) -> set:
 
 
 def grad_map(adapter: ModelAdapter, prompt: str, answer: str) -> tuple[torch.Tensor, float]:
-    """[layer, prompt position] ‖∂NLL/∂h‖ of ``answer`` after ``prompt`` (mean NLL over its tokens), and that NLL."""
-    ids, target = adapter.tokenize(prompt), adapter.tokenizer(answer, add_special_tokens=False).input_ids
+    """[layer, prompt position] ‖∂NLL/∂h‖ of ``answer`` after ``prompt`` (the mean NLL over its
+    tokens), and that NLL."""
+    ids, target = adapter.tokenize(prompt), target_ids(adapter, prompt, answer)
     tokens = adapter.to_batch([ids + target[:-1]])
     names = [hook_name("resid_post", layer) for layer in range(adapter.n_layers)]
     store: dict[str, list[torch.Tensor]] = {}
@@ -53,6 +55,7 @@ def grad_map(adapter: ModelAdapter, prompt: str, answer: str) -> tuple[torch.Ten
         logits = adapter.logits(tokens)[0, len(ids) - 1:].float()
         nll = torch.nn.functional.cross_entropy(logits, torch.tensor(target, device=logits.device))
         nll.backward()
+    assert all(len(store[n]) == 1 for n in names), "one backward pass gives one gradient per hook"
     grads = torch.stack([store[n][0][0, : len(ids)].float().norm(dim=-1) for n in names])
     return grads.cpu(), float(nll.detach())
 
@@ -68,10 +71,11 @@ def read(grads: torch.Tensor, subject_last: int, last: int, edit_layer: int, la:
             "peaks": {band: role(int(g.sum(0).argmax())) for band, g in bands.items() if g.numel()}}
 
 
-def rows_for(adapter, records, pairs, folders: dict[str, Path]) -> list[dict]:
+def rows_for(adapter, records, pairs, folders: dict[str, Path], top: Path) -> list[dict]:
     """One row per (case, method, prompt); ROME's maps are read at TOP's la as well."""
-    rows, top = [], edit_for(next(iter(folders.values())), adapter)[1]
-    la = top.layers[-1] + top.rel_feat_layer
+    hp_top = edit_for(top, adapter)[1]
+    la = hp_top.layers[-1] + hp_top.rel_feat_layer
+    rows = []
     for case, paraphrase in pairs:
         request = records[case].request
         for name, folder in folders.items():
@@ -79,13 +83,17 @@ def rows_for(adapter, records, pairs, folders: dict[str, Path]) -> list[dict]:
             layer = hp.layers[-1] if hasattr(hp, "layers") else hp.layer
             with editor.apply(adapter, request, hp):
                 for kind, prompt in (("rewrite", request.text), ("paraphrase", paraphrase)):
-                    grads, nll = grad_map(adapter, prompt, request.target_new)
-                    pos = locate(adapter, prompt.replace(request.subject, "{}", 1), request.subject)
-                    rows.append({"case": case, "method": name, "prompt_kind": kind, "prompt": prompt, "nll": nll,
-                                 "edit_layer": layer, "la": la, "grad_norm": float(grads.sum()),
-                                 **read(grads, pos.last_subject, pos.last_relation, layer, la)})
-            print(json.dumps(rows[-1]), file=sys.stderr)
+                    rows.append(row(adapter, request, kind, prompt, layer, la) | {"case": case, "method": name})
+                    print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
+
+
+def row(adapter, request, kind: str, prompt: str, layer: int, la: int) -> dict:
+    """The saliency map of o* after ``prompt`` on the model as it is, read at the roles above."""
+    grads, nll = grad_map(adapter, prompt, request.target_new)
+    pos = locate(adapter, prompt.replace(request.subject, "{}", 1), request.subject)
+    return {"prompt_kind": kind, "prompt": prompt, "nll": nll, "edit_layer": layer, "la": la,
+            "grad_norm": float(grads.sum()), **read(grads, pos.last_subject, pos.last_relation, layer, la)}
 
 
 def main(argv=None) -> int:
@@ -96,13 +104,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "paraphrase_saliency.md")
     args = parser.parse_args(argv)
+    if args.top == args.rome:
+        raise SystemExit(f"--top and --rome must name two runs; both are {args.top!r}")
     folders = {args.top: args.runs / args.top, args.rome: args.runs / args.rome}
     pairs = pick(outcomes(folders[args.top]), outcomes(folders[args.rome]), 10_000)
     records = {r.case_id: r for r in builtin_records()}
     keep = strong(folders[args.top])
     pairs = [(c, p) for c, p in pairs if c in keep and records[c].request.subject in p][: args.cases]
     adapter = ModelAdapter(load_model())
-    rows = rows_for(adapter, records, pairs, folders)
+    rows = rows_for(adapter, records, pairs, folders, folders[args.top])
     args.doc.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     args.doc.write_text(markdown(rows, args))
     print(args.doc.read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 from toplens.analyses.cli.common import add_out_arg, check_writable, emit
 from toplens.analyses.cli.eval import format_summary
 from toplens.analyses.cli.sweep import format_sweep
-from toplens.analyses.evaluation.shards import merge_shards
+from toplens.analyses.evaluation.shards import SHARD_FILE, merge_shards
 from toplens.analyses.outputs import save_sweep
 from toplens.analyses.sweep import SweepResult, join_sweeps
 
@@ -17,8 +17,8 @@ SWEEP_FILE = "sweep.json"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("merge", help="join the folders of a sharded toplens eval into one cases.jsonl and summary.json, "
-                                     "or the folders of toplens sweep runs at different las into one sweep.json")
+    p = sub.add_parser("merge", help="join the folders of a sharded toplens eval into one cases.jsonl and "
+                                     "summary.json, or toplens sweep folders of different las into one sweep.json")
     p.add_argument("folders", nargs="+", help="the shard folders, each written by toplens eval --shard K/N, or "
                                               "sweep folders, each written by toplens sweep --las ... --out")
     add_out_arg(p, "the merged cases.jsonl, skipped.jsonl and summary.json (or sweep.json and its figure)",
@@ -29,24 +29,44 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", folder=True)
-    sweeps = [(Path(f) / SWEEP_FILE).is_file() for f in args.folders]
-    if any(sweeps):
-        return _merge_sweeps(args, sweeps)
+    kinds = [_kind(Path(f)) for f in args.folders]
+    if "sweep" in kinds:
+        return _merge_sweeps(args, kinds)
     result = merge_shards(args.folders, args.out)
     emit(args, result.to_json(), format_summary(result.to_json()))
     return 0
 
 
-def _merge_sweeps(args: argparse.Namespace, sweeps: list[bool]) -> int:
+def _kind(folder: Path) -> str:
+    """"sweep" for a folder with a sweep.json, "shard" otherwise; a folder with both is refused."""
+    if (folder / SWEEP_FILE).is_file() and (folder / SHARD_FILE).is_file():
+        raise ValueError(f"folders: {str(folder)!r} holds both {SWEEP_FILE} and {SHARD_FILE}; give it alone to "
+                         "say which to merge, or move one out")
+    return "sweep" if (folder / SWEEP_FILE).is_file() else "shard"
+
+
+def _merge_sweeps(args: argparse.Namespace, kinds: list[str]) -> int:
     """One sweep.json and figure from sweep folders; every folder must hold a sweep.json."""
-    if not all(sweeps):
-        missing = args.folders[sweeps.index(False)]
-        raise ValueError(f"folders: {missing!r} has no {SWEEP_FILE}; give sweep folders or eval shard folders, "
-                         "not both")
+    if "shard" in kinds:
+        other = args.folders[kinds.index("shard")]
+        raise ValueError(f"folders: {other!r} has no {SWEEP_FILE}, while {args.folders[kinds.index('sweep')]!r} "
+                         "has one; give only sweep folders or only eval shard folders")
+    out = Path(args.out).resolve()
+    if any(Path(f).resolve() == out for f in args.folders):
+        raise ValueError(f"--out {args.out!r} is one of the sweep folders; merge into another folder")
     try:
-        result = join_sweeps([SweepResult.from_json((Path(f) / SWEEP_FILE).read_text()) for f in args.folders])
+        result = join_sweeps([_read_sweep(Path(f)) for f in args.folders])
     except ValueError as err:
-        raise ValueError(f"folders: {err}") from None
+        raise ValueError(f"folders {args.folders}: {err}") from None
     save_sweep(result, args.out)
     emit(args, result.to_dict(), format_sweep(result))
     return 0
+
+
+def _read_sweep(folder: Path) -> SweepResult:
+    """The sweep in ``folder``; a file that is not a sweep.json is named in the error."""
+    path = folder / SWEEP_FILE
+    try:
+        return SweepResult.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is not a toplens sweep.json ({type(err).__name__}: {err})") from None

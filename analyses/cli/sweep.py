@@ -63,7 +63,7 @@ def format_sweep(result: SweepResult) -> str:
     for p in result.points:
         intervals = p.intervals
         cells = [_cell(getattr(p, name), None if intervals is None else getattr(intervals, name)) for name in columns]
-        cells += [_cell(diffs[p.la].score, diffs[p.la].bounds, signed=True) if p.la in diffs else "-"] if diffs else []
+        cells += [_cell(diffs[p.la].difference, diffs[p.la].bounds, signed=True)] if diffs else []
         lines.append(f"{p.la:>4}" + "".join(f"{c:>21}" for c in cells[:5]) + "".join(f"{c:>27}" for c in cells[5:]))
     return "\n".join(lines)
 

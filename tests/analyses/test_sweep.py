@@ -11,7 +11,8 @@ from toplens.analyses import sweep
 from toplens.analyses.evaluation.records import Record
 from toplens.analyses.evaluation.intervals import Bounds, bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.metrics import harmonic_mean
-from toplens.analyses.sweep import SweepCase, SweepPoint, SweepResult, at_la, default_las, join_sweeps, la_sweep, score_differences
+from toplens.analyses.sweep import (SweepCase, SweepPoint, SweepResult, at_la, default_las, join_sweeps, la_sweep,
+                                   score_differences)
 from toplens import EditRequest
 from toplens import editors
 from toplens.editors import top
@@ -221,16 +222,34 @@ def test_each_la_is_compared_with_the_best_on_the_same_records():
     result = SweepResult((_point(ROWS, la=2), _point(other, la=3)), edit_layer=1, n_records=5, n_layers=4)
     best, worse = score_differences(result)
     assert result.points[0].score > result.points[1].score and best.best_la == worse.best_la == 2
-    assert (best.la, best.score, best.bounds) == (2, 0.0, Bounds(0.0, 0.0))
+    assert (best.la, best.difference, best.bounds) == (2, 0.0, Bounds(0.0, 0.0))
     table = lambda rows: np.array([[np.nan if v is None else v / 100 for v in row] for row in rows])  # noqa: E731
     expected = paired_bootstrap(table(ROWS), table(other))
-    assert worse.score == pytest.approx(result.points[1].score - result.points[0].score)
+    assert worse.difference == pytest.approx(result.points[1].score - result.points[0].score)
     assert [worse.bounds.low, worse.bounds.high] == pytest.approx([expected.low[-1], expected.high[-1]])
     assert json.loads(result.to_json())["score_vs_best"][1] == {
-        "la": 3, "best_la": 2, "score": worse.score, "bounds": [worse.bounds.low, worse.bounds.high]}
+        "la": 3, "best_la": 2, "difference": worse.difference, "bounds": [worse.bounds.low, worse.bounds.high]}
 
 
-def test_no_comparison_without_cases_or_over_different_records():
+def test_ties_go_to_the_lowest_la():
+    result = SweepResult((_point(ROWS, la=4), _point(ROWS, la=2)), edit_layer=1, n_records=5, n_layers=6)
+    assert {d.best_la for d in score_differences(result)} == {4}  # the points' own order is ascending after a run
+    assert {d.best_la for d in score_differences(join_sweeps([result]))} == {2}
+
+
+def test_no_comparison_without_cases_or_over_different_records(caplog):
     assert score_differences(SweepResult((SweepPoint(2, 100.0, 50.0, 75.0, 25.0),), 1, 1)) == ()
     shifted = dataclasses.replace(_point(ROWS, la=3), cases=tuple(SweepCase(i + 10, *r) for i, r in enumerate(ROWS)))
-    assert score_differences(SweepResult((_point(ROWS), shifted), 1, 5)) == ()
+    with caplog.at_level("WARNING"):
+        assert score_differences(SweepResult((_point(ROWS), shifted), 1, 5)) == ()
+        old = SweepResult((_point(ROWS), SweepPoint(3, 100.0, 50.0, 75.0, 25.0)), 1, 5)  # a point without records
+        assert score_differences(old) == ()
+    assert caplog.text.count("no paired comparison") == 2
+    reordered = dataclasses.replace(_point(ROWS, la=3), cases=_point(ROWS).cases[::-1])
+    assert score_differences(SweepResult((_point(ROWS), reordered), 1, 5)) == ()
+
+
+def test_sweeps_with_int_and_str_case_ids_are_refused_by_name():
+    named = dataclasses.replace(_point(ROWS, la=3), cases=tuple(SweepCase(str(i), *r) for i, r in enumerate(ROWS)))
+    with pytest.raises(ValueError, match="cases: the sweeps edited different records"):
+        join_sweeps([_sweep(2), SweepResult((named,), 1, len(ROWS), 4, "tiny", {"v_lr": 0.5})])
