@@ -47,7 +47,8 @@ def markdown(result: SweepResult, command: str, eval_note: str) -> str:
         "" if b is None else f" [{f.format(b.low)}, {f.format(b.high)}]")
     best = next(iter(diffs.values())).best_la if diffs else None
     lines = ["# TOP's la sweep on the development benchmark", "", f"Written by `{command}`. {eval_note}", "",
-             f"| la | n | Eff | Gen | S-Spec | R-Spec | Score | Score − la {best} (paired) |", "|---|---|---|---|---|---|---|---|"]
+             f"| la | n | Eff | Gen | S-Spec | R-Spec | Score | Score − la {best} (paired) |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in result.points:
         iv = p.intervals
         rates = [cell(getattr(p, n), None if iv is None else getattr(iv, n)) for n in
