@@ -83,7 +83,7 @@ def rows_for(adapter, records, pairs, folders: dict[str, Path], top: Path) -> li
             layer = hp.layers[-1] if hasattr(hp, "layers") else hp.layer
             with editor.apply(adapter, request, hp):
                 for kind, prompt in (("rewrite", request.text), ("paraphrase", paraphrase)):
-                    rows.append(row(adapter, request, kind, prompt, layer, la) | {"case": case, "method": name})
+                    rows.append({"case": case, "method": name} | row(adapter, request, kind, prompt, layer, la))
                     print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
