@@ -170,21 +170,17 @@ class SweepDifference:
     bounds: Bounds | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"la": self.la, "best_la": self.best_la, "difference": self.difference,
-                "bounds": None if self.bounds is None else self.bounds.to_json()}
+        return {**asdict(self), "bounds": None if self.bounds is None else self.bounds.to_json()}
 
 
 def score_differences(result: SweepResult) -> tuple[SweepDifference, ...]:
-    """Each la's Score − the highest Score's la (ties: the lowest la), paired over records. The best
-    la is chosen on the same records, so the differences lean against the other las; an interval
-    that excludes zero still says the gap is larger than resampling the records explains. Empty
-    (with a warning where some points have records) unless every point holds a Score and per-record
-    rates over the same records in the same order."""
+    """Each la's Score − the best la's (ties: the lowest), paired over records; the best is chosen on
+    the same records, so the differences lean against the others. Empty (with a warning if some
+    points have records) unless every point has a Score and rates of the same records in order."""
     points = [p for p in result.points if p.cases and p.score is not None]
     if len(points) < len(result.points) or len({tuple(c.case_id for c in p.cases) for p in points}) > 1:
         if points:
-            logger.warning("la sweep: no paired comparison, as the points lack a Score or per-record rates, "
-                           "or hold different records")
+            logger.warning("la sweep: no paired comparison: points lack a Score or records, or differ in them")
         return ()
     best = max(points, key=lambda p: p.score)
     diffs = [(p, paired_bootstrap(_rate_table(best.cases), _rate_table(p.cases))) for p in points]
@@ -197,11 +193,8 @@ _SHARED = ("edit_layer", "n_records", "n_layers", "model_name", "hparams")
 
 
 def join_sweeps(results: Sequence[SweepResult]) -> SweepResult:
-    """One sweep from sweeps of the same records, model and TOP settings, each run at its own las
-    (one la per process or per machine); the points come out in ascending la.
-
-    Raises ValueError, naming the field, where the sweeps differ in a shared field or in their
-    records' case ids, or where two of them hold the same la."""
+    """One sweep (points in ascending la) from sweeps of the same records, model and TOP settings run
+    at their own las; ValueError names the field that differs, or an la swept twice."""
     if not results:
         raise ValueError("results: give at least one sweep to join")
     first = results[0]
