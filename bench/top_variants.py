@@ -96,6 +96,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-l8-keep3-after": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                    "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
                                    "relation_position": "after_subject"}),
+    # fifteenth session: the preset with a rewriting row led by the relation words (TOP's lost
+    # paraphrases name the relation before the subject; the row moves the fold's mean key there)
+    "top-l8-keep3-prefix": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                    "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
+                                    "relation_prefix": True}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }
@@ -150,8 +155,7 @@ def summarize(name: str, table: dict, ids: list, base: dict | None) -> dict:
 
 def markdown(rows: list[dict], variants: dict, baseline: str, data: str = "builtin") -> str:
     head = ["variant", "n", *HEAD, "NLL rewrite", "NLL para."]
-    form = "" if data == "builtin" else " in question form"
-    lines = [f"# TOP variants on the built-in benchmark{form}", "",
+    lines = [f"# TOP variants {_data_title(data)}", "",
              f"Written by `python bench/top_variants.py`: `toplens eval --data {data} --no-generation` per "
              f"variant on the same first cases, each over its method's SmolLM2 preset (TOP: the layer-5 one, `smollm2-135m-l5`; `top-sink` is that preset) with the fast path's levers "
              f"{json.dumps(FAST)}. Rates in %, with a bootstrap 95% interval over cases (2000 draws); the Score is "
@@ -174,6 +178,12 @@ def markdown(rows: list[dict], variants: dict, baseline: str, data: str = "built
     return "\n".join(lines) + "\n"
 
 
+def _data_title(data: str) -> str:
+    if data in ("builtin", "builtin-questions"):
+        return "on the built-in benchmark" + ("" if data == "builtin" else " in question form")
+    return f"on {Path(data).name}"
+
+
 def parse_define(text: str) -> tuple[str, tuple[str, dict]]:
     name, _, rest = text.partition("=")
     method, _, settings = rest.partition(":")
@@ -191,8 +201,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "top_variants")
     parser.add_argument("--skip-eval", action="store_true", help="only tabulate what the folders hold")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "top_variants.md")
-    parser.add_argument("--data", default="builtin", choices=("builtin", "builtin-questions"),
-                        help="the built-in benchmark as statements, or the same facts asked as questions")
+    parser.add_argument("--data", default="builtin",
+                        help="builtin (statements), builtin-questions (the same facts asked as questions), or a "
+                             "dataset file toplens eval reads (CounterFact records or known facts)")
     args = parser.parse_args(argv)
     known = {**VARIANTS, **dict(parse_define(d) for d in args.define)}
     names = args.variants.split(",")

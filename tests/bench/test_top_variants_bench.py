@@ -54,3 +54,14 @@ def test_the_variants_run_over_the_layer_5_preset_they_were_defined_over():
     assert (list(top["layers"]), top["rel_feat_layer"], top["stage2_keep_weight"], top["mom2_adjustment"]) == (
         [5], 18, 0.0, False)
     assert base_settings("rome") == {}
+
+
+def test_a_dataset_file_names_the_table(tmp_path):
+    for name in ("rome", "top"):
+        _write(tmp_path / name, [(0, [1, 1, 1, 1, 1], 0.1)])
+    doc = tmp_path / "doc.md"
+    data = str(tmp_path / "known_1000.json")
+    assert main(["--variants", "rome,top", "--skip-eval", "--out-dir", str(tmp_path), "--doc", str(doc),
+                 "--data", data]) == 0
+    assert doc.read_text().startswith("# TOP variants on known_1000.json\n")
+    assert f"toplens eval --data {data} --no-generation" in doc.read_text()
