@@ -2,7 +2,7 @@
 puts the subject first ("{} has its capital in") or after relation words ("The capital of {} is"),
 per variant folder that bench/top_variants.py wrote, on the cases every folder holds.
 
-    python bench/paraphrase_order.py --out-dir bench/out/top_variants --variants rome,top-auto [--json]
+    python bench/paraphrase_order.py --out-dir bench/out/top_variants --variants rome,top-auto [--data FILE] [--json]
 
 Each rate pools the paraphrase outcomes of the cases; its 95% interval resamples cases (2000 draws),
 so the paraphrases of one case move together.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toplens.analyses.evaluation.builder import builtin_records
+from toplens.analyses.evaluation.datasets import load_dataset
 
 ORDERS = ("subject first", "subject later")
 DRAWS = 2000
@@ -52,9 +52,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--variants", required=True)
+    parser.add_argument("--data", default="builtin", help="the dataset the folders were evaluated on "
+                        "(builtin, builtin-questions or a file toplens eval reads)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    subjects = {r.case_id: r.request.subject for r in builtin_records()}
+    subjects = {r.case_id: r.request.subject for r in load_dataset(args.data)}
     tables = {v: outcomes(args.out_dir / v, subjects) for v in args.variants.split(",")}
     ids = sorted(set.intersection(*(set(t) for t in tables.values())))
     rows = [{"variant": v, "n": len(ids), **{o: pooled_rate(t, ids, o) for o in ORDERS}} for v, t in tables.items()]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -23,3 +24,17 @@ def test_paraphrases_split_by_where_the_subject_stands(tmp_path, capsys):
     assert later["rate"] == pytest.approx(50.0) and later["paraphrases"] == 2 and later["cases"] == 2
     assert 0.0 <= later["low"] <= 50.0 <= later["high"] <= 100.0
     assert paraphrase_order.pooled_rate(table, [2], "subject first")["rate"] == pytest.approx(100.0)
+
+
+def test_the_subjects_come_from_the_dataset_the_folders_were_evaluated_on(tmp_path, capsys):
+    from toplens.analyses.evaluation.builder import builtin_records
+    from toplens.analyses.evaluation.datasets import save_records
+
+    record = builtin_records(1)[0]
+    data = tmp_path / "one.json"
+    save_records([dataclasses.replace(record, case_id=41)], data)
+    subject = record.request.subject
+    _write(tmp_path / "a", [(41, [(f"{subject} x", True), (f"y {subject} z", False)])])
+    assert paraphrase_order.main(["--out-dir", str(tmp_path), "--variants", "a", "--data", str(data), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["subject first"]["rate"] == pytest.approx(100.0) and row["subject later"]["rate"] == pytest.approx(0.0)
