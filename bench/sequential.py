@@ -11,7 +11,9 @@ figure docs/figures/sequential.png.
     python bench/sequential.py [--n 200] [--checkpoints 1,10,50,100,200] [--configs rome,top-nullspace]
         [--corpus-tokens 100000] [--out-dir bench/out/sequential] [--skip-run]
 
-Every run resumes from its folder under ``--out-dir``, so an interrupted bench continues.
+Every run resumes from its folder under ``--out-dir``, so an interrupted bench continues; runs of
+other configurations that an earlier invocation with the same ``--n`` left in the summary stay in
+it, so the configurations can run as separate jobs.
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ def result_of(run: dict) -> SequentialResult:
                             run["retention_facts"], run["fluency_before"], Path("."))
 
 
+def earlier_runs(summary: Path, n: int) -> dict[str, dict]:
+    """The runs an earlier invocation left in ``summary`` with the same ``n``, by label (a config run
+    again replaces its own), so that configurations can run as separate jobs into one table."""
+    if not summary.exists():
+        return {}
+    report = json.loads(summary.read_text())
+    return {run["label"]: run for run in report["runs"]} if report["n"] == n else {}
+
+
 def run_config(model, config: Config, records, held, out: Path, marks: list[int], tokens: int | None) -> SequentialResult:
     hp = hparams_for(config, ModelAdapter(model).n_layers)
     return run_sequential(model, records, config.method, out / config.name, hparams=hp, held_out=held,
@@ -149,10 +160,12 @@ def main(argv=None) -> int:
         projected = [hparams_for(c, adapter.n_layers) for c in configs if c.project == "nullspace"]
         layers = [layer for hp in projected for layer in hp.edit_layers]
         stats = statistic(adapter, layers, args.corpus_tokens, projected[0].nullspace_threshold) if projected else []
-        runs = []
+        earlier = earlier_runs(summary, args.n)
+        stats = stats or (json.loads(summary.read_text())["statistic"] if earlier else [])
         for c in configs:  # the summary grows with each finished run, so a stopped bench still tabulates
-            runs.append(run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens))
-            summary.write_text(json.dumps({"runs": [r.to_json() for r in runs], "statistic": stats, "n": args.n},
+            run = run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens)
+            earlier[run.label] = run.to_json()
+            summary.write_text(json.dumps({"runs": list(earlier.values()), "statistic": stats, "n": args.n},
                                           indent=2))
     report = json.loads(summary.read_text())
     save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, "sequential")

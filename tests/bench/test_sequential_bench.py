@@ -39,3 +39,13 @@ def test_a_summary_run_reads_back_as_its_result(tmp_path):
            "retention_facts": 0, "fluency_before": None}
     result = bench.result_of(run)
     assert result.hparams == hp and result.label == "top+nullspace" and result.points[0].retention is None
+
+
+def test_runs_of_an_earlier_invocation_with_the_same_n_stay_in_the_summary(tmp_path):
+    import json
+    summary = tmp_path / "summary.json"
+    assert bench.earlier_runs(summary, 200) == {}
+    runs = [{"label": "rome", "points": []}, {"label": "top+nullspace", "points": []}]
+    summary.write_text(json.dumps({"runs": runs, "statistic": [], "n": 200}))
+    assert list(bench.earlier_runs(summary, 200)) == ["rome", "top+nullspace"]
+    assert bench.earlier_runs(summary, 100) == {}  # another length: its curves are not comparable
