@@ -101,6 +101,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-l8-keep3-prefix": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                     "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
                                     "relation_prefix": True}),
+    # and with a row in the other word order ("is located in the continent of: {subject} is"), fitted by stage 2
+    "top-l8-keep3-reorder": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                     "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
+                                     "relation_reorder": True}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }

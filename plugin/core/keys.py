@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from toplens.core.positions import locate
+from toplens.core.templates import fill
 from toplens.model import ModelAdapter, hook_name
 
 KeyMode = Literal["consistent", "original", "sink"]
@@ -41,6 +42,6 @@ def mean_key(
     adapter: ModelAdapter, layer: int, templates: Sequence[str], prompt: str, subject: str, role: Role = "subject"
 ) -> Float[Tensor, " d_mlp"]:
     """k*: the key at ``role``'s token, averaged over the context templates of ``prompt``."""
-    filled = [(t.replace("{}", prompt), subject) for t in templates]
+    filled = [(fill(t, prompt), subject) for t in templates]
     keys, _ = key_value_at(adapter, layer, filled, role)
     return keys.mean(0)

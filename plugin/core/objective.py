@@ -23,6 +23,7 @@ from toplens.core.optimize import LossTerms
 from toplens.core.positions import check_fits, locate, target_ids
 from toplens.core.relation_positions import relation_sites
 from toplens.core.requests import EditRequest
+from toplens.core.templates import fill
 
 if TYPE_CHECKING:
     from toplens.core.fold import RankOneFold
@@ -68,7 +69,7 @@ def check_rewrite_lengths(
 ) -> None:
     """Refuse ``request`` when one of its rewriting rows (a context template around the prompt, then
     every target token but the last) or KL prompts is longer than the model's context."""
-    filled = [t.replace("{}", request.prompt).replace("{}", request.subject) + request.target_new for t in templates]
+    filled = [fill(t, request.prompt).replace("{}", request.subject) + request.target_new for t in templates]
     check_fits(adapter, filled, "EditRequest.prompt with context template {} and target_new", extra=-1)
     kl = [p.replace("{}", request.subject) for p in kl_prompts]
     check_fits(adapter, kl, "the KL prompt {} with EditRequest.subject")
@@ -84,7 +85,7 @@ def rewrite_batch(
     check_rewrite_lengths(adapter, request, templates, kl_prompts)
     seqs, subj, rel, sites, t_rows, t_cols, t_ids, t_w = [], [], [], [], [], [], [], []
     for row, template in enumerate(templates):
-        prompt = template.replace("{}", request.prompt)
+        prompt = fill(template, request.prompt)
         pos = locate(adapter, prompt, request.subject)
         target = target_ids(adapter, prompt.replace("{}", request.subject), request.target_new)
         seqs.append(list(pos.tokens) + target[:-1])

@@ -2,6 +2,8 @@
 
 ``"{}"`` stands for the rewriting prompt; each other template is ``"<generated text>. {}"``.
 Generated from the start token with seeded top-k sampling, once per model, and cached on disk.
+A template may instead hold :data:`SUBJECT_SLOT`, the subject alone (a row in another word order);
+:func:`fill` makes either kind a row.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from toplens.model.identity import active_hooks, tokenizer_digest, weights_diges
 logger = logging.getLogger(__name__)
 
 DEFAULT_LENGTHS: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))
+#: where a template puts the subject itself rather than the whole prompt
+SUBJECT_SLOT = "{subject}"
 _MEMORY: dict[str, tuple[str, ...]] = {}
 
 
@@ -45,6 +49,30 @@ def relation_prefixed(templates: Sequence[str], prompt: str, on: bool = True) ->
     The row is for word order, not grammar: "The capital of {} is" gives "The capital of is: {}"."""
     words = _clean(prompt.replace("{}", " ")).rstrip(" .:?")
     return (*templates, f"{words}: {{}}") if on and words else tuple(templates)
+
+
+def fill(template: str, prompt: str) -> str:
+    """The rewriting row of ``template`` for ``prompt`` (still with "{}" for the subject): the prompt in
+    place of "{}", or, in a template with :data:`SUBJECT_SLOT`, the template with "{}" there."""
+    return template.replace(SUBJECT_SLOT, "{}") if SUBJECT_SLOT in template else template.replace("{}", prompt)
+
+
+def relation_reordered(templates: Sequence[str], prompt: str, on: bool = True) -> tuple[str, ...]:
+    """``templates`` with, when ``on`` and ``prompt`` starts with its subject, a row in the other word
+    order right after the bare prompt: the relation's words, then the subject and "is" (for
+    "{} is located in the continent of", "is located in the continent of: {subject} is"). The
+    answer is then read right after the subject with the relation before it, as in a paraphrase
+    that names the relation first. Built from the rewriting prompt alone, never from relation
+    templates or evaluation prompts."""
+    words = _clean(prompt.replace("{}", " ")).rstrip(" .:?")
+    if not (on and words and prompt.lstrip().startswith("{}")):
+        return tuple(templates)
+    return (templates[0], f"{words}: {SUBJECT_SLOT} is", *templates[1:])
+
+
+def reordered_rows(templates: Sequence[str]) -> int:
+    """How many rows of ``templates`` name the subject alone (they follow the bare prompt)."""
+    return sum(SUBJECT_SLOT in t for t in templates)
 
 
 def context_templates(

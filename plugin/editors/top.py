@@ -39,7 +39,7 @@ from toplens.core.relation import RESETS, relation_objective, relation_resid
 from toplens.core.relation_ie import relation_ie
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
-from toplens.core.templates import context_templates, relation_prefixed
+from toplens.core.templates import context_templates, relation_prefixed, relation_reordered, reordered_rows
 from toplens.core.value import ValueSettings, rewrite_stage, run_stage
 from toplens.editors.base import Editor
 from toplens.editors.top_details import LayerDetails, Stages, TopDetails
@@ -83,6 +83,7 @@ class TopHparams(Hparams):
     relation_position: RelationPosition = "last"
     auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
     relation_prefix: bool = False
+    relation_reorder: bool = False  # a row in the other word order, fitted by stage 2 too (core.templates)
 
     def _check(self) -> None:
         self._layers("layers")
@@ -153,7 +154,7 @@ def run_stages(
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c, space=space)
     with adapter.frozen():  # the weights take no gradient: h_init builds no graph
         h_init = relation_resid(adapter, batch, la)  # at every site of h_r, row by row
-        rows = slice(0, 1) if hp.stage2 == "faithful" else slice(0, batch.n_rewrite)
+        rows = slice(0, 1 + reordered_rows(templates) if hp.stage2 == "faithful" else batch.n_rewrite)
         n_sites, bare = (len(batch.sites("relation", n)[0]) for n in (rows.stop, 1))
         one = rewrite_stage(adapter, batch, relation, h_init[bare - 1], hp.stage1_settings,  # the bare prompt's h_r
                             desc=f"TOP stage 1 L{la}", observe=observe, progress=progress)
@@ -186,6 +187,7 @@ def compute_one(
     _check_together(adapter, hp)
     hp, choice = settle(adapter, request, hp)
     templates = relation_prefixed(templates or context_templates(adapter, hp.context_lengths), request.prompt, hp.relation_prefix)
+    templates = relation_reordered(templates, request.prompt, hp.relation_reorder)
     deltas, details, spaces = [], [], {layer: nullspace_for(adapter, layer, hp) for layer in hp.layers}
     with EditHandle(adapter) as handle:
         for layer in hp.layers:

@@ -19,3 +19,16 @@ def test_the_relation_prefix_row_leads_with_the_prompts_own_relation_words():
     assert relation_prefixed(base, "{} is", on=False) == base and relation_prefixed(base, "{}") == base
     row = relation_prefixed(base, "{} plays the {x}")[-1]
     assert row.count("{}") == 1 and "{x}" not in row  # braces of the prompt never reach the template
+
+
+def test_the_reordered_row_puts_the_relation_words_before_the_subject_after_the_bare_prompt():
+    from toplens.core.templates import SUBJECT_SLOT, fill, relation_reordered, reordered_rows
+    base = ("{}", "Some text. {}")
+    rows = relation_reordered(base, "{} is located in the continent of")
+    assert rows == ("{}", f"is located in the continent of: {SUBJECT_SLOT} is", "Some text. {}")
+    assert reordered_rows(rows) == 1 and reordered_rows(base) == 0
+    assert [fill(t, "{} is located in") for t in rows] == [
+        "{} is located in", "is located in the continent of: {} is", "Some text. {} is located in"]
+    # a prompt that already names the relation first gets no row, nor does a switched-off one
+    assert relation_reordered(base, "The capital of {} is") == base
+    assert relation_reordered(base, "{} is located in", on=False) == base and relation_reordered(base, "{}") == base

@@ -302,3 +302,26 @@ def test_a_sink_edit_of_a_first_token_subject_maps_both_keys_and_reverts_bit_exa
     with apply_edit(tiny_model, edit):
         assert param_hash(tiny_model) != weights
     assert param_hash(tiny_model) == weights
+
+
+def test_the_reordered_row_is_fitted_by_stage_2_beside_the_bare_prompt(tiny_model):
+    """relation_reorder=True: the relation-first row follows the bare prompt, and the published
+    single-prompt stage 2 then fits both rows (its h*_r sites are two); the edit reverts bit for bit."""
+    from toplens.core.templates import relation_reordered
+    adapter = ModelAdapter(tiny_model)
+    weights = param_hash(tiny_model)
+    hp = FAST.replace(v_num_grad_steps1=6, v_num_grad_steps2=6)
+    on = top.compute(tiny_model, REQUEST, hp.replace(relation_reorder=True), templates=TEMPLATES)
+    by_hand = top.compute(tiny_model, REQUEST, hp, templates=relation_reordered(TEMPLATES, REQUEST.prompt))
+    off = top.compute(tiny_model, REQUEST, hp, templates=TEMPLATES)
+    assert torch.equal(on.deltas[0].delta, by_hand.deltas[0].delta)
+    assert not torch.equal(on.deltas[0].delta, off.deltas[0].delta)
+    sites = lambda rows: top.run_stages(adapter, REQUEST, hp, 1, rows).objective.targets.shape[0]  # noqa: E731
+    assert (sites(relation_reordered(TEMPLATES, REQUEST.prompt)), sites(TEMPLATES)) == (2, 1)  # stage 2's h*_r
+    with apply_edit(adapter, on):
+        assert param_hash(tiny_model) != weights
+    assert param_hash(tiny_model) == weights
+    later = EditRequest("The instrument of {} is the", "Miles Davis", " Paris", " trumpet")
+    plain = top.compute(tiny_model, later, hp, templates=TEMPLATES)  # already relation-first: no row
+    assert torch.equal(top.compute(tiny_model, later, hp.replace(relation_reorder=True), templates=TEMPLATES
+                                   ).deltas[0].delta, plain.deltas[0].delta)
