@@ -16,12 +16,16 @@ from toplens.core.objective import RewriteBatch
 from toplens.core.positions import PromptPositions, locate
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Stage
+from toplens.core.templates import SUBJECT_SLOT, fill
 from toplens.model import ModelAdapter, hook_name
 
 
 # ------------------------------------------------------------------------ alignment
 def _prompt_start(adapter: ModelAdapter, template: str) -> int:
-    """Index of the prompt's first own token in ``template`` filled with it (after the prefix)."""
+    """Index of the prompt's first own token in ``template`` filled with it (after the prefix); a row
+    in another word order (:data:`SUBJECT_SLOT`) is aligned by its subject and last token alone."""
+    if SUBJECT_SLOT in template:
+        return len(adapter.tokenize(""))
     prefix = template[: template.index("{}")]
     return len(adapter.tokenize(prefix.rstrip())) if prefix.strip() else len(adapter.tokenize(""))
 
@@ -55,7 +59,7 @@ def prompt_alignment(
     bare_start = _prompt_start(adapter, "{}")
     rows = []
     for template in templates:
-        row = locate(adapter, template.replace("{}", request.prompt), request.subject)
+        row = locate(adapter, fill(template, request.prompt), request.subject)
         rows.append(_align_row(bare, bare_start, row, _prompt_start(adapter, template)))
     return torch.tensor(rows, dtype=torch.long)
 

@@ -127,3 +127,14 @@ def test_any_editor_is_observed_through_its_stages(tiny_hooked):
     memit = MemitHparams(layers=(1, 2), v_num_grad_steps=3, mom2_adjustment=False, mom2_update_weight=1.0)
     result = gradient_saliency(tiny_hooked, REQUEST, "memit", memit, templates=TEMPLATES)
     assert result.steps == 2 and torch.isfinite(result.grad_norm.values).all()
+
+
+def test_a_row_in_the_other_word_order_is_aligned_by_its_subject_and_last_token(tiny_model):
+    from toplens.core.templates import relation_reordered
+    adapter = ModelAdapter(tiny_model)
+    rows = relation_reordered(TEMPLATES, REQUEST.prompt)
+    alignment = prompt_alignment(adapter, REQUEST, rows)
+    batch = rewrite_batch(adapter, REQUEST, rows, ["{} is a"])
+    bare = locate(adapter, REQUEST.prompt, REQUEST.subject)
+    assert alignment[:, bare.last_subject].tolist() == batch.last_subject[: len(rows)].tolist()
+    assert alignment[:, bare.last_relation].tolist() == batch.last_relation[: len(rows)].tolist()
