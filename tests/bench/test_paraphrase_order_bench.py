@@ -34,7 +34,15 @@ def test_the_subjects_come_from_the_dataset_the_folders_were_evaluated_on(tmp_pa
     data = tmp_path / "one.json"
     save_records([dataclasses.replace(record, case_id=41)], data)
     subject = record.request.subject
-    _write(tmp_path / "a", [(41, [(f"{subject} x", True), (f"y {subject} z", False)])])
+    post = {"generalization": {"outcomes": [{"prompt": f"{subject} x", "success": True},
+                                            {"prompt": f"y {subject} z", "success": False}]},
+            "r_specificity": {"outcomes": [{"prompt": f"w {subject} v", "success": True}]}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "cases.jsonl").write_text(json.dumps({"case_id": 41, "post": post}) + "\n")
     assert paraphrase_order.main(["--out-dir", str(tmp_path), "--variants", "a", "--data", str(data), "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["subject first"]["rate"] == pytest.approx(100.0) and row["subject later"]["rate"] == pytest.approx(0.0)
+    rows = {(r["metric"], r["cases"]): r for r in json.loads(capsys.readouterr().out)}
+    order = "rewrite: subject first" if record.request.prompt.startswith("{}") else "rewrite: subject later"
+    assert set(rows) == {(m, c) for m in ("generalization", "r_specificity") for c in ("all cases", order)}
+    gen, spec = rows["generalization", "all cases"], rows["r_specificity", order]
+    assert gen["subject first"]["rate"] == pytest.approx(100.0) and gen["subject later"]["rate"] == pytest.approx(0.0)
+    assert spec["subject later"]["rate"] == pytest.approx(100.0) and spec["subject first"]["paraphrases"] == 0
