@@ -105,6 +105,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-l8-keep3-reorder": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                      "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
                                      "relation_reorder": True}),
+    # and with the kept text turned round as well, to hold the subject's other facts in that order
+    "top-l8-keep3-reorder-kept": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                          "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
+                                          "relation_reorder": True, "stage2_keep_reordered": True}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }

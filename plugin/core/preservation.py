@@ -44,6 +44,19 @@ def subject_texts(adapter: ModelAdapter, subject: str, count: int, n_tokens: int
     return adapter.to_batch(rows), len(ids) - 1
 
 
+def reordered_subject_texts(adapter: ModelAdapter, subject: str, count: int, n_tokens: int,
+                            seed: int = 0) -> tuple[Int[Tensor, "count pos"], int]:
+    """The same continuations turned round: each one's own words, then ":", the subject and "is"
+    ("a novel by Leo Tolstoy: Anna Karenina is"), so that the subject follows words about its
+    other facts, as in a prompt that names a relation first; and the subject's last position."""
+    tokens, last = subject_texts(adapter, subject, count, n_tokens, seed)
+    raw = lambda text: adapter.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    lead = tokens[:, : len(adapter.tokenize(""))]  # BOS where the model uses one
+    tail = torch.tensor(raw(":") + raw(" " + subject), device=tokens.device).expand(count, -1)
+    rows = torch.cat([lead, tokens[:, last + 1:], tail, tail.new_tensor(raw(" is")).expand(count, -1)], 1)
+    return rows, rows.shape[1] - 2
+
+
 @dataclass
 class SubjectPreservation:
     """KL(unedited ‖ edited) at every position after the subject of ``tokens``, for δ at the MLP
@@ -119,13 +132,18 @@ def objects_first_tokens(adapter: ModelAdapter, request: EditRequest) -> tuple[i
 def with_subject_kept(
     objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, request: EditRequest, layer: int,
     v_init: Tensor, weight: float, texts: tuple[int, int], fold: RankOneFold | None = None, spare: bool = False,
-    seed: int = 0,
+    seed: int = 0, reordered: bool = False,
 ) -> Callable[[Tensor], LossTerms]:
     """``objective`` plus ``weight`` times :class:`SubjectPreservation` on ``texts`` = (count,
-    tokens) continuations of the request's subject, leaving o and o* out when ``spare``;
-    ``objective`` itself when ``weight`` is 0."""
+    tokens) continuations of the request's subject, leaving o and o* out when ``spare``, and, when
+    ``reordered``, on the same continuations turned round (:func:`reordered_subject_texts`; the
+    whole vocabulary: there o* rising is the leak); ``objective`` itself when ``weight`` is 0."""
     if not weight:
         return objective
     tokens, last = subject_texts(adapter, request.subject, *texts, seed=seed)
     spared = objects_first_tokens(adapter, request) if spare else ()
-    return WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold, spared), weight)
+    kept = WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold, spared), weight)
+    if not reordered:
+        return kept
+    tokens, last = reordered_subject_texts(adapter, request.subject, *texts, seed=seed)
+    return WithPenalty(kept, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), weight)

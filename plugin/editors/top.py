@@ -79,6 +79,7 @@ class TopHparams(Hparams):
     stage2_keep_weight: float = 0.0
     stage2_keep_texts: tuple[int, int] = (5, 10)
     stage2_keep_spare: bool = False
+    stage2_keep_reordered: bool = False  # the kept text turned round too: its words, then the subject
     stage2_leak_weight: float = 0.0  # o* kept from overtaking the subject's text (core.leak)
     relation_position: RelationPosition = "last"
     auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
@@ -163,8 +164,8 @@ def run_stages(
                                        loss=hp.stage2_loss, fold=site, vec_loss_factor=hp.vec_loss_factor,
                                        weight_decay=hp.v_weight_decay, reset=hp.stage2_reset)
         loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
-        loss = with_subject_kept(loss, adapter, request, layer, v_init, hp.stage2_keep_weight,
-                                 hp.stage2_keep_texts, site, hp.stage2_keep_spare)
+        loss = with_subject_kept(loss, adapter, request, layer, v_init, hp.stage2_keep_weight, hp.stage2_keep_texts,
+                                 site, hp.stage2_keep_spare, reordered=hp.stage2_keep_reordered)
         loss = with_object_kept_out(loss, adapter, request, layer, v_init, hp.stage2_leak_weight,
                                     hp.stage2_keep_texts, site)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",
@@ -209,8 +210,9 @@ def _check_together(adapter: ModelAdapter, hp: TopHparams) -> None:
         adapter.check_layer(layer + hp.rel_feat_layer, "TopHparams.layers + rel_feat_layer")
     if hp.stage2_reset != "others" and hp.stage2_loss != "readout":
         raise HparamsError(f"TopHparams.stage2_reset={hp.stage2_reset!r} needs stage2_loss='readout'; got {hp.stage2_loss!r}")
-    if hp.stage2_keep_spare and hp.stage2_keep_weight == 0:
-        raise HparamsError("TopHparams.stage2_keep_spare=True needs stage2_keep_weight > 0; got 0.0")
+    for flag in ("stage2_keep_spare", "stage2_keep_reordered"):
+        if getattr(hp, flag) and hp.stage2_keep_weight == 0:
+            raise HparamsError(f"TopHparams.{flag}=True needs stage2_keep_weight > 0; got 0.0")
 
 
 EDITOR = Editor("top", TopHparams, compute_one, stages, settle_for=lambda *a: settle(*a)[0])

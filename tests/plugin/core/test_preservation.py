@@ -123,3 +123,37 @@ def test_top_spares_o_and_o_star_when_asked(tiny_model, monkeypatch):
     assert built[0] == () and o_star in built[1] and set(built[1]) == set(objects_first_tokens(adapter, REQUEST))
     assert "penalty" in spared.details.layers[0].stage2.parts[-1]
     assert not torch.equal(plain.deltas[0].v, spared.deltas[0].v)  # the spared term is another objective
+
+
+def test_the_turned_round_text_ends_with_the_subject_and_is(tiny_model):
+    from toplens.core.preservation import reordered_subject_texts
+    adapter = ModelAdapter(tiny_model)
+    plain, last = subject_texts(adapter, REQUEST.subject, 3, 4)
+    rows, at = reordered_subject_texts(adapter, REQUEST.subject, 3, 4)
+    lead = len(adapter.tokenize(""))
+    assert torch.equal(rows[:, lead: lead + 4], plain[:, last + 1:])  # the continuation's own tokens lead
+    raw = lambda text: adapter.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    tail = raw(":") + raw(" " + REQUEST.subject) + raw(" is")
+    assert all(row[-len(tail):].tolist() == tail for row in rows)
+    assert at == rows.shape[1] - 2 and rows[0, at] == raw(" " + REQUEST.subject)[-1]  # the subject's last token
+
+
+def test_top_keeps_the_turned_round_text_only_when_asked(tiny_model, monkeypatch):
+    from toplens.core.hparams import HparamsError
+    hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", stage2_keep_weight=5.0,
+                      stage2_keep_texts=(3, 4), stage2_keep_spare=True)
+    built = []
+
+    class Recorded(SubjectPreservation):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.tokens.shape, self.spared))
+
+    monkeypatch.setattr(preservation, "SubjectPreservation", Recorded)
+    plain = top.compute(tiny_model, REQUEST, hp, templates=TEMPLATES)
+    assert len(built) == 1
+    both = top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_reordered=True), templates=TEMPLATES)
+    assert len(built) == 3 and built[2][1] == () and built[2][0][1] > built[1][0][1]  # o* not spared there
+    assert not torch.equal(plain.deltas[0].v, both.deltas[0].v)
+    with pytest.raises(HparamsError, match="stage2_keep_reordered=True needs stage2_keep_weight > 0"):
+        top.compute(tiny_model, REQUEST, FAST.replace(stage2_keep_reordered=True), templates=TEMPLATES)
