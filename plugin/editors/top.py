@@ -14,7 +14,9 @@ bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (do
 ``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected with
 ``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL holding the
 model's text about the subject (core.preservation), ``stage2_leak_weight`` a penalty on o* overtaking that
-text's own next tokens (core.leak); ``relation_prefix`` a row led by the relation words."""
+text's own next tokens (core.leak), ``stage2_keep_reordered`` that text turned round too; ``relation_prefix`` a
+row led by the relation words; ``relation_reorder`` a row with the relation's words before the subject, which
+stage 2 fits beside the bare prompt (docs/top_stage2.md, fifteenth session)."""
 
 from __future__ import annotations
 
