@@ -50,11 +50,16 @@ def reordered_subject_texts(adapter: ModelAdapter, subject: str, count: int, n_t
     ("a novel by Leo Tolstoy: Anna Karenina is"), so that the subject follows words about its
     other facts, as in a prompt that names a relation first; and the subject's last position."""
     tokens, last = subject_texts(adapter, subject, count, n_tokens, seed)
-    raw = lambda text: adapter.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     lead = tokens[:, : len(adapter.tokenize(""))]  # BOS where the model uses one
-    tail = torch.tensor(raw(":") + raw(" " + subject), device=tokens.device).expand(count, -1)
-    rows = torch.cat([lead, tokens[:, last + 1:], tail, tail.new_tensor(raw(" is")).expand(count, -1)], 1)
-    return rows, rows.shape[1] - 2
+    named, copula = _raw_ids(adapter, ":") + _raw_ids(adapter, " " + subject), _raw_ids(adapter, " is")
+    tail = torch.tensor(named + copula, device=tokens.device).expand(count, -1)
+    rows = torch.cat([lead, tokens[:, last + 1:], tail], 1)
+    return rows, rows.shape[1] - len(copula) - 1
+
+
+def _raw_ids(adapter: ModelAdapter, text: str) -> list[int]:
+    """``text``'s token ids with no special tokens (to join after other ids)."""
+    return adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @dataclass

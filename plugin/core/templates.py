@@ -65,14 +65,18 @@ def relation_reordered(templates: Sequence[str], prompt: str, on: bool = True) -
     that names the relation first. Built from the rewriting prompt alone, never from relation
     templates or evaluation prompts."""
     words = _clean(prompt.replace("{}", " ")).rstrip(" .:?")
-    if not (on and words and prompt.lstrip().startswith("{}")):
+    if not (on and words and prompt.lstrip().startswith("{}")) or reordered_rows(templates):
         return tuple(templates)
     return (templates[0], f"{words}: {SUBJECT_SLOT} is", *templates[1:])
 
 
 def reordered_rows(templates: Sequence[str]) -> int:
-    """How many rows of ``templates`` name the subject alone (they follow the bare prompt)."""
-    return sum(SUBJECT_SLOT in t for t in templates)
+    """How many rows name the subject alone, right after the bare prompt (the rows stage 2 fits
+    beside it); such a row anywhere else is refused."""
+    run = next((i for i, t in enumerate(templates[1:]) if SUBJECT_SLOT not in t), len(templates) - 1)
+    if any(SUBJECT_SLOT in t for t in (templates[:1] + tuple(templates[1 + run:]))):
+        raise ValueError(f"templates: a row with {SUBJECT_SLOT} must follow the bare prompt; got {tuple(templates)!r}")
+    return run
 
 
 def context_templates(

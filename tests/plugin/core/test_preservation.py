@@ -132,10 +132,11 @@ def test_the_turned_round_text_ends_with_the_subject_and_is(tiny_model):
     rows, at = reordered_subject_texts(adapter, REQUEST.subject, 3, 4)
     lead = len(adapter.tokenize(""))
     assert torch.equal(rows[:, lead: lead + 4], plain[:, last + 1:])  # the continuation's own tokens lead
-    raw = lambda text: adapter.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    tail = raw(":") + raw(" " + REQUEST.subject) + raw(" is")
-    assert all(row[-len(tail):].tolist() == tail for row in rows)
-    assert at == rows.shape[1] - 2 and rows[0, at] == raw(" " + REQUEST.subject)[-1]  # the subject's last token
+    subject = adapter.tokenizer(" " + REQUEST.subject, add_special_tokens=False)["input_ids"]
+    copula = adapter.tokenizer(" is", add_special_tokens=False)["input_ids"]
+    for row in rows:  # the subject's tokens end at ``at``, and only the copula follows them
+        assert row[at + 1 - len(subject): at + 1].tolist() == subject and row[at + 1:].tolist() == copula
+        assert adapter.tokenizer.decode(row[lead:]).rstrip().endswith("is")
 
 
 def test_top_keeps_the_turned_round_text_only_when_asked(tiny_model, monkeypatch):

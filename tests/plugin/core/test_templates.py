@@ -1,3 +1,5 @@
+import pytest
+
 from toplens.core.templates import context_templates
 
 
@@ -32,3 +34,6 @@ def test_the_reordered_row_puts_the_relation_words_before_the_subject_after_the_
     # a prompt that already names the relation first gets no row, nor does a switched-off one
     assert relation_reordered(base, "The capital of {} is") == base
     assert relation_reordered(base, "{} is located in", on=False) == base and relation_reordered(base, "{}") == base
+    assert relation_reordered(rows, "{} is located in the continent of") == rows  # never twice
+    with pytest.raises(ValueError, match="must follow the bare prompt"):
+        reordered_rows((*base, rows[1]))
