@@ -109,6 +109,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "top-l8-keep3-reorder-kept": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                           "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
                                           "relation_reorder": True, "stage2_keep_reordered": True}),
+    # sixteenth session: the turned-round text at a third of the kept text's weight (1 against 3)
+    "top-l8-keep3-reorder-kept1": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                           "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
+                                           "relation_reorder": True, "stage2_keep_reordered": True,
+                                           "stage2_keep_reordered_scale": 1 / 3}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }

@@ -137,12 +137,13 @@ def objects_first_tokens(adapter: ModelAdapter, request: EditRequest) -> tuple[i
 def with_subject_kept(
     objective: Callable[[Tensor], LossTerms], adapter: ModelAdapter, request: EditRequest, layer: int,
     v_init: Tensor, weight: float, texts: tuple[int, int], fold: RankOneFold | None = None, spare: bool = False,
-    seed: int = 0, reordered: bool = False,
+    seed: int = 0, reordered: float = 0.0,
 ) -> Callable[[Tensor], LossTerms]:
     """``objective`` plus ``weight`` times :class:`SubjectPreservation` on ``texts`` = (count,
     tokens) continuations of the request's subject, leaving o and o* out when ``spare``, and, when
-    ``reordered``, on the same continuations turned round (:func:`reordered_subject_texts`; the
-    whole vocabulary: there o* rising is the leak); ``objective`` itself when ``weight`` is 0."""
+    ``reordered`` > 0, ``reordered`` × ``weight`` times the same on those continuations turned round
+    (:func:`reordered_subject_texts`; the whole vocabulary: there o* rising is the leak);
+    ``objective`` itself when ``weight`` is 0."""
     if not weight:
         return objective
     tokens, last = subject_texts(adapter, request.subject, *texts, seed=seed)
@@ -151,4 +152,4 @@ def with_subject_kept(
     if not reordered:
         return kept
     tokens, last = reordered_subject_texts(adapter, request.subject, *texts, seed=seed)
-    return WithPenalty(kept, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), weight)
+    return WithPenalty(kept, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), reordered * weight)

@@ -82,6 +82,7 @@ class TopHparams(Hparams):
     stage2_keep_texts: tuple[int, int] = (5, 10)
     stage2_keep_spare: bool = False
     stage2_keep_reordered: bool = False  # the kept text turned round too: its words, then the subject
+    stage2_keep_reordered_scale: float = 1.0  # the turned-round text's weight, in units of stage2_keep_weight
     stage2_leak_weight: float = 0.0  # o* kept from overtaking the subject's text (core.leak)
     relation_position: RelationPosition = "last"
     auto_la: AutoLa = "model"  # where rel_feat_layer="auto" reads la (core.auto_la)
@@ -94,7 +95,8 @@ class TopHparams(Hparams):
             raise HparamsError(f"TopHparams.layers must be strictly increasing; got {self.layers!r}")
         self._positive(*(["rel_feat_layer"] if self.rel_feat_layer != "auto" else []), "v_num_grad_steps1",
                        "v_num_grad_steps2")
-        self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2")
+        self._positive("v_lr", "v_lr2", "clamp_norm_factor", "vec_loss_factor", "early_stop1", "early_stop2",
+                       "stage2_keep_reordered_scale")
         self._positive("v_weight_decay", "kl_factor", allow_zero=True)
         for name, allowed in (("key", KEY_MODES), ("stage2", get_args(Stage2)), ("stage2_loss", get_args(Stage2Loss)),
                               ("stage2_site", get_args(Stage2Site)), ("stage2_reset", RESETS),
@@ -167,7 +169,7 @@ def run_stages(
                                        weight_decay=hp.v_weight_decay, reset=hp.stage2_reset)
         loss = with_rewrite_term(objective, adapter, batch, layer, v_init, hp.stage2_rewrite_weight, hp.kl_factor, site)
         loss = with_subject_kept(loss, adapter, request, layer, v_init, hp.stage2_keep_weight, hp.stage2_keep_texts,
-                                 site, hp.stage2_keep_spare, reordered=hp.stage2_keep_reordered)
+                                 site, hp.stage2_keep_spare, reordered=hp.stage2_keep_reordered * hp.stage2_keep_reordered_scale)
         loss = with_object_kept_out(loss, adapter, request, layer, v_init, hp.stage2_leak_weight,
                                     hp.stage2_keep_texts, site)
         delta2, trace2 = run_stage(adapter, subject, loss, v_init, hp.stage2_settings, desc=f"TOP stage 2 L{layer}",

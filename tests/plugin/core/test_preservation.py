@@ -158,3 +158,24 @@ def test_top_keeps_the_turned_round_text_only_when_asked(tiny_model, monkeypatch
     assert not torch.equal(plain.deltas[0].v, both.deltas[0].v)
     with pytest.raises(HparamsError, match="stage2_keep_reordered=True needs stage2_keep_weight > 0"):
         top.compute(tiny_model, REQUEST, FAST.replace(stage2_keep_reordered=True), templates=TEMPLATES)
+
+
+def test_the_turned_round_text_takes_its_own_share_of_the_keep_weight(tiny_model, monkeypatch):
+    from toplens.core.hparams import HparamsError
+    hp = FAST.replace(stage2_loss="readout", stage2_site="fold", stage2_reset="none", stage2_keep_weight=4.0,
+                      stage2_keep_texts=(3, 4), stage2_keep_reordered=True)
+    weights = []
+
+    class Recorded(WithPenalty):
+        def __init__(self, *args):
+            super().__init__(*args)
+            weights.append(self.weight)
+
+    monkeypatch.setattr(preservation, "WithPenalty", Recorded)
+    full = top.compute(tiny_model, REQUEST, hp, templates=TEMPLATES)
+    assert weights == [4.0, 4.0]
+    quarter = top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_reordered_scale=0.25), templates=TEMPLATES)
+    assert weights[2:] == [4.0, 1.0]
+    assert not torch.equal(full.deltas[0].v, quarter.deltas[0].v)
+    with pytest.raises(HparamsError, match="stage2_keep_reordered_scale"):
+        hp.replace(stage2_keep_reordered_scale=0.0)
