@@ -9,7 +9,7 @@ directions the threshold keeps are reported. Writes docs/sequential_curves.md an
 figure docs/figures/sequential.png.
 
     python bench/sequential.py [--n 200] [--checkpoints 1,10,50,100,200] [--configs rome,top-nullspace]
-        [--corpus-tokens 100000] [--out-dir bench/out/sequential] [--skip-run]
+        [--corpus-tokens 100000] [--out-dir bench/out/sequential] [--figure-name sequential] [--skip-run]
 
 Every run resumes from its folder under ``--out-dir``, so an interrupted bench continues; runs of
 other configurations that an earlier invocation with the same ``--n`` left in the summary stay in
@@ -120,13 +120,15 @@ def result_of(run: dict) -> SequentialResult:
                             run["retention_facts"], run["fluency_before"], Path("."))
 
 
-def earlier_runs(summary: Path, n: int) -> dict[str, dict]:
-    """The runs an earlier invocation left in ``summary`` with the same ``n``, by label (a config run
-    again replaces its own), so that configurations can run as separate jobs into one table."""
+def earlier_runs(summary: Path, n: int, tokens: int) -> dict[str, dict]:
+    """The runs an earlier invocation left in ``summary`` with the same ``n`` and ``tokens`` of
+    corpus, by label (a config run again replaces its own), so that configurations can run as
+    separate jobs into one table."""
     if not summary.exists():
         return {}
     report = json.loads(summary.read_text())
-    return {run["label"]: run for run in report["runs"]} if report["n"] == n else {}
+    same = report["n"] == n and report.get("corpus_tokens", tokens) == tokens  # older summaries: no size
+    return {run["label"]: run for run in report["runs"]} if same else {}
 
 
 def run_config(model, config: Config, records, held, out: Path, marks: list[int], tokens: int | None) -> SequentialResult:
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "sequential")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "sequential_curves.md")
     parser.add_argument("--figure-dir", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument("--figure-name", default="sequential", help="the figure's file name, without suffix")
     parser.add_argument("--skip-run", action="store_true", help="only tabulate the runs the folders hold")
     args = parser.parse_args(argv)
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
@@ -160,15 +163,15 @@ def main(argv=None) -> int:
         projected = [hparams_for(c, adapter.n_layers) for c in configs if c.project == "nullspace"]
         layers = [layer for hp in projected for layer in hp.edit_layers]
         stats = statistic(adapter, layers, args.corpus_tokens, projected[0].nullspace_threshold) if projected else []
-        earlier = earlier_runs(summary, args.n)
+        earlier = earlier_runs(summary, args.n, args.corpus_tokens)
         stats = stats or (json.loads(summary.read_text())["statistic"] if earlier else [])
         for c in configs:  # the summary grows with each finished run, so a stopped bench still tabulates
             run = run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens)
             earlier[run.label] = run.to_json()
-            summary.write_text(json.dumps({"runs": list(earlier.values()), "statistic": stats, "n": args.n},
-                                          indent=2))
+            summary.write_text(json.dumps({"runs": list(earlier.values()), "statistic": stats, "n": args.n,
+                                           "corpus_tokens": args.corpus_tokens}, indent=2))
     report = json.loads(summary.read_text())
-    save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, "sequential")
+    save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, args.figure_name)
     text = markdown(report["runs"], report["statistic"], marks, report["n"])
     args.doc.write_text(text)
     args.doc.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -132,10 +132,11 @@ def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data:
     (its settings are stored over the base preset, which the command line adds)."""
     hparams = {**FAST, **settings}
     stored = out.parent / f"{out.name}.settings.json"
-    if stored.exists() and json.loads(stored.read_text()) != {"method": method, "hparams": hparams}:
-        raise SystemExit(f"{out} holds variant {name!r} with other settings ({stored}); use another --out-dir")
+    wanted = {"method": method, "hparams": hparams, "data": data}
+    if stored.exists() and {"data": data, **json.loads(stored.read_text())} != wanted:  # older files: no data
+        raise SystemExit(f"{out} holds variant {name!r} with other settings or data ({stored}); use another --out-dir")
     out.parent.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps({"method": method, "hparams": hparams}, indent=2))
+    stored.write_text(json.dumps(wanted, indent=2))
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))",
            "eval", "--methods", method, "--data", data, "--limit", str(n), "--no-generation",
            "--out", str(out), "--json", "--hparams", json.dumps({**base_settings(method), **hparams})]

@@ -49,7 +49,13 @@ def reordered_subject_texts(adapter: ModelAdapter, subject: str, count: int, n_t
     """The same continuations turned round: each one's own words, then ":", the subject and "is"
     ("a novel by Leo Tolstoy: Anna Karenina is"), so that the subject follows words about its
     other facts, as in a prompt that names a relation first; and the subject's last position."""
-    tokens, last = subject_texts(adapter, subject, count, n_tokens, seed)
+    return turned_round(adapter, subject, *subject_texts(adapter, subject, count, n_tokens, seed))
+
+
+def turned_round(adapter: ModelAdapter, subject: str, tokens: Int[Tensor, "count pos"],
+                 last: int) -> tuple[Int[Tensor, "count pos2"], int]:
+    """:func:`subject_texts`' rows (``tokens``, the subject's last position ``last``) turned round."""
+    count = tokens.shape[0]
     lead = tokens[:, : len(adapter.tokenize(""))]  # BOS where the model uses one
     named, copula = _raw_ids(adapter, ":") + _raw_ids(adapter, " " + subject), _raw_ids(adapter, " is")
     tail = torch.tensor(named + copula, device=tokens.device).expand(count, -1)
@@ -151,5 +157,5 @@ def with_subject_kept(
     kept = WithPenalty(objective, SubjectPreservation(adapter, tokens, last, layer, v_init, fold, spared), weight)
     if not reordered:
         return kept
-    tokens, last = reordered_subject_texts(adapter, request.subject, *texts, seed=seed)
+    tokens, last = turned_round(adapter, request.subject, tokens, last)  # the same samples
     return WithPenalty(kept, SubjectPreservation(adapter, tokens, last, layer, v_init, fold), reordered * weight)

@@ -44,8 +44,9 @@ def test_a_summary_run_reads_back_as_its_result(tmp_path):
 def test_runs_of_an_earlier_invocation_with_the_same_n_stay_in_the_summary(tmp_path):
     import json
     summary = tmp_path / "summary.json"
-    assert bench.earlier_runs(summary, 200) == {}
+    assert bench.earlier_runs(summary, 200, 100_000) == {}
     runs = [{"label": "rome", "points": []}, {"label": "top+nullspace", "points": []}]
-    summary.write_text(json.dumps({"runs": runs, "statistic": [], "n": 200}))
-    assert list(bench.earlier_runs(summary, 200)) == ["rome", "top+nullspace"]
-    assert bench.earlier_runs(summary, 100) == {}  # another length: its curves are not comparable
+    summary.write_text(json.dumps({"runs": runs, "statistic": [], "n": 200, "corpus_tokens": 100_000}))
+    assert list(bench.earlier_runs(summary, 200, 100_000)) == ["rome", "top+nullspace"]
+    assert bench.earlier_runs(summary, 100, 100_000) == {}  # another length: its curves are not comparable
+    assert bench.earlier_runs(summary, 200, 50_000) == {}  # another corpus: another projection and statistic

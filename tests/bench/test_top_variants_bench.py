@@ -65,3 +65,12 @@ def test_a_dataset_file_names_the_table(tmp_path):
                  "--data", data]) == 0
     assert doc.read_text().startswith("# TOP variants on known_1000.json\n")
     assert f"toplens eval --data {data} --no-generation" in doc.read_text()
+
+
+def test_a_folder_run_on_other_data_is_refused(tmp_path):
+    from bench.top_variants import FAST
+    out = tmp_path / "top"
+    stored = {"method": "top", "hparams": dict(FAST), "data": "../known.json"}
+    out.parent.joinpath("top.settings.json").write_text(json.dumps(stored))
+    with pytest.raises(SystemExit, match="other settings or data"):
+        run_variant("top", "top", {}, 1, out)  # the built-in benchmark this time
