@@ -1,12 +1,13 @@
-"""Quality of the fast path against the reference path on built-in COUNTERFACT_RS cases: the same
-``toplens eval`` run twice on the same cases (no generations), once with the reference path's
-settings (``get_preset(method, "smollm2-135m-reference")``: float32, the stop on the whole loss, 11
-rewriting rows) and once with the fast path's (:func:`toplens.editors.presets.fast_path`, the presets'
-default).
-Reports every rate per method and path, and the fast − reference difference with a paired
+"""Quality of the fast paths against the reference path on built-in COUNTERFACT_RS cases: the same
+``toplens eval`` run once per path on the same cases (no generations), with every value of the
+SmolLM2 preset given: the reference path (``get_preset(method, "smollm2-135m-reference")``: float32,
+the stop on the whole loss, 11 rewriting rows), the fast path (:func:`toplens.editors.presets.fast_path`)
+and the short path (:func:`toplens.editors.presets.short_path`, ROME's default).
+Reports every rate per method and path, and each path − reference difference with a paired
 bootstrap 95% interval over cases. Writes docs/fast_path_quality.md and .json.
 
-    python bench/fast_path_quality.py [--methods rome,top] [--n 40] [--out-dir bench/out/fast_path_quality]
+    python bench/fast_path_quality.py [--methods rome,top] [--n 40] [--paths reference,fast,short]
+                                      [--out-dir bench/out/fast_path_quality]
 
 Each eval resumes from its folder under ``--out-dir``, so an interrupted run continues.
 """
@@ -23,7 +24,8 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import paired_bootstrap, table_values
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import changed_fields, fast_path, get_preset
+from toplens.core.hparams import Hparams
+from toplens.editors.presets import fast_path, get_preset, reference_path, short_path
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,19 +35,29 @@ FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
 _REF = get_preset("rome", "smollm2-135m-reference")
 REFERENCE = {"precision": _REF.precision, "stop_rule": _REF.stop_rule,
              "context_lengths": [list(x) for x in _REF.context_lengths]}
+PATHS = {"reference": reference_path, "fast": fast_path, "short": short_path}
+FOLDERS = {"reference": "ref", "fast": "fast", "short": "short"}
 COLUMNS = (*METRICS, "score")
 
 
-def base_settings(method: str) -> dict:
-    """TOP's recorded runs used the layer-5 preset ("smollm2-135m-l5"): its values over today's."""
-    return changed_fields("top", "smollm2-135m-l5") if method == "top" else {}
+def reference_preset(method: str) -> Hparams:
+    """The SmolLM2 preset on the reference path (TOP: the layer-5 one, "smollm2-135m-l5", which the
+    recorded runs used), with every value spelled out, so that a later preset does not change it."""
+    if method != "top":
+        return get_preset(method, "smollm2-135m-reference")
+    return reference_path(get_preset("top", "smollm2-135m-l5")).replace(context_lengths=_REF.context_lengths)
 
 
-def run_eval(methods: list[str], n: int, out: Path, fast: bool) -> None:
+def path_settings(method: str, path: str) -> dict:
+    """The whole hyperparameters of ``method`` on ``path`` (reference, fast or short), as JSON."""
+    return json.loads(PATHS[path](reference_preset(method)).to_json())
+
+
+def run_eval(methods: list[str], n: int, out: Path, path: str) -> None:
     """``toplens eval`` on the first ``n`` built-in cases, resuming from ``out``."""
     cmd = [sys.executable, "-c", "import sys; from toplens.analyses.cli import main; sys.exit(main(sys.argv[1:]))", "eval", "--methods", ",".join(methods), "--data", "builtin",
            "--limit", str(n), "--no-generation", "--out", str(out), "--json"]
-    cmd += ["--hparams", json.dumps({m: {**base_settings(m), **(FAST if fast else REFERENCE)} for m in methods})]
+    cmd += ["--hparams", json.dumps({m: path_settings(m, path) for m in methods})]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -60,46 +72,53 @@ def case_rates(out: Path, method: str) -> dict:
     return rows
 
 
-def compare(out_dir: Path, n: int, method: str) -> dict:
-    ref, fast = case_rates(out_dir / f"ref{n}", method), case_rates(out_dir / f"fast{n}", method)
-    ids = sorted(set(ref) & set(fast), key=str)
-    r = np.array([ref[i][0] for i in ids], dtype=float)
-    f = np.array([fast[i][0] for i in ids], dtype=float)
-    diff = paired_bootstrap(r, f)
-    low, high = diff.low, diff.high
-    seconds = {p: float(np.median([rows[i][1] for i in ids])) for p, rows in (("reference", ref), ("fast", fast))}
-    every = {p: table_values(np.array([v[0] for v in rows.values()], dtype=float)).tolist() for p, rows in
-             (("reference", ref), ("fast", fast))}
-    return {"method": method, "n": len(ids), "reference": table_values(r).tolist(), "fast": table_values(f).tolist(),
-            "all_cases": every, "n_all": {"reference": len(ref), "fast": len(fast)},
-            "diff_low": low.tolist(), "diff_high": high.tolist(), "median_seconds_per_case": seconds}
+def compare(out_dir: Path, n: int, method: str, paths: tuple[str, ...] = ("fast", "short")) -> dict:
+    """Every path's rates on the cases that all of them hold, and each one − reference (paired)."""
+    rows = {p: case_rates(out_dir / f"{FOLDERS[p]}{n}", method) for p in ("reference", *paths)
+            if (out_dir / f"{FOLDERS[p]}{n}" / "cases.jsonl").exists()}
+    rows = {p: r for p, r in rows.items() if r}  # a folder without this method's cases drops out
+    ids = sorted(set.intersection(*(set(r) for r in rows.values())), key=str)
+    rates = {p: np.array([r[i][0] for i in ids], dtype=float) for p, r in rows.items()}
+    diffs = {p: paired_bootstrap(rates["reference"], rates[p]) for p in rows if p != "reference"}
+    return {"method": method, "n": len(ids), "paths": list(rows),
+            **{p: table_values(v).tolist() for p, v in rates.items()},
+            "diff_low": {p: d.low.tolist() for p, d in diffs.items()},
+            "diff_high": {p: d.high.tolist() for p, d in diffs.items()},
+            "all_cases": {p: table_values(np.array([v[0] for v in r.values()], dtype=float)).tolist()
+                          for p, r in rows.items()},
+            "n_all": {p: len(r) for p, r in rows.items()},
+            "median_seconds_per_case": {p: float(np.median([r[i][1] for i in ids])) for p, r in rows.items()}}
 
 
 def markdown(results: list[dict], n: int) -> str:
     head = ["method", "path", "n", *(METRIC_ABBREVIATIONS.get(c, "Score") for c in COLUMNS), "s/case (median)"]
     lines = [f"# Fast path against reference path: quality on {n} built-in cases", "",
              "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
-             f"{n} --no-generation` with `--hparams` {json.dumps(REFERENCE)} (the reference path) and with "
-             f"{json.dumps(FAST)} (the fast path), over each method's SmolLM2 preset (TOP: the layer-5 one), "
-             "the same cases. Rates in %; the last row of each method is fast − reference "
-             "with a paired bootstrap 95% interval over cases (2000 draws). s/case is the whole case "
-             "(edit and measurement), wall time, and says nothing about what else ran on the machine.", "",
-             *[f"**Incomplete:** only {r['n']} of the {n} cases have both paths for {r['method']} (one eval holds "
-               "fewer cases); the comparison below stands on those and is too small to accept or reject the fast path."
+             f"{n} --no-generation` on each method's SmolLM2 preset (TOP: the layer-5 one) with every value "
+             "given by `--hparams`: on the reference path (float32, the stop on the whole loss, 11 rewriting "
+             f"rows: {json.dumps(REFERENCE)}), on the fast path ({json.dumps(FAST)}), and on the short path "
+             "(the fast path with Adam's learning rate doubled and a looser fit stop: ROME `v_lr` 1.0, "
+             "`early_stop_loss` 0.2; TOP `v_lr` and `v_lr2` 1.0, `early_stop1` 0.1, `early_stop2` 0.2), the "
+             "same cases. Rates in %; the rows \"path − ref\" are the paired difference with a bootstrap 95% "
+             "interval over cases (2000 draws). s/case is the whole case (edit and measurement), wall time, "
+             "and says nothing about what else ran on the machine.", "",
+             *[f"**Incomplete:** only {r['n']} of the {n} cases have every path for {r['method']} (one eval holds "
+               "fewer cases); the comparison below stands on those and is too small to accept or reject a path."
                for r in results if r["n"] < n], "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        for path in ("reference", "fast"):
+        for path in r["paths"]:
             cells = [f"{v:.1f}" for v in r[path]]
             lines.append(f"| {r['method']} | {path} | {r['n']} | " + " | ".join(cells)
                          + f" | {r['median_seconds_per_case'][path]:.1f} |")
-        diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
-                zip(r["fast"], r["reference"], r["diff_low"], r["diff_high"])]
-        lines.append(f"| {r['method']} | fast − ref | {r['n']} | " + " | ".join(diff) + " | |")
-    lines += ["", "Each path on every case its folder holds (where one eval finished more cases than the other):", "",
+        for path in r["paths"][1:]:
+            diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
+                    zip(r[path], r["reference"], r["diff_low"][path], r["diff_high"][path])]
+            lines.append(f"| {r['method']} | {path} − ref | {r['n']} | " + " | ".join(diff) + " | |")
+    lines += ["", "Each path on every case its folder holds (where one eval finished more cases than another):", "",
               "| method | path | n | " + " | ".join(head[3:-1]) + " |", "|" + "---|" * (len(head) - 1)]
     for r in results:
-        for path in ("reference", "fast"):
+        for path in r["paths"]:
             cells = " | ".join(f"{v:.1f}" for v in r["all_cases"][path])
             lines.append(f"| {r['method']} | {path} | {r['n_all'][path]} | {cells} |")
     return "\n".join(lines) + "\n"
@@ -110,12 +129,15 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="rome,top")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "fast_path_quality")
+    parser.add_argument("--paths", default="reference,fast,short")
     parser.add_argument("--skip-eval", action="store_true", help="only tabulate what the folders hold")
     args = parser.parse_args(argv)
-    methods = args.methods.split(",")
+    methods, paths = args.methods.split(","), args.paths.split(",")
+    if unknown := [p for p in paths if p not in PATHS]:
+        raise SystemExit(f"--paths: unknown {unknown} (known: {list(PATHS)})")
     if not args.skip_eval:
-        for fast in (True, False):
-            run_eval(methods, args.n, args.out_dir / f"{'fast' if fast else 'ref'}{args.n}", fast)
+        for path in paths:
+            run_eval(methods, args.n, args.out_dir / f"{FOLDERS[path]}{args.n}", path)
     results = [compare(args.out_dir, args.n, m) for m in methods]
     (ROOT / "docs" / "fast_path_quality.md").write_text(markdown(results, args.n))
     (ROOT / "docs" / "fast_path_quality.json").write_text(json.dumps(results, indent=2) + "\n")

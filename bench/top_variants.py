@@ -23,7 +23,7 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import changed_fields, fast_path
+from toplens.editors.presets import changed_fields, fast_path, get_preset
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
 VARIANTS: dict[str, tuple[str, dict]] = {
     "rome": ("rome", {}),
     "top": ("top", {}),
+    "rome-short": ("rome", {"v_lr": 1.0, "early_stop_loss": 0.2}),  # ROME's shipped preset since the sixteenth session
     "top-reset-none": ("top", {"stage2_reset": "none"}),
     "top-reset-subject": ("top", {"stage2_reset": "others_but_subject"}),
     "top-reset-both": ("top", {"stage2_reset": "both"}),
@@ -123,7 +124,11 @@ HEAD = [*(METRIC_ABBREVIATIONS[c] for c in COLUMNS), "Score"]
 
 def base_settings(method: str) -> dict:
     """The values by which the preset the variants were defined over (TOP: "smollm2-135m-l5", the
-    twelfth session's preset) differs from today's preset, so that a variant keeps its meaning."""
+    twelfth session's preset; ROME: its fast path, before the short one became its default in the
+    sixteenth session) differs from today's preset, so that a variant keeps its meaning."""
+    if method == "rome":
+        before = json.loads(fast_path(get_preset("rome", "smollm2-135m-reference")).to_json())
+        return {k: v for k, v in before.items() if json.loads(get_preset("rome", None).to_json())[k] != v}
     return changed_fields("top", "smollm2-135m-l5") if method == "top" else {}
 
 

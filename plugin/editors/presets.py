@@ -2,7 +2,8 @@
 
 ROME's published values are from its GPT2-XL and GPT-J configs; the SmolLM2-135M values were
 chosen by measurement (docs/presets.md says how). The bundled model's presets run on the fast path
-(:func:`fast_path`: its quality against the reference path is in docs/fast_path_quality.md); the
+(:func:`fast_path`, ROME's on the shorter :func:`short_path`: their quality against the reference
+path is in docs/fast_path_quality.md); the
 same values on the reference path, as first measured, are "smollm2-135m-reference". The faithful
 TOP preset stays on the reference path, as published.
 """
@@ -125,7 +126,7 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     """The preset of ``method`` for a model. The bundled SmolLM2's (no name, "smollm2-135m", and
     TOP's variants "smollm2-135m-specific" and "-l5", which give the other methods their own) are on
     the fast path (a registered editor's without context templates as it is); "smollm2-135m-reference" gives the same values on
-    the reference path. An unknown model gets the SmolLM2 preset on the reference path (for TOP
+    the reference path; ROME's takes the short path (:func:`short_path`). An unknown model gets the SmolLM2 preset on the reference path (for TOP
     the layer-5 one, "smollm2-135m-l5") with its layer(s) moved to the same relative depth (and
     clipped to the model); ``fast_path`` opts in."""
     if method not in _TABLES:
@@ -136,7 +137,8 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
         return table["smollm2-135m"]
     if key in _FAST_BY_DEFAULT and "smollm2-135m" in table:  # a variant TOP names: the method's own preset
         chosen = table.get(key, table["smollm2-135m"])
-        return fast_path(chosen) if hasattr(chosen, "context_lengths") else chosen
+        path = short_path if method in _SHORT_BY_DEFAULT else fast_path
+        return path(chosen) if hasattr(chosen, "context_lengths") else chosen
     if key in table:
         return table[key]
     fallback = table.get(_FALLBACK) or table.get("smollm2-135m") or _DEFAULTS[method]()
@@ -177,6 +179,23 @@ def fast_path(hp: Hparams) -> Hparams:
     where the device has native bfloat16 (``precision="auto"``; float32 elsewhere), the early stop on the fit of the targets (``precision``, ``stop_rule`` of Hparams), and fewer
     rewriting rows (:data:`FAST_CONTEXT`). docs/benchmarks.md measures each lever."""
     return hp.replace(precision="auto", stop_rule="fit", context_lengths=FAST_CONTEXT)
+
+
+#: the shorter optimization of :func:`short_path`, per hyperparameter class: Adam's step doubled and
+#: the fit stop at a looser threshold (ROME: mean NLL of o* over the rewriting rows 0.2, P ≈ 0.82)
+_SHORT: dict[type, dict[str, float]] = {
+    RomeHparams: dict(v_lr=1.0, early_stop_loss=0.2),
+    TopHparams: dict(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2),
+}
+#: the methods whose bundled preset runs on the short path by default (docs/fast_path_quality.md)
+_SHORT_BY_DEFAULT = ("rome",)
+
+
+def short_path(hp: Hparams) -> Hparams:
+    """The fast path (:func:`fast_path`) with fewer steps: Adam's learning rate doubled and the
+    early stop at a looser fit of the targets (ROME and TOP; other editors get the fast path).
+    docs/benchmarks.md and docs/fast_path_quality.md measure it."""
+    return fast_path(hp).replace(**_SHORT.get(type(hp), {}))
 
 
 def reference_path(hp: Hparams) -> Hparams:

@@ -53,7 +53,7 @@ def test_the_variants_run_over_the_layer_5_preset_they_were_defined_over():
     top = {**preset, **base_settings("top")}
     assert (list(top["layers"]), top["rel_feat_layer"], top["stage2_keep_weight"], top["mom2_adjustment"]) == (
         [5], 18, 0.0, False)
-    assert base_settings("rome") == {}
+    assert base_settings("memit") == {}
 
 
 def test_a_dataset_file_names_the_table(tmp_path):
@@ -74,3 +74,10 @@ def test_a_folder_run_on_other_data_is_refused(tmp_path):
     out.parent.joinpath("top.settings.json").write_text(json.dumps(stored))
     with pytest.raises(SystemExit, match="other settings or data"):
         run_variant("top", "top", {}, 1, out)  # the built-in benchmark this time
+
+
+def test_the_rome_variants_keep_their_meaning_across_the_short_path():
+    rome = get_preset("rome", None)
+    assert base_settings("rome") == {"v_lr": 0.5, "early_stop_loss": 0.05}  # the recorded "rome" runs' path
+    method, short = VARIANTS["rome-short"]
+    assert rome.replace(**{**base_settings(method), **short}) == rome  # "rome-short" is the shipped preset

@@ -2,7 +2,7 @@ import pytest
 
 from toplens.editors import MemitHparams, RetsHparams, RomeHparams
 from toplens.editors.top import TopHparams
-from toplens.editors.presets import fast_path, get_preset, methods, model_key
+from toplens.editors.presets import fast_path, get_preset, methods, model_key, short_path
 
 MODELS = {"gpt2-xl": "gpt2-xl", "EleutherAI/gpt-j-6b": "gpt-j-6b", "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
           "smollm2-135m": "smollm2-135m"}
@@ -48,7 +48,8 @@ def test_every_method_has_the_published_preset_for_every_published_model(method,
     assert type(hp) is CLASSES[method]
     expected = PUBLISHED[method, MODELS[model]]
     assert {name: getattr(hp, name) for name in expected} == expected
-    assert (hp.v_lr, hp.kl_factor) == (0.5, 0.0625)
+    short = (method, MODELS[model]) == ("rome", "smollm2-135m")  # the bundled ROME: Adam's step doubled
+    assert (hp.v_lr, hp.kl_factor) == (1.0 if short else 0.5, 0.0625)
     assert type(hp).from_json(hp.to_json()) == hp
 
 
@@ -74,15 +75,24 @@ def test_the_bundled_models_presets_are_the_reference_ones_on_the_fast_path(meth
     reference = get_preset(method, "smollm2-135m-reference")
     assert (reference.precision, reference.stop_rule, reference.context_lengths) == ("float32", "total",
                                                                                      ((5, 5), (5, 10)))
+    path = short_path if method == "rome" else fast_path  # ROME's preset also takes the shorter optimization
     for name in (None, "smollm2", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"):
-        assert get_preset(method, name) == fast_path(reference) != reference
+        assert get_preset(method, name) == path(reference) != reference
     if method != "top":  # TOP's variant names give the other methods their own fast preset
-        assert get_preset(method, "smollm2-135m-specific") == get_preset(method, "smollm2-135m-l5") == fast_path(reference)
+        assert get_preset(method, "smollm2-135m-specific") == get_preset(method, "smollm2-135m-l5") == path(reference)
     published = get_preset(method, "gpt2-xl")  # published presets stay as published
     assert published.precision == "float32" and published == get_preset(method, "gpt2-xl", n_layers=48)
     unknown = get_preset(method, "some/other-model", n_layers=30)  # on the reference path; TOP: the layer-5 one
     base = reference if method != "top" else get_preset("top", "smollm2-135m-l5")
     assert unknown == base.replace(precision="float32", stop_rule="total", context_lengths=((5, 5), (5, 10)))
+
+
+def test_the_short_path_is_the_fast_path_with_a_doubled_step_and_a_looser_fit_stop():
+    rome, top, rets = (get_preset(m, "smollm2-135m-reference") for m in ("rome", "top", "rets"))
+    assert short_path(rome) == fast_path(rome).replace(v_lr=1.0, early_stop_loss=0.2)
+    assert short_path(top) == fast_path(top).replace(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2)
+    assert short_path(rets) == fast_path(rets)  # not measured for RETS: its fast path as it is
+    assert get_preset("top", None) == fast_path(get_preset("top", "smollm2-135m-reference"))  # TOP's default stays
 
 
 def test_the_faithful_top_stays_on_the_reference_path_and_the_specific_one_is_fast():
