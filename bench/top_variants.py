@@ -34,7 +34,7 @@ FAST = {"precision": _LEVERS.precision, "stop_rule": _LEVERS.stop_rule,
 VARIANTS: dict[str, tuple[str, dict]] = {
     "rome": ("rome", {}),
     "top": ("top", {}),
-    "rome-short": ("rome", {"v_lr": 1.0, "early_stop_loss": 0.2}),  # ROME's shipped preset since the sixteenth session
+    "rome-short": ("rome", {"v_lr": 1.0, "early_stop_loss": 0.2, "precision": "float32"}),  # ROME's shipped preset since the sixteenth session
     "top-reset-none": ("top", {"stage2_reset": "none"}),
     "top-reset-subject": ("top", {"stage2_reset": "others_but_subject"}),
     "top-reset-both": ("top", {"stage2_reset": "both"}),

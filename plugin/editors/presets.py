@@ -182,9 +182,11 @@ def fast_path(hp: Hparams) -> Hparams:
 
 
 #: the shorter optimization of :func:`short_path`, per hyperparameter class: Adam's step doubled and
-#: the fit stop at a looser threshold (ROME: mean NLL of o* over the rewriting rows 0.2, P ≈ 0.82)
-_SHORT: dict[type, dict[str, float]] = {
-    RomeHparams: dict(v_lr=1.0, early_stop_loss=0.2),
+#: the fit stop at a looser threshold (ROME: mean NLL of o* over the rewriting rows 0.2, P ≈ 0.82);
+#: ROME's few short steps run in float32, which costs it about 15% of the time and saves the
+#: bfloat16 weight casts' 260 MiB (docs/benchmarks.md)
+_SHORT: dict[type, dict[str, float | str]] = {
+    RomeHparams: dict(v_lr=1.0, early_stop_loss=0.2, precision="float32"),
     TopHparams: dict(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2),
 }
 #: the methods whose bundled preset runs on the short path by default (docs/fast_path_quality.md)
@@ -193,7 +195,7 @@ _SHORT_BY_DEFAULT = ("rome",)
 
 def short_path(hp: Hparams) -> Hparams:
     """The fast path (:func:`fast_path`) with fewer steps: Adam's learning rate doubled and the
-    early stop at a looser fit of the targets (ROME and TOP; other editors get the fast path).
+    early stop at a looser fit of the targets (ROME, in float32, and TOP; other editors get the fast path).
     docs/benchmarks.md and docs/fast_path_quality.md measure it."""
     return fast_path(hp).replace(**_SHORT.get(type(hp), {}))
 

@@ -78,6 +78,6 @@ def test_a_folder_run_on_other_data_is_refused(tmp_path):
 
 def test_the_rome_variants_keep_their_meaning_across_the_short_path():
     rome = get_preset("rome", None)
-    assert base_settings("rome") == {"v_lr": 0.5, "early_stop_loss": 0.05}  # the recorded "rome" runs' path
+    assert base_settings("rome") == {"v_lr": 0.5, "early_stop_loss": 0.05, "precision": "auto"}  # the recorded runs' path
     method, short = VARIANTS["rome-short"]
     assert rome.replace(**{**base_settings(method), **short}) == rome  # "rome-short" is the shipped preset
