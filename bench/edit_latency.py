@@ -203,9 +203,9 @@ def write_docs(results: list[dict], meta: dict) -> None:
              f"optimization's forward passes in {meta['auto_precision']} (precision='auto': bfloat16 autocast only where "
              "the CPU has native bfloat16), the early stop on the fit of the targets, "
              f"3 rewriting rows: context lengths {list(FAST_CONTEXT)})"
-             + (" and on the short path (the fast path with Adam's learning rate doubled and a looser fit stop: "
-                "ROME v_lr 1.0 and early_stop_loss 0.2, TOP v_lr and v_lr2 1.0, early_stop1 0.1 and early_stop2 "
-                "0.2; ROME's default)" if any(r["path"] == "short" for r in results) else "") +
+             + (" and on the short path (the fast path with Adam's learning rate at 1.0 and a looser fit stop: "
+                "ROME v_lr 1.0 and early_stop_loss 0.2, in float32; TOP v_lr and v_lr2 1.0, early_stop1 0.1 and "
+                "early_stop2 0.2; ROME's default)" if any(r["path"] == "short" for r in results) else "") +
              " in the same run, on the same facts"
              + ("; the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
                 if any(r["path"] in ("bf16", "fit", "rows") for r in results) else ". ") +

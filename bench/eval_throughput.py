@@ -24,7 +24,7 @@ from toplens import load_model
 from toplens.analyses.evaluation.datasets import load_dataset
 from toplens.analyses.evaluation.results import METRICS
 from toplens.analyses.evaluation.runner import CASES_FILE, EvalResult, read_cases, run_eval
-from toplens.editors.presets import fast_path, get_preset
+from toplens.editors.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,8 @@ def texts_differing(a: Path, b: Path) -> tuple[int, int]:
 def timed(model, records, methods, out: Path, batch_size: int, tokens: int) -> tuple[EvalResult, float]:
     """One fresh run_eval (its folder emptied first) and its wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    hparams = {m: fast_path(get_preset(m, "smollm2-135m-l5")) for m in methods}  # TOP: the recorded layer-5 preset
+    hparams = {m: get_preset(m, "smollm2-135m-l5" if m == "top" else "smollm2-135m-fast")  # the recorded presets
+               for m in methods}
     start = time.perf_counter()
     result = run_eval(model, records, methods, out, hparams=hparams, generation_tokens=tokens, batch_size=batch_size)
     return result, time.perf_counter() - start

@@ -72,7 +72,7 @@ def edit_for(folder: Path, adapter: ModelAdapter):
     settings = json.loads(folder.with_name(f"{folder.name}.settings.json").read_text())
     editor = get_editor(settings["method"])
     # the variants are defined over the twelfth session's presets (bench/top_variants.py: TOP's layer-5 one)
-    preset = get_preset(settings["method"], "smollm2-135m-l5" if settings["method"] == "top" else None)
+    preset = get_preset(settings["method"], "smollm2-135m-l5" if settings["method"] == "top" else "smollm2-135m-fast")
     return editor, type(preset).from_dict({**preset.to_dict(), **settings["hparams"]})
 
 

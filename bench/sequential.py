@@ -12,8 +12,8 @@ figure docs/figures/sequential.png.
         [--corpus-tokens 100000] [--out-dir bench/out/sequential] [--figure-name sequential] [--skip-run]
 
 Every run resumes from its folder under ``--out-dir``, so an interrupted bench continues; runs of
-other configurations that an earlier invocation with the same ``--n`` left in the summary stay in
-it, so the configurations can run as separate jobs.
+other configurations that an earlier invocation with the same ``--n`` and ``--corpus-tokens`` left
+in the summary stay in it, so the configurations can run as separate jobs.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ PRESETS = {"top": "smollm2-135m-l5"}
 
 def hparams_for(config: Config, n_layers: int):
     """The method's SmolLM2 preset (:data:`PRESETS`) on the fast path, with the config's projection."""
-    preset = get_preset(config.method, PRESETS.get(config.method, "smollm2-135m"), n_layers)
+    preset = get_preset(config.method, PRESETS.get(config.method, "smollm2-135m-fast"), n_layers)
     return fast_path(preset).replace(project=config.project)
 
 
@@ -127,7 +127,7 @@ def earlier_runs(summary: Path, n: int, tokens: int) -> dict[str, dict]:
     if not summary.exists():
         return {}
     report = json.loads(summary.read_text())
-    same = report["n"] == n and report.get("corpus_tokens", tokens) == tokens  # older summaries: no size
+    same = report["n"] == n and report.get("corpus_tokens") == tokens  # an older summary has no size: not kept
     return {run["label"]: run for run in report["runs"]} if same else {}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from toplens.analyses.evaluation.intervals import bootstrap, paired_bootstrap
 from toplens.analyses.evaluation.results import EFFICACY_AT_1, METRIC_ABBREVIATIONS, METRICS
-from toplens.editors.presets import changed_fields, fast_path, get_preset
+from toplens.editors.presets import changed_fields, fast_path
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +126,7 @@ def base_settings(method: str) -> dict:
     """The values by which the preset the variants were defined over (TOP: "smollm2-135m-l5", the
     twelfth session's preset; ROME: its fast path, before the short one became its default in the
     sixteenth session) differs from today's preset, so that a variant keeps its meaning."""
-    if method == "rome":
-        before = json.loads(fast_path(get_preset("rome", "smollm2-135m-reference")).to_json())
-        return {k: v for k, v in before.items() if json.loads(get_preset("rome", None).to_json())[k] != v}
-    return changed_fields("top", "smollm2-135m-l5") if method == "top" else {}
+    return changed_fields(method, {"top": "smollm2-135m-l5", "rome": "smollm2-135m-fast"}.get(method, "smollm2-135m"))
 
 
 def run_variant(name: str, method: str, settings: dict, n: int, out: Path, data: str = "builtin") -> None:

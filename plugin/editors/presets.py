@@ -95,10 +95,12 @@ _ALIASES = {
     "smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
     "smollm2-135m-faithful": "smollm2-135m-faithful", "smollm2-135m-specific": "smollm2-135m-specific",
     "smollm2-135m-reference": "smollm2-135m-reference", "smollm2-135m-l5": "smollm2-135m-l5",
+    "smollm2-135m-fast": "smollm2-135m-fast",
 }
 #: the bundled model's presets that get_preset returns on the fast path
 _FAST_BY_DEFAULT = ("smollm2-135m", "smollm2-135m-specific", "smollm2-135m-l5")
 _REFERENCE = "smollm2-135m-reference"
+_FAST = "smollm2-135m-fast"  # every bundled preset on the fast path, ROME's too (the runs before its short path)
 #: an unknown model's TOP preset: the layer-5 one, which needs no statistics of the model (no C, no
 #: sampled text of the subject), at the same relative depth
 _FALLBACK = "smollm2-135m-l5"
@@ -126,7 +128,8 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     """The preset of ``method`` for a model. The bundled SmolLM2's (no name, "smollm2-135m", and
     TOP's variants "smollm2-135m-specific" and "-l5", which give the other methods their own) are on
     the fast path (a registered editor's without context templates as it is); "smollm2-135m-reference" gives the same values on
-    the reference path; ROME's takes the short path (:func:`short_path`). An unknown model gets the SmolLM2 preset on the reference path (for TOP
+    the reference path; ROME's takes the short path (:func:`short_path`), and "smollm2-135m-fast"
+    gives every method's on the fast path. An unknown model gets the SmolLM2 preset on the reference path (for TOP
     the layer-5 one, "smollm2-135m-l5") with its layer(s) moved to the same relative depth (and
     clipped to the model); ``fast_path`` opts in."""
     if method not in _TABLES:
@@ -135,9 +138,9 @@ def get_preset(method: str, model_name: str | None, n_layers: int | None = None)
     table = _TABLES[method]
     if key == _REFERENCE and "smollm2-135m" in table:
         return table["smollm2-135m"]
-    if key in _FAST_BY_DEFAULT and "smollm2-135m" in table:  # a variant TOP names: the method's own preset
+    if key in (*_FAST_BY_DEFAULT, _FAST) and "smollm2-135m" in table:  # a variant TOP names: the method's own preset
         chosen = table.get(key, table["smollm2-135m"])
-        path = short_path if method in _SHORT_BY_DEFAULT else fast_path
+        path = short_path if method in _SHORT_BY_DEFAULT and key != _FAST else fast_path
         return path(chosen) if hasattr(chosen, "context_lengths") else chosen
     if key in table:
         return table[key]
@@ -181,10 +184,10 @@ def fast_path(hp: Hparams) -> Hparams:
     return hp.replace(precision="auto", stop_rule="fit", context_lengths=FAST_CONTEXT)
 
 
-#: the shorter optimization of :func:`short_path`, per hyperparameter class: Adam's step doubled and
-#: the fit stop at a looser threshold (ROME: mean NLL of o* over the rewriting rows 0.2, P ≈ 0.82);
-#: ROME's few short steps run in float32, which costs it about 15% of the time and saves the
-#: bfloat16 weight casts' 260 MiB (docs/benchmarks.md)
+#: the shorter optimization of :func:`short_path`, per hyperparameter class: Adam's learning rate set
+#: to 1.0 (the presets' 0.5 doubled) and the fit stop at a looser threshold (ROME: mean NLL of o* over
+#: the rewriting rows 0.2, P ≈ 0.82); ROME's few short steps run in float32, which costs it about
+#: 12–14% of the time and saves the bfloat16 weight casts' 260 MiB (docs/benchmarks.md)
 _SHORT: dict[type, dict[str, float | str]] = {
     RomeHparams: dict(v_lr=1.0, early_stop_loss=0.2, precision="float32"),
     TopHparams: dict(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2),
@@ -194,7 +197,7 @@ _SHORT_BY_DEFAULT = ("rome",)
 
 
 def short_path(hp: Hparams) -> Hparams:
-    """The fast path (:func:`fast_path`) with fewer steps: Adam's learning rate doubled and the
+    """The fast path (:func:`fast_path`) with fewer steps: Adam's learning rate set to 1.0 and the
     early stop at a looser fit of the targets (ROME, in float32, and TOP; other editors get the fast path).
     docs/benchmarks.md and docs/fast_path_quality.md measure it."""
     return fast_path(hp).replace(**_SHORT.get(type(hp), {}))

@@ -30,6 +30,9 @@ def test_compare_pairs_cases_skips_undefined_rates_and_brackets_the_difference(t
     r = compare(tmp_path, 3, "rome")
     assert r["paths"] == ["reference", "fast", "short"] and r["short"][0] == pytest.approx(0.0)
     assert "| rome | short − ref | 2 | -50.0 [" in markdown([r], 3)
+    assert compare(tmp_path, 3, "rome", ("short",))["paths"] == ["reference", "short"]  # --paths picks the rows
+    with pytest.raises(SystemExit, match="holds no top cases"):
+        compare(tmp_path, 3, "top")
 
 
 def test_each_path_spells_out_every_value_so_that_a_later_preset_cannot_move_it():

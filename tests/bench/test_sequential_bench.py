@@ -50,3 +50,12 @@ def test_runs_of_an_earlier_invocation_with_the_same_n_stay_in_the_summary(tmp_p
     assert list(bench.earlier_runs(summary, 200, 100_000)) == ["rome", "top+nullspace"]
     assert bench.earlier_runs(summary, 100, 100_000) == {}  # another length: its curves are not comparable
     assert bench.earlier_runs(summary, 200, 50_000) == {}  # another corpus: another projection and statistic
+    summary.write_text(json.dumps({"runs": runs, "statistic": [], "n": 200}))
+    assert bench.earlier_runs(summary, 200, 100_000) == {}  # a summary that does not say its corpus size
+
+
+def test_the_runs_keep_the_recorded_presets():
+    from toplens.editors.presets import fast_path, get_preset
+    rome = bench.hparams_for(bench.CONFIGS["rome"], 30)
+    assert rome == fast_path(get_preset("rome", "smollm2-135m-reference"))  # lr 0.5: not ROME's short path
+    assert rome.v_lr == 0.5 and rome.precision == "auto"

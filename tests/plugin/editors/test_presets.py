@@ -93,6 +93,8 @@ def test_the_short_path_is_the_fast_path_with_a_doubled_step_and_a_looser_fit_st
     assert short_path(top) == fast_path(top).replace(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2)
     assert short_path(rets) == fast_path(rets)  # not measured for RETS: its fast path as it is
     assert get_preset("top", None) == fast_path(get_preset("top", "smollm2-135m-reference"))  # TOP's default stays
+    for method in ("rome", "top", "rets", "memit"):  # "-fast": every preset on the fast path, ROME's too
+        assert get_preset(method, "smollm2-135m-fast") == fast_path(get_preset(method, "smollm2-135m-reference"))
 
 
 def test_the_faithful_top_stays_on_the_reference_path_and_the_specific_one_is_fast():
