@@ -28,7 +28,7 @@ from toplens import apply_edit, as_adapter, hook_name, load_model
 from toplens.editors import get_editor
 from toplens.core.objective import rewrite_batch
 from toplens.core.precision import native_bfloat16
-from toplens.editors.presets import FAST_CONTEXT, fast_path, get_preset, reference_path, short_path
+from toplens.editors.presets import FAST_CONTEXT, fast_path, get_preset, reference_path, short_levers_text, short_path
 from toplens.core.scoring import target_probability
 from toplens.core.templates import context_templates
 
@@ -195,23 +195,7 @@ def with_section(text: str, section: str) -> str:
 
 def write_docs(results: list[dict], meta: dict) -> None:
     """Write the tables of this run (docs/benchmarks.md) and its JSON."""
-    lines = ["# Edit latency on the bundled model", "",
-             f"Measured by `python bench/edit_latency.py` on {meta['machine']} (CPU), torch {meta['torch']}, "
-             f"{meta['threads']} thread(s), {meta['n']} facts from known_1000.json (the ten the integration "
-             "tests use), the SmolLM2 presets (docs/presets.md), each method on the reference path (float32, "
-             "the early stop on the whole loss, as published, 11 rewriting rows) and on the fast path (the "
-             f"optimization's forward passes in {meta['auto_precision']} (precision='auto': bfloat16 autocast only where "
-             "the CPU has native bfloat16), the early stop on the fit of the targets, "
-             f"3 rewriting rows: context lengths {list(FAST_CONTEXT)})"
-             + (" and on the short path (the fast path with Adam's learning rate at 1.0 and a looser fit stop: "
-                "ROME v_lr 1.0 and early_stop_loss 0.2, in float32; TOP v_lr and v_lr2 1.0, early_stop1 0.1 and "
-                "early_stop2 0.2; ROME's default)" if any(r["path"] == "short" for r in results) else "") +
-             " in the same run, on the same facts"
-             + ("; the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
-                if any(r["path"] in ("bf16", "fit", "rows") for r in results) else ". ") +
-             "Success: P(o*) > P(o) after the edit; top-1 success: o*'s first token is the top next "
-             "token. MEMIT is timed one request at a time, like the others. "
-             f"{meta['gpu_note']}", ""]
+    lines = ["# Edit latency on the bundled model", "", _method_note(results, meta), ""]
     lines += path_table(results)
     lines += ["", "A step's seconds are the time between two successive optimization steps (taken by a step "
               "callback): the loss, the backward pass and the optimizer update. The bare pass is one "
@@ -225,6 +209,24 @@ def write_docs(results: list[dict], meta: dict) -> None:
     doc = ROOT / "docs" / "benchmarks.md"
     doc.write_text(with_section(doc.read_text() if doc.exists() else "", "\n".join(lines)))
     (ROOT / "docs" / "benchmarks.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+def _method_note(results: list[dict], meta: dict) -> str:
+    """How the run was made: machine, threads, facts, and each path that it timed."""
+    paths = {r["path"] for r in results}
+    short = (" and on the short path (the fast path with Adam's learning rate at 1.0 and a looser fit stop: "
+             f"{short_levers_text()}; ROME's default)") if "short" in paths else ""
+    levers = ("; the paths bf16, fit and rows are each lever of the fast path alone on the reference path. "
+              if paths & {"bf16", "fit", "rows"} else ". ")
+    return (f"Measured by `python bench/edit_latency.py` on {meta['machine']} (CPU), torch {meta['torch']}, "
+            f"{meta['threads']} thread(s), {meta['n']} facts from known_1000.json (the ten the integration "
+            "tests use), the SmolLM2 presets (docs/presets.md), each method on the reference path (float32, "
+            "the early stop on the whole loss, as published, 11 rewriting rows) and on the fast path (the "
+            f"optimization's forward passes in {meta['auto_precision']} (precision='auto': bfloat16 autocast only where "
+            "the CPU has native bfloat16), the early stop on the fit of the targets, "
+            f"3 rewriting rows: context lengths {list(FAST_CONTEXT)}){short} in the same run, on the same facts"
+            f"{levers}Success: P(o*) > P(o) after the edit; top-1 success: o*'s first token is the top next "
+            f"token. MEMIT is timed one request at a time, like the others. {meta['gpu_note']}")
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from toplens.analyses.evaluation.intervals import paired_bootstrap, table_values
 from toplens.analyses.evaluation.results import METRIC_ABBREVIATIONS, METRICS
 from toplens.core.hparams import Hparams
-from toplens.editors.presets import fast_path, get_preset, reference_path, short_path
+from toplens.editors.presets import fast_path, get_preset, reference_path, short_levers_text, short_path
 from toplens.editors.rome import RomeHparams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,31 +93,11 @@ def compare(out_dir: Path, n: int, method: str, paths: tuple[str, ...] = ("fast"
 
 
 def markdown(results: list[dict], n: int) -> str:
+    """docs/fast_path_quality.md: how the runs were made, every path's rates with the paired
+    differences on the cases all paths hold, then each path on every case its folder holds."""
     head = ["method", "path", "n", *(METRIC_ABBREVIATIONS.get(c, "Score") for c in COLUMNS), "s/case (median)"]
-    lines = [f"# Fast and short paths against the reference path: quality on {n} built-in cases", "",
-             "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
-             f"{n} --no-generation` on each method's SmolLM2 preset (TOP: the layer-5 one) with every value "
-             "given by `--hparams`: on the reference path (float32, the stop on the whole loss, 11 rewriting "
-             f"rows: {json.dumps(REFERENCE)}), on the fast path ({json.dumps(FAST)}), and on the short path "
-             "(the fast path with Adam's learning rate at 1.0 and a looser fit stop: ROME `v_lr` 1.0, "
-             "`early_stop_loss` 0.2, in float32; TOP `v_lr` and `v_lr2` 1.0, `early_stop1` 0.1, "
-             "`early_stop2` 0.2), the "
-             "same cases. Rates in %; the rows \"path − ref\" are the paired difference with a bootstrap 95% "
-             "interval over cases (2000 draws). s/case is the whole case (edit and measurement), wall time, "
-             "and says nothing about what else ran on the machine.", "",
-             *[f"**Incomplete:** only {r['n']} of the {n} cases have every path for {r['method']} (one eval holds "
-               "fewer cases); the comparison below stands on those and is too small to accept or reject a path."
-               for r in results if r["n"] < n], "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        for path in r["paths"]:
-            cells = [f"{v:.1f}" for v in r[path]]
-            lines.append(f"| {r['method']} | {path} | {r['n']} | " + " | ".join(cells)
-                         + f" | {r['median_seconds_per_case'][path]:.1f} |")
-        for path in r["paths"][1:]:
-            diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
-                    zip(r[path], r["reference"], r["diff_low"][path], r["diff_high"][path])]
-            lines.append(f"| {r['method']} | {path} − ref | {r['n']} | " + " | ".join(diff) + " | |")
+    lines = [*_preamble(results, n), "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [row for r in results for row in _paired_rows(r)]
     lines += ["", "Each path on every case its folder holds (where one eval finished more cases than another):", "",
               "| method | path | n | " + " | ".join(head[3:-1]) + " |", "|" + "---|" * (len(head) - 1)]
     for r in results:
@@ -125,6 +105,32 @@ def markdown(results: list[dict], n: int) -> str:
             cells = " | ".join(f"{v:.1f}" for v in r["all_cases"][path])
             lines.append(f"| {r['method']} | {path} | {r['n_all'][path]} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def _preamble(results: list[dict], n: int) -> list[str]:
+    return [f"# Fast and short paths against the reference path: quality on {n} built-in cases", "",
+            "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
+            f"{n} --no-generation` on each method's SmolLM2 preset (TOP: the layer-5 one) with every value "
+            "given by `--hparams`: on the reference path (float32, the stop on the whole loss, 11 rewriting "
+            f"rows: {json.dumps(REFERENCE)}), on the fast path ({json.dumps(FAST)}), and on the short path "
+            f"(the fast path with Adam's learning rate at 1.0 and a looser fit stop: {short_levers_text()}), the "
+            "same cases. Rates in %; the rows \"path − ref\" are the paired difference with a bootstrap 95% "
+            "interval over cases (2000 draws). s/case is the whole case (edit and measurement), wall time, "
+            "and says nothing about what else ran on the machine.", "",
+            *[f"**Incomplete:** only {r['n']} of the {n} cases have every path for {r['method']} (one eval holds "
+              "fewer cases); the comparison below stands on those and is too small to accept or reject a path."
+              for r in results if r["n"] < n], ""]
+
+
+def _paired_rows(r: dict) -> list[str]:
+    """One method's rows: each path's rates, then each path − reference with its paired interval."""
+    rows = [f"| {r['method']} | {path} | {r['n']} | " + " | ".join(f"{v:.1f}" for v in r[path])
+            + f" | {r['median_seconds_per_case'][path]:.1f} |" for path in r["paths"]]
+    for path in r["paths"][1:]:
+        diff = [f"{f - q:+.1f} [{lo:+.1f}, {hi:+.1f}]" for f, q, lo, hi in
+                zip(r[path], r["reference"], r["diff_low"][path], r["diff_high"][path])]
+        rows.append(f"| {r['method']} | {path} − ref | {r['n']} | " + " | ".join(diff) + " | |")
+    return rows
 
 
 def main(argv=None) -> int:

@@ -139,6 +139,43 @@ def run_config(model, config: Config, records, held, out: Path, marks: list[int]
 
 
 def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown or args.n < 1 or args.corpus_tokens < 1:
+        raise SystemExit(f"--configs: unknown {unknown} (known: {sorted(CONFIGS)}); --n and --corpus-tokens must be positive")
+    marks = sorted({int(x) for x in args.checkpoints.split(",") if int(x) <= args.n} | {args.n})
+    summary = args.out_dir / "summary.json"
+    if not args.skip_run:
+        run_all([CONFIGS[c] for c in args.configs.split(",")], args.n, marks, args.corpus_tokens, args.out_dir)
+    report = json.loads(summary.read_text())
+    save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, args.figure_name)
+    text = markdown(report["runs"], report["statistic"], marks, report["n"])
+    args.doc.write_text(text)
+    args.doc.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+def run_all(configs: list, n: int, marks: list[int], corpus_tokens: int, out_dir: Path) -> None:
+    """Run each config on the first ``n`` built-in cases; summary.json in ``out_dir`` grows with each
+    finished run (kept with the earlier runs of the same size), so a stopped bench still tabulates."""
+    model = load_model()
+    adapter = ModelAdapter(model)
+    records = load_dataset("builtin")
+    projected = [hparams_for(c, adapter.n_layers) for c in configs if c.project == "nullspace"]
+    layers = [layer for hp in projected for layer in hp.edit_layers]
+    stats = statistic(adapter, layers, corpus_tokens, projected[0].nullspace_threshold) if projected else []
+    summary = out_dir / "summary.json"
+    earlier = earlier_runs(summary, n, corpus_tokens)
+    stats = stats or (json.loads(summary.read_text())["statistic"] if earlier else [])
+    for c in configs:
+        run = run_config(model, c, records[:n], records[n:], out_dir, marks, corpus_tokens)
+        earlier[run.label] = run.to_json()
+        summary.write_text(json.dumps({"runs": list(earlier.values()), "statistic": stats, "n": n,
+                                       "corpus_tokens": corpus_tokens}, indent=2))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--checkpoints", default="1,10,50,100,200")
@@ -149,34 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--figure-dir", type=Path, default=ROOT / "docs" / "figures")
     parser.add_argument("--figure-name", default="sequential", help="the figure's file name, without suffix")
     parser.add_argument("--skip-run", action="store_true", help="only tabulate the runs the folders hold")
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
-    if unknown or args.n < 1 or args.corpus_tokens < 1:
-        raise SystemExit(f"--configs: unknown {unknown} (known: {sorted(CONFIGS)}); --n and --corpus-tokens must be positive")
-    configs = [CONFIGS[c] for c in args.configs.split(",")]
-    marks = sorted({int(x) for x in args.checkpoints.split(",") if int(x) <= args.n} | {args.n})
-    summary = args.out_dir / "summary.json"
-    if not args.skip_run:
-        model = load_model()
-        adapter = ModelAdapter(model)
-        records = load_dataset("builtin")
-        projected = [hparams_for(c, adapter.n_layers) for c in configs if c.project == "nullspace"]
-        layers = [layer for hp in projected for layer in hp.edit_layers]
-        stats = statistic(adapter, layers, args.corpus_tokens, projected[0].nullspace_threshold) if projected else []
-        earlier = earlier_runs(summary, args.n, args.corpus_tokens)
-        stats = stats or (json.loads(summary.read_text())["statistic"] if earlier else [])
-        for c in configs:  # the summary grows with each finished run, so a stopped bench still tabulates
-            run = run_config(model, c, records[:args.n], records[args.n:], args.out_dir, marks, args.corpus_tokens)
-            earlier[run.label] = run.to_json()
-            summary.write_text(json.dumps({"runs": list(earlier.values()), "statistic": stats, "n": args.n,
-                                           "corpus_tokens": args.corpus_tokens}, indent=2))
-    report = json.loads(summary.read_text())
-    save_figure(sequential_curves([result_of(run) for run in report["runs"]]), args.figure_dir, args.figure_name)
-    text = markdown(report["runs"], report["statistic"], marks, report["n"])
-    args.doc.write_text(text)
-    args.doc.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(text)
-    return 0
+    return parser
 
 
 if __name__ == "__main__":

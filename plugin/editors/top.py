@@ -11,12 +11,11 @@ P[o* | v] = P[o* | h_r] · P[h_r | v]:
 ``stage2="faithful"`` (default) is the published stage 2, vec_loss_factor · ‖h_r(δ₂) − h*_r‖ on the
 bare prompt; ``"all_prompts"`` averages it over every rewriting prompt. Ours (docs/top_stage2.md):
 ``stage2_loss="readout"`` matches h*_r through its readout, KL(P[· | h*_r] ‖ P[· | h_r(δ₂)]), the
-``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected with
-``project="nullspace"``); ``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL holding the
-model's text about the subject (core.preservation), ``stage2_leak_weight`` a penalty on o* overtaking that
-text's own next tokens (core.leak), ``stage2_keep_reordered`` that text turned round too; ``relation_prefix`` a
-row led by the relation words; ``relation_reorder`` a row with the relation's words before the subject, which
-stage 2 fits beside the bare prompt (docs/top_stage2.md, fifteenth session)."""
+``stage2_reset`` positions reset; ``stage2_site="fold"`` optimizes δ₂ as the fold's update (projected with ``project="nullspace"``);
+``stage2_rewrite_weight`` adds a ROME term, ``stage2_keep_weight`` a KL holding the model's text about the
+subject (core.preservation), ``stage2_keep_reordered`` that text turned round too, ``stage2_leak_weight`` a
+penalty on o* overtaking that text's next tokens (core.leak); ``relation_prefix``/``relation_reorder`` a
+row led by the relation words / with them before the subject, fitted by stage 2 too (docs/top_stage2.md)."""
 
 from __future__ import annotations
 
@@ -217,6 +216,8 @@ def _check_together(adapter: ModelAdapter, hp: TopHparams) -> None:
     for flag in ("stage2_keep_spare", "stage2_keep_reordered"):
         if getattr(hp, flag) and hp.stage2_keep_weight == 0:
             raise HparamsError(f"TopHparams.{flag}=True needs stage2_keep_weight > 0; got 0.0")
+    if hp.stage2_keep_reordered_scale != 1.0 and not hp.stage2_keep_reordered:
+        raise HparamsError(f"TopHparams.stage2_keep_reordered_scale={hp.stage2_keep_reordered_scale} needs stage2_keep_reordered=True")
 
 
 EDITOR = Editor("top", TopHparams, compute_one, stages, settle_for=lambda *a: settle(*a)[0])

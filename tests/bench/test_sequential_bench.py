@@ -59,3 +59,19 @@ def test_the_runs_keep_the_recorded_presets():
     rome = bench.hparams_for(bench.CONFIGS["rome"], 30)
     assert rome == fast_path(get_preset("rome", "smollm2-135m-reference"))  # lr 0.5: not ROME's short path
     assert rome.v_lr == 0.5 and rome.precision == "auto"
+
+
+def test_a_tabulating_run_writes_the_figure_under_its_given_name(tmp_path):
+    import json
+    from toplens.analyses.evaluation.cases import jsonable
+    hp = bench.hparams_for(bench.CONFIGS["rome"], 30)
+    point = dict(edits=1, efficacy=100.0, generalization=50.0, s_specificity=70.0, r_specificity=60.0,
+                 efficacy_at_1=100.0, retention=90.0, fluency=600.0, seconds=5.0)
+    run = {"method": "rome", "label": "rome", "hparams": jsonable(hp.to_dict()), "points": [point],
+           "retention_facts": 100, "fluency_before": 610.0}
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [run], "statistic": [], "n": 1, "corpus_tokens": 10}))
+    doc, figures = tmp_path / "curves.md", tmp_path / "figures"
+    assert bench.main(["--skip-run", "--n", "1", "--out-dir", str(tmp_path), "--doc", str(doc),
+                       "--figure-dir", str(figures), "--figure-name", "mine"]) == 0
+    assert sorted(p.name for p in figures.iterdir()) and all(p.stem == "mine" for p in figures.iterdir())
+    assert "| rome | 1 | 100.0 | 50.0 |" in doc.read_text()

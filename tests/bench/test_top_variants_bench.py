@@ -81,3 +81,12 @@ def test_the_rome_variants_keep_their_meaning_across_the_short_path():
     assert base_settings("rome") == {"v_lr": 0.5, "early_stop_loss": 0.05, "precision": "auto"}  # the recorded runs' path
     method, short = VARIANTS["rome-short"]
     assert rome.replace(**{**base_settings(method), **short}) == rome  # "rome-short" is the shipped preset
+
+
+def test_the_short_top_variant_is_the_default_preset_on_the_short_path():
+    from bench.top_variants import FAST
+    from toplens.editors.presets import short_path
+
+    method, settings = VARIANTS["top-l8-short"]
+    hp = get_preset("top", None).replace(**{**base_settings(method), **FAST, **settings})  # as the eval runs it
+    assert hp.replace(context_lengths=tuple(map(tuple, hp.context_lengths))) == short_path(get_preset("top", None))

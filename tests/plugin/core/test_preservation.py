@@ -179,3 +179,5 @@ def test_the_turned_round_text_takes_its_own_share_of_the_keep_weight(tiny_model
     assert not torch.equal(full.deltas[0].v, quarter.deltas[0].v)
     with pytest.raises(HparamsError, match="stage2_keep_reordered_scale"):
         hp.replace(stage2_keep_reordered_scale=0.0)
+    with pytest.raises(HparamsError, match=r"stage2_keep_reordered_scale=0.25 needs stage2_keep_reordered=True"):
+        top.compute(tiny_model, REQUEST, hp.replace(stage2_keep_reordered=False, stage2_keep_reordered_scale=0.25))

@@ -1,5 +1,5 @@
 """The fast path (bfloat16 forward passes while δ is optimized, the early stop on the fit): the
-edit takes and reverts bit for bit on both backends, the stop comes earlier, and the forward
+edit takes and reverts bit for bit on both backends (and on the short path's fewer steps), the stop comes earlier, and the forward
 passes of the loop really run in bfloat16 while everything measured after stays float32."""
 
 import math
@@ -10,7 +10,7 @@ import torch
 from tests.conftest import param_hash
 from toplens import EditRequest, rome, top
 from toplens.core.scoring import target_probability
-from toplens.editors.presets import FAST_CONTEXT, fast_path, reference_path
+from toplens.editors.presets import FAST_CONTEXT, fast_path, reference_path, short_path
 from toplens.editors.rome import RomeHparams
 from toplens.editors.top import TopHparams
 
@@ -20,18 +20,19 @@ TOP = TopHparams(layers=(1,), rel_feat_layer=1, v_num_grad_steps1=15, v_num_grad
                  context_lengths=((3, 4),), v_weight_decay=0.1, clamp_norm_factor=10.0)
 
 
+@pytest.mark.parametrize("path", [fast_path, short_path], ids=["fast", "short"])
 @pytest.mark.parametrize("editor, hp", [(rome, ROME), (top, TOP)], ids=["rome", "top"])
-def test_the_fast_paths_edit_takes_and_reverts_bit_for_bit(tiny_model, editor, hp):
+def test_the_fast_paths_edit_takes_and_reverts_bit_for_bit(tiny_model, editor, hp, path):
     start = param_hash(tiny_model)
     before = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     # the tiny models keep their own context templates: with FAST_CONTEXT's two prefixes the fold
     # of a random Llama loses most of ROME's δ on both paths alike (a property of the random
     # weights; the rows' effect on quality is measured on the real model, docs/benchmarks.md)
-    with editor.apply(tiny_model, REQUEST, fast_path(hp).replace(context_lengths=hp.context_lengths)):
+    with editor.apply(tiny_model, REQUEST, path(hp).replace(context_lengths=hp.context_lengths)):
         after = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     assert math.log(after) > math.log(before) + 1.0
     assert param_hash(tiny_model) == start
-    with editor.apply(tiny_model, REQUEST, fast_path(hp)):  # the shipped rows: the edit changes W_out
+    with editor.apply(tiny_model, REQUEST, path(hp)):  # the shipped rows: the edit changes W_out
         assert param_hash(tiny_model) != start
     assert param_hash(tiny_model) == start
 
