@@ -8,7 +8,7 @@ adds δ at one hook and position per row and returns
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -120,6 +120,7 @@ class RewriteObjective:
         start_layer: the first block that must run (everything before it is computed once).
         role: which position δ is added at in every row, and where KL is measured on KL prompts.
         kl_factor, weight_decay: loss weights; ref_norm: ‖v_init‖ for the decay term.
+        prefix: the residual entering ``start_layer`` for the batch, when the caller has it (else computed).
     """
 
     adapter: ModelAdapter
@@ -130,10 +131,11 @@ class RewriteObjective:
     kl_factor: float
     weight_decay: float
     ref_norm: float
+    prefix: Float[Tensor, "batch pos d_model"] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         b = self.batch
-        self._prefix = self.adapter.resid_before(b.tokens, self.start_layer)
+        self._prefix = self.adapter.resid_before(b.tokens, self.start_layer) if self.prefix is None else self.prefix
         self._kl_rows = torch.arange(b.n_rewrite, b.tokens.shape[0], device=b.tokens.device)
         self._kl_cols = b.positions(self.role)[b.n_rewrite:]  # where the KL is read: one position per row
         with torch.no_grad():

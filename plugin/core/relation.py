@@ -25,8 +25,16 @@ RESETS = ("others", "others_but_subject", "none", "both")
 def relation_resid(adapter: ModelAdapter, batch: RewriteBatch, la: int) -> Float[Tensor, "s d_model"]:
     """The residual after block ``la`` at every site of the relation feature in the rewriting prompts
     (``batch.sites("relation", batch.n_rewrite)``: one per prompt, the last token by default)."""
-    (resid,) = adapter.capture(batch.tokens, [hook_name("resid_post", la)], la + 1)
-    return resid[batch.sites("relation", batch.n_rewrite)].detach()
+    return relation_resid_and_prefix(adapter, batch, la)[0]
+
+
+def relation_resid_and_prefix(
+    adapter: ModelAdapter, batch: RewriteBatch, la: int
+) -> tuple[Float[Tensor, "s d_model"], Float[Tensor, "batch pos d_model"]]:
+    """:func:`relation_resid`, and from the same forward pass the residual entering block ``la`` in
+    every row: the prefix from which stage 1's steps run (``RewriteObjective(prefix=...)``)."""
+    prefix, resid = adapter.capture(batch.tokens, [hook_name("resid_pre", la), hook_name("resid_post", la)], la + 1)
+    return resid[batch.sites("relation", batch.n_rewrite)].detach(), prefix.detach()
 
 
 

@@ -98,11 +98,12 @@ def rewrite_stage(
     desc: str,
     observe: Observer | None = None,
     progress: bool = False,
+    prefix: Tensor | None = None,
 ) -> StageResult:
     """A stage with ROME's rewriting objective: δ added at ``stage.site`` and ``stage.role`` in
-    every row of ``batch``, the blocks below the site computed once."""
+    every row of ``batch``, the blocks below the site computed once (or given as ``prefix``)."""
     objective = RewriteObjective(adapter, batch, stage.hook, stage.site.layer, stage.role, settings.kl_factor,
-                                 settings.weight_decay, float(init.norm()))
+                                 settings.weight_decay, float(init.norm()), prefix)
     delta, trace = run_stage(adapter, stage, objective, init, settings, desc=desc, observe=observe,
                              progress=progress)
     with adapter.frozen():

@@ -36,7 +36,7 @@ from toplens.core.objective import rewrite_batch, with_rewrite_term
 from toplens.core.leak import with_object_kept_out
 from toplens.core.preservation import with_subject_kept
 from toplens.core.relation_positions import RELATION_POSITIONS, RelationPosition
-from toplens.core.relation import RESETS, relation_objective, relation_resid
+from toplens.core.relation import RESETS, relation_objective, relation_resid_and_prefix
 from toplens.core.relation_ie import relation_ie
 from toplens.core.requests import EditRequest
 from toplens.core.stages import Observer, Stage
@@ -157,11 +157,11 @@ def run_stages(
     c = fold_covariance(adapter, layer, hp.mom2_adjustment, covariance)
     fold = fold_at(adapter, request, layer, templates, key_mode=hp.key, covariance=c, space=space)
     with adapter.frozen():  # the weights take no gradient: h_init builds no graph
-        h_init = relation_resid(adapter, batch, la)  # at every site of h_r, row by row
+        h_init, prefix = relation_resid_and_prefix(adapter, batch, la)  # h_r at every site; rows entering la
         rows = slice(0, 1 + reordered_rows(templates) if hp.stage2 == "faithful" else batch.n_rewrite)
         n_sites, bare = (len(batch.sites("relation", n)[0]) for n in (rows.stop, 1))
         one = rewrite_stage(adapter, batch, relation, h_init[bare - 1], hp.stage1_settings,  # the bare prompt's h_r
-                            desc=f"TOP stage 1 L{la}", observe=observe, progress=progress)
+                            desc=f"TOP stage 1 L{la}", observe=observe, progress=progress, prefix=prefix)
         site = fold if hp.stage2_site == "fold" else None
         objective = relation_objective(adapter, batch, rows, layer, la, h_init[:n_sites] + one.delta, v_init,
                                        loss=hp.stage2_loss, fold=site, vec_loss_factor=hp.vec_loss_factor,

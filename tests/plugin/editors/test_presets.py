@@ -90,7 +90,7 @@ def test_the_bundled_models_presets_are_the_reference_ones_on_the_fast_path(meth
 def test_the_short_path_is_the_fast_path_with_a_doubled_step_and_a_looser_fit_stop():
     rome, top, rets = (get_preset(m, "smollm2-135m-reference") for m in ("rome", "top", "rets"))
     assert short_path(rome) == fast_path(rome).replace(v_lr=1.0, early_stop_loss=0.2, precision="float32")
-    assert short_path(top) == fast_path(top).replace(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.3)
+    assert short_path(top) == fast_path(top).replace(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2)
     assert short_path(rets) == fast_path(rets)  # not measured for RETS: its fast path as it is
     assert get_preset("top", None) == fast_path(get_preset("top", "smollm2-135m-reference"))  # TOP's default stays
     for method in ("rome", "top", "rets", "memit"):  # "-fast": every preset on the fast path, ROME's too

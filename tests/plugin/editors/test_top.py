@@ -13,7 +13,8 @@ from toplens.core.interventions import patch_from, set_vectors
 from toplens.core.keys import key_value_at
 from toplens.core.fold import fold_at
 from toplens.core.objective import FoldRewriteObjective, RewriteObjective, rewrite_batch
-from toplens.core.relation import RelationReadoutObjective, relation_objective, relation_resid
+from toplens.core.relation import (RelationReadoutObjective, relation_objective, relation_resid,
+                                   relation_resid_and_prefix)
 from toplens.core.value import rewrite_stage
 from toplens.core.scoring import target_probability
 
@@ -72,6 +73,21 @@ def test_stage1_target_predicts_the_new_object(tiny_model):
     trace = stage1.trace
     assert trace.losses[-1] < trace.losses[0]
     assert _last_token_prob(tiny_model, la, h_star) > 2 * _last_token_prob(tiny_model, la)
+
+
+def test_stage_one_from_the_shared_prefix_is_stage_one_from_its_own(tiny_model):
+    """run_stages reads h_r and stage 1's prefix (the residual entering la) off one forward pass;
+    the prefix is the one RewriteObjective computes for itself, bit for bit, and so is stage 1."""
+    adapter, la = ModelAdapter(tiny_model), 2
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
+    relation, _ = top.stages(FAST)
+    with adapter.frozen():
+        h_init, prefix = relation_resid_and_prefix(adapter, batch, la)
+        assert torch.equal(h_init, relation_resid(adapter, batch, la))
+        assert torch.equal(prefix, adapter.resid_before(batch.tokens, la))
+        shared = rewrite_stage(adapter, batch, relation, h_init[0], FAST.stage1_settings, desc="s", prefix=prefix)
+        own = rewrite_stage(adapter, batch, relation, h_init[0], FAST.stage1_settings, desc="s")
+    assert torch.equal(shared.delta, own.delta) and shared.trace.losses == own.trace.losses
 
 
 def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_model):
