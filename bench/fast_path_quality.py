@@ -117,9 +117,9 @@ def _preamble(results: list[dict], n: int) -> list[str]:
             "same cases. Rates in %; the rows \"path − ref\" are the paired difference with a bootstrap 95% "
             "interval over cases (2000 draws). s/case is the whole case (edit and measurement), wall time, "
             "and says nothing about what else ran on the machine.", "",
-            *[f"**Incomplete:** only {r['n']} of the {n} cases have every path for {r['method']} (one eval holds "
-              "fewer cases); the comparison below stands on those and is too small to accept or reject a path."
-              for r in results if r["n"] < n], ""]
+            *[line for r in results if r["n"] < n for line in (
+                f"**Incomplete:** only {r['n']} of the {n} cases have every path for {r['method']} (one eval holds "
+                "fewer cases); the comparison below stands on those and is too small to accept or reject a path.", "")]]
 
 
 def _paired_rows(r: dict) -> list[str]:
