@@ -116,13 +116,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                            "relation_reorder": True, "stage2_keep_reordered": True,
                                            "stage2_keep_reordered_scale": 1 / 3}),
     # seventeenth session: the preset (top-l8-keep3) on the short path (presets.SHORT_LEVERS: Adam's step
-    # 1.0, stage 1's stop 0.1, stage 2's KL stop 0.2), and with the kept text at 2.5
+    # 1.0, stage 1's stop 0.1, stage 2's KL stop 0.2), and with the kept text at 4
     "top-l8-short": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True,
                              "v_lr": 1.0, "v_lr2": 1.0, "early_stop1": 0.1, "early_stop2": 0.2}),
-    "top-l8-short-keep2.5": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
-                                     "stage2_reset": "none", "stage2_keep_weight": 2.5, "stage2_keep_spare": True,
-                                     "v_lr": 1.0, "v_lr2": 1.0, "early_stop1": 0.1, "early_stop2": 0.2}),
+    "top-l8-short-keep4": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
+                                   "stage2_reset": "none", "stage2_keep_weight": 4.0, "stage2_keep_spare": True,
+                                   "v_lr": 1.0, "v_lr2": 1.0, "early_stop1": 0.1, "early_stop2": 0.2}),
     "top-sink-l8-mom2-keep3-spare": ("top", {"key": "sink", "layers": [8], "rel_feat_layer": 15, "mom2_adjustment": True,
                                              "stage2_reset": "none", "stage2_keep_weight": 3.0, "stage2_keep_spare": True}),
 }
