@@ -108,6 +108,7 @@ def markdown(results: list[dict], n: int) -> str:
 
 
 def _preamble(results: list[dict], n: int) -> list[str]:
+    """The title, how the runs were made, and a warning for each method with cases missing."""
     return [f"# Fast and short paths against the reference path: quality on {n} built-in cases", "",
             "Written by `python bench/fast_path_quality.py`: `toplens eval --data builtin --limit "
             f"{n} --no-generation` on each method's SmolLM2 preset (TOP: the layer-5 one) with every value "

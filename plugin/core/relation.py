@@ -32,8 +32,9 @@ def relation_resid_and_prefix(
     adapter: ModelAdapter, batch: RewriteBatch, la: int
 ) -> tuple[Float[Tensor, "s d_model"], Float[Tensor, "batch pos d_model"]]:
     """:func:`relation_resid`, and from the same forward pass the residual entering block ``la`` in
-    every row: the prefix from which stage 1's steps run (``RewriteObjective(prefix=...)``)."""
-    prefix, resid = adapter.capture(batch.tokens, [hook_name("resid_pre", la), hook_name("resid_post", la)], la + 1)
+    every row (``la`` ≥ 1): the prefix from which stage 1's steps run (``RewriteObjective(prefix=...)``).
+    It is read after block la − 1, before block la's own hooks, as ``adapter.resid_before`` gives it."""
+    prefix, resid = adapter.capture(batch.tokens, [hook_name("resid_post", la - 1), hook_name("resid_post", la)], la + 1)
     return resid[batch.sites("relation", batch.n_rewrite)].detach(), prefix.detach()
 
 

@@ -179,15 +179,17 @@ instead of the reference path's 11)."""
 
 def fast_path(hp: Hparams) -> Hparams:
     """The same settings on the fast path: the optimization's forward passes in bfloat16 autocast
-    where the device has native bfloat16 (``precision="auto"``; float32 elsewhere), the early stop on the fit of the targets (``precision``, ``stop_rule`` of Hparams), and fewer
-    rewriting rows (:data:`FAST_CONTEXT`). docs/benchmarks.md measures each lever."""
+    where the device has native bfloat16 (``precision="auto"``; float32 elsewhere), the early stop
+    on the fit of the targets (``precision``, ``stop_rule`` of Hparams), and fewer rewriting rows
+    (:data:`FAST_CONTEXT`). docs/benchmarks.md measures each lever."""
     return hp.replace(precision="auto", stop_rule="fit", context_lengths=FAST_CONTEXT)
 
 
 #: the shorter optimization of :func:`short_path`, per hyperparameter class: Adam's learning rate set
 #: to 1.0 (the presets' 0.5 doubled) and the fit stop at a looser threshold (ROME: mean NLL of o* over
-#: the rewriting rows 0.2, P ≈ 0.82; TOP: stage 1's at 0.1, stage 2's KL at 0.2); ROME's few short steps run in float32, which costs it about
-#: 12–14% of the time and saves the bfloat16 weight casts' 260 MiB (docs/benchmarks.md)
+#: the rewriting rows 0.2, P ≈ 0.82; TOP: stage 1's at 0.1, stage 2's fit stop at 0.2); ROME's few
+#: short steps run in float32, which costs it about 12–14% of the time and saves the bfloat16 weight
+#: casts' 260 MiB (docs/benchmarks.md)
 SHORT_LEVERS: dict[type, dict[str, float | str]] = {
     RomeHparams: dict(v_lr=1.0, early_stop_loss=0.2, precision="float32"),
     TopHparams: dict(v_lr=1.0, v_lr2=1.0, early_stop1=0.1, early_stop2=0.2),

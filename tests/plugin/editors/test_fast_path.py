@@ -22,7 +22,7 @@ TOP = TopHparams(layers=(1,), rel_feat_layer=1, v_num_grad_steps1=15, v_num_grad
 
 @pytest.mark.parametrize("path", [fast_path, short_path], ids=["fast", "short"])
 @pytest.mark.parametrize("editor, hp", [(rome, ROME), (top, TOP)], ids=["rome", "top"])
-def test_the_fast_paths_edit_takes_and_reverts_bit_for_bit(tiny_model, editor, hp, path):
+def test_the_fast_and_short_paths_edits_take_and_revert_bit_for_bit(tiny_model, editor, hp, path):
     start = param_hash(tiny_model)
     before = target_probability(tiny_model, REQUEST.text, REQUEST.target_new)
     # the tiny models keep their own context templates: with FAST_CONTEXT's two prefixes the fold

@@ -90,6 +90,19 @@ def test_stage_one_from_the_shared_prefix_is_stage_one_from_its_own(tiny_model):
     assert torch.equal(shared.delta, own.delta) and shared.trace.losses == own.trace.losses
 
 
+def test_a_users_hook_entering_la_acts_once_in_stage_one_from_the_shared_prefix(tiny_model):
+    """The shared prefix is read before block la's hooks, so a user's hook there (active around the
+    whole edit) acts once per step, as it does on the prefix RewriteObjective computes itself."""
+    adapter, la = ModelAdapter(tiny_model), 2
+    batch = rewrite_batch(adapter, REQUEST, TEMPLATES, [FAST.kl_prompt])
+    relation, _ = top.stages(FAST)
+    with adapter.frozen(), adapter.hooks([(hook_name("resid_pre", la), lambda act, hook: act + 0.5)]):
+        h_init, prefix = relation_resid_and_prefix(adapter, batch, la)
+        shared = rewrite_stage(adapter, batch, relation, h_init[0], FAST.stage1_settings, desc="s", prefix=prefix)
+        own = rewrite_stage(adapter, batch, relation, h_init[0], FAST.stage1_settings, desc="s")
+    assert torch.equal(shared.delta, own.delta) and shared.trace.losses == own.trace.losses
+
+
 def test_folded_edit_moves_the_relation_feature_to_h_star(tiny_model):
     adapter = ModelAdapter(tiny_model)
     # a weaker decay and a wider clamp than FAST's: on the bridges' small v_init the decay term
